@@ -1,0 +1,75 @@
+# kvmem — top-level build.
+#
+#   make            build build/kvmem
+#   make run        install missing Debian packages, build, boot configs/hello.json
+#   make test       build and run every test; ends with "N passed, N failed"
+#   make sanitize   the same tests under ASan + UBSan (build-asan/)
+#   make tsan       the memory tests under ThreadSanitizer (build-tsan/)
+#   make clean
+
+CXX      ?= g++
+BUILD    ?= build
+OPT      ?= -O2
+CXXFLAGS ?= $(OPT) -g
+CXXFLAGS += -std=c++2b -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion \
+            -MMD -MP -I. -pthread
+LDLIBS   += -lasmjit -lfmt -pthread
+
+DEBIAN_PACKAGES := g++ make linux-libc-dev libasmjit-dev catch2 nlohmann-json3-dev \
+                   libcli11-dev libfmt-dev
+
+LIB_SRCS  := $(sort $(wildcard base/*.cc memory/*.cc memory/*/*.cc guest/*.cc vmm/*.cc))
+LIB_SRCS  := $(filter-out vmm/main.cc,$(LIB_SRCS))
+MAIN_SRCS := vmm/main.cc
+TEST_SRCS := $(sort $(wildcard tests/*.cc tests/*/*.cc tests/*/*/*.cc))
+
+LIB_OBJS  := $(LIB_SRCS:%.cc=$(BUILD)/%.o)
+MAIN_OBJS := $(MAIN_SRCS:%.cc=$(BUILD)/%.o)
+TEST_OBJS := $(TEST_SRCS:%.cc=$(BUILD)/%.o)
+
+.PHONY: all run test sanitize tsan deps clean
+.DEFAULT_GOAL := all
+
+all: $(BUILD)/kvmem
+
+$(BUILD)/libkvmem.a: $(LIB_OBJS)
+	@mkdir -p $(@D)
+	$(AR) rcs $@ $^
+
+$(BUILD)/kvmem: $(MAIN_OBJS) $(BUILD)/libkvmem.a
+	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/kvmem-tests: $(TEST_OBJS) $(BUILD)/libkvmem.a
+	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.cc
+	@mkdir -p $(@D)
+	$(CXX) $(CXXFLAGS) -c -o $@ $<
+
+# Installs only what is missing; prints the command instead when not root.
+deps:
+	@./tools/install-deps $(DEBIAN_PACKAGES)
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	$(BUILD)/kvmem run configs/hello.json
+
+test: $(BUILD)/kvmem $(BUILD)/kvmem-tests
+	@./tools/run-tests $(BUILD)
+
+sanitize:
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT="-O1" \
+	    CXXFLAGS_EXTRA="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    test
+
+tsan:
+	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
+	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem-tests
+	TSAN_OPTIONS=halt_on_error=1 build-tsan/kvmem-tests "[threads]"
+
+CXXFLAGS += $(CXXFLAGS_EXTRA)
+
+clean:
+	rm -rf build build-asan build-tsan
+
+-include $(LIB_OBJS:.o=.d) $(MAIN_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
