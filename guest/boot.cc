@@ -1,0 +1,189 @@
+#include "guest/boot.h"
+
+#include <asmjit/x86.h>
+
+#include <cstring>
+
+#include "base/check.h"
+#include "guest/abi.h"
+
+namespace kvmem::guest {
+namespace {
+
+using namespace kvmem::abi;
+
+constexpr uint64_t kPte = 0x7;        // present | writable | user
+constexpr uint64_t kPteHuge = 0x80;   // PS: a 2 MiB or 1 GiB leaf
+constexpr unsigned kGdtEntries = 10;  // 8 descriptors + the 16-byte TSS descriptor
+
+void put64(std::span<uint8_t> ram, uint64_t gpa, uint64_t value) {
+  KVMEM_CHECK(gpa + 8 <= ram.size(), "boot write at {:#x} outside RAM", gpa);
+  std::memcpy(ram.data() + gpa, &value, 8);
+}
+
+void write_gdt(std::span<uint8_t> ram) {
+  uint64_t gdt[kGdtEntries] = {};
+  gdt[kKernelCs >> 3] = 0x00af9b000000ffff;  // 64-bit code, DPL 0
+  gdt[kKernelDs >> 3] = 0x00cf93000000ffff;  // data, DPL 0
+  gdt[kUserDs >> 3] = 0x00cff3000000ffff;    // data, DPL 3
+  gdt[kUserCs >> 3] = 0x00affb000000ffff;    // 64-bit code, DPL 3
+  // Available 64-bit TSS (type 9), limit 0x67.
+  const uint64_t base = kTssAddr, limit = 104 + 32;
+  gdt[kTssSel >> 3] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) |
+                      (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
+  gdt[(kTssSel >> 3) + 1] = base >> 32;
+  std::memcpy(ram.data() + kGdtAddr, gdt, sizeof gdt);
+}
+
+void write_tss(std::span<uint8_t> ram) {
+  uint8_t tss[104 + 33] = {};
+  uint64_t rsp0 = kKernelStackTop;
+  std::memcpy(tss + 4, &rsp0, 8);
+  uint16_t iomap = 104;
+  std::memcpy(tss + 0x66, &iomap, 2);
+  tss[104 + 32] = 0xff;
+  std::memcpy(ram.data() + kTssAddr, tss, sizeof tss);
+}
+
+bool pushes_error_code(unsigned vector) {
+  switch (vector) {
+    case 8: case 10: case 11: case 12: case 13: case 14: case 17: case 21: case 29: case 30:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Ring-0 stubs, one per vector, and the common tail that reports the fault.
+Status write_stubs_and_idt(std::span<uint8_t> ram) {
+  using namespace asmjit;
+  CodeHolder code;
+  code.init(Environment(Arch::kX64), kStubsAddr);
+  x86::Assembler a(&code);
+  Label common = a.newLabel();
+  Label stubs[256];
+  for (unsigned v = 0; v < 256; v++) {
+    stubs[v] = a.newLabel();
+    a.bind(stubs[v]);
+    if (!pushes_error_code(v)) a.push(imm(0));
+    a.push(imm(v));
+    a.jmp(common);
+  }
+  // Stack: vector, error code, rip, cs, rflags, rsp, ss.
+  a.bind(common);
+  a.mov(x86::rdi, x86::qword_ptr(x86::rsp));
+  a.mov(x86::rdx, x86::qword_ptr(x86::rsp, 8));
+  a.mov(x86::rsi, x86::qword_ptr(x86::rsp, 16));
+  a.mov(x86::r10, x86::cr2);
+  a.mov(x86::eax, kHcException);
+  a.out(imm(kHypercallPort), x86::eax);
+  Label halt = a.newLabel();
+  a.bind(halt);
+  a.hlt();
+  a.jmp(halt);
+  if (code.flatten() || code.resolveUnresolvedLinks() || code.relocateToBase(kStubsAddr))
+    return fail("cannot assemble the exception stubs");
+  size_t size = code.codeSize();
+  if (size > kStubsEnd - kStubsAddr)
+    return fail("exception stubs take {} bytes, more than their page", size);
+  code.copyFlattenedData(ram.data() + kStubsAddr, size);
+
+  for (unsigned v = 0; v < 256; v++) {
+    uint64_t target = kStubsAddr + code.labelOffset(stubs[v]);
+    // Interrupt gate, present, DPL 0, selector kKernelCs, no IST.
+    uint64_t lo = (target & 0xffff) | (uint64_t{kKernelCs} << 16) | (0x8eull << 40) |
+                  ((target >> 16 & 0xffff) << 48);
+    put64(ram, kIdtAddr + v * 16, lo);
+    put64(ram, kIdtAddr + v * 16 + 8, target >> 32);
+  }
+  return {};
+}
+
+void write_page_tables(std::span<uint8_t> ram, PageSize page_size) {
+  const uint64_t pml4 = kPageTablesAddr, pdpt = kPageTablesAddr + 0x1000;
+  const uint64_t pds = kPageTablesAddr + 0x2000;
+  std::memset(ram.data() + kPageTablesAddr, 0, kPageTablesEnd - kPageTablesAddr);
+  put64(ram, pml4, pdpt | kPte);
+  const uint64_t size = ram.size();
+  if (page_size == PageSize::k1G) {
+    for (uint64_t g = 0; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
+    return;
+  }
+  const uint64_t pages = size >> 21;
+  for (uint64_t g = 0; g < (pages + 511) / 512; g++) put64(ram, pdpt + g * 8, (pds + g * 0x1000) | kPte);
+  for (uint64_t p = 0; p < pages; p++) put64(ram, pds + p * 8, (p << 21) | kPte | kPteHuge);
+}
+
+kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
+  kvm_segment s{};
+  s.base = 0;
+  s.limit = 0xffffffff;
+  s.selector = selector;
+  s.type = type;
+  s.present = 1;
+  s.dpl = dpl;
+  s.db = code64 ? 0 : 1;
+  s.s = 1;
+  s.l = code64 ? 1 : 0;
+  s.g = 1;
+  return s;
+}
+
+}  // namespace
+
+Status write_boot_area(std::span<uint8_t> ram, PageSize page_size) {
+  const uint64_t unit = page_size == PageSize::k1G ? (1ull << 30) : (2ull << 20);
+  KVMEM_CHECK(ram.size() >= unit && ram.size() % unit == 0 && ram.size() <= kMaxRamBytes,
+              "RAM size {:#x} unusable for boot", ram.size());
+  std::memset(ram.data(), 0, kBootAreaEnd);
+  write_gdt(ram);
+  write_tss(ram);
+  if (auto s = write_stubs_and_idt(ram); !s) return s;
+  write_page_tables(ram, page_size);
+  return {};
+}
+
+void long_mode_sregs(kvm_sregs& s) {
+  s.cr0 = 0x80050033;  // PG | AM | WP | NE | ET | MP | PE
+  s.cr4 = 0x620;       // PAE | OSFXSR | OSXMMEXCPT
+  s.efer = 0x500;      // LME | LMA
+  s.cr3 = kPageTablesAddr;
+  s.cs = segment(kUserCs, 0xb, 3, true);
+  s.ss = s.ds = s.es = s.fs = s.gs = segment(kUserDs, 0x3, 3, false);
+  s.tr = kvm_segment{};
+  s.tr.base = kTssAddr;
+  s.tr.limit = 104 + 32;
+  s.tr.selector = kTssSel;
+  s.tr.type = 0xb;  // busy 64-bit TSS
+  s.tr.present = 1;
+  s.gdt.base = kGdtAddr;
+  s.gdt.limit = kGdtEntries * 8 - 1;
+  s.idt.base = kIdtAddr;
+  s.idt.limit = 256 * 16 - 1;
+}
+
+kvm_regs user_regs(uint64_t entry) {
+  kvm_regs r{};
+  r.rip = entry;
+  r.rsp = kUserStackTop;
+  r.rflags = 0x3202;  // IF | IOPL 3 | the always-one bit
+  return r;
+}
+
+const char* exception_name(uint64_t vector) {
+  static const char* const names[32] = {
+      "#DE divide error",      "#DB debug",          "NMI",
+      "#BP breakpoint",        "#OF overflow",       "#BR bound range",
+      "#UD invalid opcode",    "#NM device not available", "#DF double fault",
+      "coprocessor overrun",   "#TS invalid TSS",    "#NP segment not present",
+      "#SS stack fault",       "#GP general protection", "#PF page fault",
+      "reserved (15)",         "#MF x87 error",      "#AC alignment check",
+      "#MC machine check",     "#XM SIMD error",     "#VE virtualisation",
+      "#CP control protection", "reserved (22)",     "reserved (23)",
+      "reserved (24)",         "reserved (25)",      "reserved (26)",
+      "reserved (27)",         "#HV hypervisor injection", "#VC VMM communication",
+      "#SX security",          "reserved (31)"};
+  return vector < 32 ? names[vector] : "external interrupt";
+}
+
+}  // namespace kvmem::guest

@@ -1,0 +1,40 @@
+// Long-mode boot state written by the host, so the vCPU starts directly in
+// 64-bit mode at CPL3 (PVM emulates ring 0 one instruction at a time and runs
+// ring 3 natively; see docs/design.md, "The platform").
+//
+// write_boot_area() fills the reserved low area of guest RAM (guest/abi.h has
+// the layout): a GDT with Linux's selectors, a 64-bit TSS whose RSP0 the
+// exception stubs run on, an IDT whose 256 gates lead to ring-0 stubs that
+// report vector, RIP, error code and CR2 through kHcException, and identity
+// page tables over all of RAM with the U bit set (2 MiB or 1 GiB pages).
+// long_mode_sregs()/user_regs() then give the registers that start the
+// program at CPL3 with RFLAGS.IOPL = 3, so `out` works from ring 3.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <span>
+
+#include "base/error.h"
+
+namespace kvmem::guest {
+
+enum class PageSize { k2M, k1G };
+
+inline constexpr uint64_t kMaxRamBytes = 32ull << 30;  // page-table space in the boot area
+
+// ram spans guest-physical [0, ram.size()). Preconditions: ram.size() is a
+// multiple of the page size, at least 2 MiB and at most kMaxRamBytes.
+Status write_boot_area(std::span<uint8_t> ram, PageSize page_size);
+
+// Adjusts the vCPU's reset-state sregs for 64-bit CPL3 execution.
+void long_mode_sregs(kvm_sregs& sregs);
+
+// General registers for the program's first instruction.
+kvm_regs user_regs(uint64_t entry);
+
+// "#PF page fault" for vector 14; "vector 200" for vectors with no name.
+const char* exception_name(uint64_t vector);
+
+}  // namespace kvmem::guest

@@ -1,0 +1,274 @@
+#include "guest/program.h"
+
+#include <asmjit/x86.h>
+
+#include "guest/abi.h"
+
+namespace kvmem::guest {
+namespace {
+
+using namespace asmjit;
+using namespace asmjit::x86;
+
+constexpr uint64_t kMix1 = 0xff51afd7ed558ccdull;
+constexpr uint64_t kMix2 = 0xc4ceb9fe1a85ec53ull;
+
+// Records the first asmjit error instead of throwing or aborting.
+class Errors : public ErrorHandler {
+ public:
+  void handleError(asmjit::Error err, const char* message, BaseEmitter*) override {
+    if (!first) {
+      first = err;
+      text = message;
+    }
+  }
+  asmjit::Error first = kErrorOk;
+  std::string text;
+};
+
+// Register conventions inside generated code:
+//   r8  cursor (guest-physical address)   r9  end of the range
+//   rax the pattern word for r8           rcx the word read from memory
+//   r11 scratch                           r12 seed   r13, r14 mix constants
+// Hypercall arguments use rdi, rsi, rdx, r10, r8, r9 (guest/abi.h).
+class Emitter {
+ public:
+  explicit Emitter(Assembler& a) : a_(a) {}
+
+  void steps(const std::vector<Step>& steps) {
+    for (const Step& s : steps) step(s);
+  }
+
+  void exit(uint64_t code) {
+    a_.mov(rdi, code);
+    a_.mov(eax, abi::kHcExit);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.ud2();  // the VMM never resumes an exited guest
+  }
+
+  // Binds the labels of string data after the code.
+  void emit_data() {
+    for (auto& [label, text] : strings_) {
+      a_.bind(label);
+      a_.embed(text.data(), text.size());
+    }
+  }
+
+ private:
+  void step(const Step& s) {
+    switch (s.op) {
+      case Step::Op::kPrint: print(s.text); break;
+      case Step::Op::kFill: fill(s); break;
+      case Step::Op::kTouch: touch(s); break;
+      case Step::Op::kVerify: verify(s); break;
+      case Step::Op::kLoop: loop(s); break;
+      case Step::Op::kHypercall: hypercall(s); break;
+      case Step::Op::kExit: exit(s.code); break;
+    }
+  }
+
+  void print(const std::string& text) {
+    for (size_t off = 0; off < text.size(); off += abi::kConsoleMax) {
+      std::string piece = text.substr(off, abi::kConsoleMax);
+      Label l = a_.newLabel();
+      strings_.emplace_back(l, piece);
+      a_.lea(rdi, ptr(l));
+      a_.mov(rsi, piece.size());
+      a_.mov(eax, abi::kHcConsoleWrite);
+      a_.out(imm(abi::kHypercallPort), eax);
+    }
+  }
+
+  // Loads what the pattern needs before a loop over r8.
+  void pattern_setup(const Pattern& p) {
+    switch (p.kind) {
+      case Pattern::Kind::kZero: a_.xor_(eax, eax); break;
+      case Pattern::Kind::kByte: a_.mov(rax, p.arg * 0x0101010101010101ull); break;
+      case Pattern::Kind::kAddress: break;
+      case Pattern::Kind::kSeed:
+        a_.mov(r12, p.arg);
+        a_.mov(r13, kMix1);
+        a_.mov(r14, kMix2);
+        break;
+    }
+  }
+
+  // rax = pattern word for the address in r8 (constant patterns: already there).
+  void pattern_word(const Pattern& p) {
+    switch (p.kind) {
+      case Pattern::Kind::kZero:
+      case Pattern::Kind::kByte: break;
+      case Pattern::Kind::kAddress: a_.mov(rax, r8); break;
+      case Pattern::Kind::kSeed:
+        a_.mov(rax, r8);
+        a_.xor_(rax, r12);
+        shift_xor();
+        a_.imul(rax, r13);
+        shift_xor();
+        a_.imul(rax, r14);
+        shift_xor();
+        break;
+    }
+  }
+  void shift_xor() {
+    a_.mov(r11, rax);
+    a_.shr(r11, 33);
+    a_.xor_(rax, r11);
+  }
+
+  // for (r8 = at; r8 < at + length; r8 += stride) body()
+  template <class Body>
+  void range_loop(uint64_t at, uint64_t length, uint64_t stride, Body body) {
+    a_.mov(r8, at);
+    a_.mov(r9, at + length);
+    Label top = a_.newLabel();
+    a_.bind(top);
+    body();
+    if (stride <= 0x7fffffff)
+      a_.add(r8, static_cast<int64_t>(stride));
+    else {
+      a_.mov(r11, stride);
+      a_.add(r8, r11);
+    }
+    a_.cmp(r8, r9);
+    a_.jb(top);
+  }
+
+  void fill(const Step& s) {
+    pattern_setup(s.pattern);
+    range_loop(s.at, s.length, 8, [&] {
+      pattern_word(s.pattern);
+      a_.mov(qword_ptr(r8), rax);
+    });
+  }
+
+  void touch(const Step& s) {
+    pattern_setup(s.pattern);
+    range_loop(s.at, s.length, s.stride, [&] {
+      if (s.write) {
+        pattern_word(s.pattern);
+        a_.mov(qword_ptr(r8), rax);
+      } else {
+        a_.mov(rcx, qword_ptr(r8));
+      }
+    });
+  }
+
+  void verify(const Step& s) {
+    Label mismatch = a_.newLabel(), done = a_.newLabel();
+    pattern_setup(s.pattern);
+    range_loop(s.at, s.length, 8, [&] {
+      pattern_word(s.pattern);
+      a_.mov(rcx, qword_ptr(r8));
+      a_.cmp(rcx, rax);
+      a_.jne(mismatch);
+    });
+    a_.jmp(done);
+    a_.bind(mismatch);
+    a_.mov(rsi, r8);
+    a_.mov(rdx, rax);
+    a_.mov(r10, rcx);
+    a_.mov(edi, abi::kFailVerify);
+    a_.mov(eax, abi::kHcFail);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.ud2();
+    a_.bind(done);
+  }
+
+  // The counter lives on the user stack, so loops nest without registers.
+  void loop(const Step& s) {
+    a_.mov(r11, s.count);
+    a_.push(r11);
+    Label top = a_.newLabel();
+    a_.bind(top);
+    steps(s.body);
+    a_.dec(qword_ptr(rsp));
+    a_.jnz(top);
+    a_.add(rsp, 8);
+  }
+
+  void hypercall(const Step& s) {
+    const Gp regs[6] = {rdi, rsi, rdx, r10, r8, r9};
+    for (int i = 0; i < 6; i++) a_.mov(regs[i], s.args[static_cast<size_t>(i)]);
+    a_.mov(eax, s.nr);
+    a_.out(imm(abi::kHypercallPort), eax);
+    if (!s.expect) return;
+    Label ok = a_.newLabel();
+    a_.mov(r11, static_cast<uint64_t>(*s.expect));
+    a_.cmp(rax, r11);
+    a_.je(ok);
+    a_.mov(r10, rax);
+    a_.mov(rdx, r11);
+    a_.mov(esi, s.nr);
+    a_.mov(edi, abi::kFailHypercallStatus);
+    a_.mov(eax, abi::kHcFail);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.ud2();
+    a_.bind(ok);
+  }
+
+  Assembler& a_;
+  std::vector<std::pair<Label, std::string>> strings_;
+};
+
+}  // namespace
+
+uint64_t seed_mix(uint64_t addr, uint64_t seed) {
+  uint64_t x = addr ^ seed;
+  x ^= x >> 33;
+  x *= kMix1;
+  x ^= x >> 33;
+  x *= kMix2;
+  x ^= x >> 33;
+  return x;
+}
+
+uint64_t Pattern::word(uint64_t gpa) const {
+  switch (kind) {
+    case Kind::kZero: return 0;
+    case Kind::kAddress: return gpa;
+    case Kind::kSeed: return seed_mix(gpa, arg);
+    case Kind::kByte: return (arg & 0xff) * 0x0101010101010101ull;
+  }
+  return 0;
+}
+
+std::string Pattern::describe() const {
+  switch (kind) {
+    case Kind::kZero: return "zero";
+    case Kind::kAddress: return "address";
+    case Kind::kSeed: return fmt::format("seed {}", arg);
+    case Kind::kByte: return fmt::format("byte {:#04x}", arg);
+  }
+  return "?";
+}
+
+Result<Image> build_program(const std::vector<Step>& steps, uint64_t base, uint64_t limit) {
+  CodeHolder code;
+  Errors errors;
+  code.init(Environment(Arch::kX64), base);
+  code.setErrorHandler(&errors);
+  Assembler a(&code);
+  Emitter e(a);
+  e.steps(steps);
+  e.exit(0);
+  e.emit_data();
+  if (!errors.first) {
+    code.flatten();
+    code.resolveUnresolvedLinks();
+    code.relocateToBase(base);
+  }
+  if (errors.first) return fail("cannot assemble the guest program: {}", errors.text);
+  size_t size = code.codeSize();
+  if (size > limit - base)
+    return fail("the guest program needs {} bytes of code, more than the {} bytes it may use",
+                size, limit - base);
+  Image img;
+  img.bytes.resize(size);
+  code.copyFlattenedData(img.bytes.data(), size);
+  img.base = base;
+  img.entry = base;
+  return img;
+}
+
+}  // namespace kvmem::guest

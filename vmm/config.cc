@@ -1,0 +1,357 @@
+#include "vmm/config.h"
+
+#include <cerrno>
+#include <charconv>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "guest/abi.h"
+
+namespace kvmem {
+namespace {
+
+using json = nlohmann::json;
+using guest::Pattern;
+using guest::Step;
+
+// A JSON pointer under construction, and errors that start with it.
+class Ptr {
+ public:
+  Ptr() = default;
+  Ptr operator/(std::string_view key) const { return Ptr(path_ + "/" + std::string(key)); }
+  Ptr operator/(size_t index) const { return Ptr(path_ + "/" + std::to_string(index)); }
+  template <class... Args>
+  std::unexpected<Error> fail(fmt::format_string<Args...> f, Args&&... args) const {
+    return std::unexpected(Error{0, fmt::format("{}: {}", path_.empty() ? "/" : path_,
+                                                fmt::format(f, std::forward<Args>(args)...))});
+  }
+
+ private:
+  explicit Ptr(std::string p) : path_(std::move(p)) {}
+  std::string path_;
+};
+
+const char* type_name(const json& j) { return j.type_name(); }
+
+Status check_keys(const json& j, const Ptr& p, std::initializer_list<const char*> allowed) {
+  if (!j.is_object()) return p.fail("expected an object, found {}", type_name(j));
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool ok = false;
+    for (const char* a : allowed) ok = ok || it.key() == a;
+    if (!ok) {
+      std::string list;
+      for (const char* a : allowed) list += fmt::format("{}{}", list.empty() ? "" : ", ", a);
+      return (p / it.key()).fail("unknown key (expected one of: {})", list);
+    }
+  }
+  return {};
+}
+
+Result<uint64_t> size_value(const json& j, const Ptr& p) {
+  if (j.is_number_unsigned()) return j.get<uint64_t>();
+  if (j.is_number_integer()) return p.fail("must not be negative, found {}", j.get<int64_t>());
+  if (j.is_string()) {
+    auto r = parse_size_string(j.get<std::string>());
+    if (!r) return p.fail("{}", r.error().message);
+    return *r;
+  }
+  return p.fail("expected a size (an integer, or a string like \"64M\" or \"0x200000\"), found {}",
+                type_name(j));
+}
+
+Result<uint64_t> required_size(const json& obj, const Ptr& p, const char* key) {
+  if (!obj.contains(key)) return p.fail("missing required key \"{}\"", key);
+  return size_value(obj.at(key), p / key);
+}
+
+Result<int64_t> signed_value(const json& j, const Ptr& p) {
+  if (j.is_number_unsigned()) {
+    uint64_t v = j.get<uint64_t>();
+    if (v > static_cast<uint64_t>(INT64_MAX)) return p.fail("{} does not fit in a signed 64-bit value", v);
+    return static_cast<int64_t>(v);
+  }
+  if (j.is_number_integer()) return j.get<int64_t>();
+  if (j.is_string()) {
+    // "-EINVAL", "EFAULT", or a number.
+    std::string s = j.get<std::string>();
+    bool neg = !s.empty() && s[0] == '-';
+    std::string name = neg ? s.substr(1) : s;
+    for (int e = 1; e < 134; e++) {
+      const char* n = strerrorname_np(e);
+      if (n && name == n) return neg ? -e : e;
+    }
+    auto r = parse_size_string(name);
+    if (!r || *r > static_cast<uint64_t>(INT64_MAX))
+      return p.fail("expected an integer or an errno name like \"-EINVAL\", found \"{}\"", s);
+    return neg ? -static_cast<int64_t>(*r) : static_cast<int64_t>(*r);
+  }
+  return p.fail("expected an integer, found {}", type_name(j));
+}
+
+Result<Pattern> pattern_value(const json& j, const Ptr& p) {
+  if (j.is_string()) {
+    if (j == "zero") return Pattern{Pattern::Kind::kZero, 0};
+    if (j == "address") return Pattern{Pattern::Kind::kAddress, 0};
+    return p.fail("unknown pattern \"{}\" (expected \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}})",
+                  j.get<std::string>());
+  }
+  if (j.is_object() && j.size() == 1) {
+    if (j.contains("seed")) {
+      auto v = size_value(j.at("seed"), p / "seed");
+      if (!v) return std::unexpected(v.error());
+      return Pattern{Pattern::Kind::kSeed, *v};
+    }
+    if (j.contains("byte")) {
+      auto v = size_value(j.at("byte"), p / "byte");
+      if (!v) return std::unexpected(v.error());
+      if (*v > 0xff) return (p / "byte").fail("must be 0..255, found {}", *v);
+      return Pattern{Pattern::Kind::kByte, *v};
+    }
+  }
+  return p.fail("expected a pattern: \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}}");
+}
+
+struct StepParser {
+  uint64_t memory;
+  size_t steps = 0;
+
+  // [at, at + length) must be word-aligned, non-empty, outside the boot area
+  // and inside RAM.
+  Status check_range(const json& j, const Ptr& p, uint64_t at, uint64_t length, uint64_t align) {
+    if (at % align != 0) return (p / "at").fail("{:#x} is not a multiple of {}", at, align);
+    if (length == 0) return (p / "length").fail("must be > 0");
+    if (length % 8 != 0) return (p / "length").fail("{:#x} is not a multiple of 8", length);
+    if (at < abi::kBootAreaEnd)
+      return (p / "at").fail("{:#x} lies in the reserved boot area [0x0, {:#x})", at, abi::kBootAreaEnd);
+    if (at >= memory || length > memory - at)
+      return (p / (j.contains("length") ? "length" : "at"))
+          .fail("the range at {:#x} of {:#x} bytes runs past the end of RAM ({:#x})", at, length, memory);
+    return {};
+  }
+
+  Result<std::vector<Step>> list(const json& j, const Ptr& p, unsigned depth) {
+    if (!j.is_array()) return p.fail("expected an array of steps, found {}", type_name(j));
+    std::vector<Step> out;
+    for (size_t i = 0; i < j.size(); i++) {
+      auto s = step(j[i], p / i, depth);
+      if (!s) return std::unexpected(s.error());
+      out.push_back(std::move(*s));
+    }
+    return out;
+  }
+
+  Result<Step> step(const json& j, const Ptr& p, unsigned depth) {
+    if (++steps > kMaxSteps) return p.fail("too many steps (at most {})", kMaxSteps);
+    if (!j.is_object()) return p.fail("expected a step object, found {}", type_name(j));
+    if (!j.contains("op")) return p.fail("missing required key \"op\"");
+    const json& op = j.at("op");
+    if (!op.is_string()) return (p / "op").fail("expected a string, found {}", type_name(op));
+    const std::string name = op.get<std::string>();
+    Step s;
+    if (name == "print") {
+      if (auto k = check_keys(j, p, {"op", "text"}); !k) return std::unexpected(k.error());
+      if (!j.contains("text") || !j.at("text").is_string()) return (p / "text").fail("expected a string");
+      s.op = Step::Op::kPrint;
+      s.text = j.at("text").get<std::string>();
+      if (s.text.size() > 65536) return (p / "text").fail("longer than 65536 bytes");
+    } else if (name == "fill" || name == "verify" || name == "touch") {
+      bool touch = name == "touch";
+      auto k = touch ? check_keys(j, p, {"op", "at", "length", "pattern", "stride", "write"})
+                     : check_keys(j, p, {"op", "at", "length", "pattern"});
+      if (!k) return std::unexpected(k.error());
+      s.op = name == "fill" ? Step::Op::kFill : touch ? Step::Op::kTouch : Step::Op::kVerify;
+      auto at = required_size(j, p, "at");
+      if (!at) return std::unexpected(at.error());
+      auto length = required_size(j, p, "length");
+      if (!length) return std::unexpected(length.error());
+      s.at = *at;
+      s.length = *length;
+      if (auto r = check_range(j, p, s.at, s.length, 8); !r) return std::unexpected(r.error());
+      if (j.contains("pattern")) {
+        auto pat = pattern_value(j.at("pattern"), p / "pattern");
+        if (!pat) return std::unexpected(pat.error());
+        s.pattern = *pat;
+      } else if (touch) {
+        s.pattern = Pattern{Pattern::Kind::kAddress, 0};
+      } else {
+        return p.fail("missing required key \"pattern\"");
+      }
+      if (j.contains("stride")) {
+        auto st = size_value(j.at("stride"), p / "stride");
+        if (!st) return std::unexpected(st.error());
+        if (*st == 0 || *st % 8 != 0) return (p / "stride").fail("must be a non-zero multiple of 8");
+        s.stride = *st;
+      }
+      if (j.contains("write")) {
+        if (!j.at("write").is_boolean()) return (p / "write").fail("expected true or false");
+        s.write = j.at("write").get<bool>();
+      }
+    } else if (name == "loop") {
+      if (auto k = check_keys(j, p, {"op", "count", "body"}); !k) return std::unexpected(k.error());
+      if (depth + 1 > kMaxLoopDepth) return p.fail("loops nest deeper than {}", kMaxLoopDepth);
+      auto count = required_size(j, p, "count");
+      if (!count) return std::unexpected(count.error());
+      if (*count == 0) return (p / "count").fail("must be >= 1");
+      s.op = Step::Op::kLoop;
+      s.count = *count;
+      if (!j.contains("body")) return p.fail("missing required key \"body\"");
+      auto body = list(j.at("body"), p / "body", depth + 1);
+      if (!body) return std::unexpected(body.error());
+      s.body = std::move(*body);
+    } else if (name == "hypercall") {
+      if (auto k = check_keys(j, p, {"op", "nr", "args", "expect"}); !k) return std::unexpected(k.error());
+      auto nr = required_size(j, p, "nr");
+      if (!nr) return std::unexpected(nr.error());
+      if (*nr > UINT32_MAX) return (p / "nr").fail("must fit in 32 bits, found {}", *nr);
+      s.op = Step::Op::kHypercall;
+      s.nr = static_cast<uint32_t>(*nr);
+      if (j.contains("args")) {
+        const json& args = j.at("args");
+        if (!args.is_array()) return (p / "args").fail("expected an array, found {}", type_name(args));
+        if (args.size() > 6) return (p / "args").fail("at most 6 arguments, found {}", args.size());
+        for (size_t i = 0; i < args.size(); i++) {
+          // Negative integers are allowed here: they travel as their two's complement.
+          if (args[i].is_number_integer() && !args[i].is_number_unsigned()) {
+            s.args[i] = static_cast<uint64_t>(args[i].get<int64_t>());
+            continue;
+          }
+          auto v = size_value(args[i], p / "args" / i);
+          if (!v) return std::unexpected(v.error());
+          s.args[i] = *v;
+        }
+      }
+      if (j.contains("expect")) {
+        auto e = signed_value(j.at("expect"), p / "expect");
+        if (!e) return std::unexpected(e.error());
+        s.expect = *e;
+      }
+    } else if (name == "exit") {
+      if (auto k = check_keys(j, p, {"op", "code"}); !k) return std::unexpected(k.error());
+      s.op = Step::Op::kExit;
+      if (j.contains("code")) {
+        auto c = size_value(j.at("code"), p / "code");
+        if (!c) return std::unexpected(c.error());
+        if (*c > 255) return (p / "code").fail("must be 0..255, found {}", *c);
+        s.code = *c;
+      }
+    } else {
+      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall or exit)", name);
+    }
+    return s;
+  }
+};
+
+bool valid_name(const std::string& n) {
+  if (n.empty() || n.size() > 64) return false;
+  for (char c : n)
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  return true;
+}
+
+}  // namespace
+
+Result<uint64_t> parse_size_string(std::string_view s) {
+  std::string_view digits = s;
+  uint64_t mult = 1;
+  if (!digits.empty()) {
+    switch (digits.back()) {
+      case 'K': case 'k': mult = 1ull << 10; break;
+      case 'M': case 'm': mult = 1ull << 20; break;
+      case 'G': case 'g': mult = 1ull << 30; break;
+      case 'T': case 't': mult = 1ull << 40; break;
+      default: break;
+    }
+    if (mult != 1) digits.remove_suffix(1);
+  }
+  int base = 10;
+  if (digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) {
+    digits.remove_prefix(2);
+    base = 16;
+  }
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
+  if (digits.empty() || ec == std::errc::invalid_argument || end != digits.data() + digits.size())
+    return fail("\"{}\" is not a size (use an integer, or a string like \"64M\" or \"0x200000\")", s);
+  if (ec == std::errc::result_out_of_range || v > UINT64_MAX / mult)
+    return fail("\"{}\" overflows 64 bits", s);
+  return v * mult;
+}
+
+Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
+  Ptr root;
+  if (auto k = check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "program"}); !k)
+    return std::unexpected(k.error());
+  VmConfig c;
+  c.name = default_name;
+  if (j.contains("name")) {
+    const json& n = j.at("name");
+    if (!n.is_string() || !valid_name(n.get<std::string>()))
+      return (root / "name").fail("expected 1 to 64 characters of letters, digits, '.', '_' or '-'");
+    c.name = n.get<std::string>();
+  }
+  if (j.contains("guest_page_size")) {
+    const json& g = j.at("guest_page_size");
+    if (g == "2M") c.page_size = guest::PageSize::k2M;
+    else if (g == "1G") c.page_size = guest::PageSize::k1G;
+    else return (root / "guest_page_size").fail("expected \"2M\" or \"1G\"");
+  }
+  auto memory = required_size(j, root, "memory");
+  if (!memory) return std::unexpected(memory.error());
+  const uint64_t unit = c.page_size == guest::PageSize::k1G ? 1ull << 30 : 2ull << 20;
+  if (*memory == 0) return (root / "memory").fail("must be > 0");
+  if (*memory % unit != 0)
+    return (root / "memory").fail("{:#x} is not a multiple of the guest page size ({})", *memory,
+                                  unit == (1ull << 30) ? "1G" : "2M");
+  if (*memory > guest::kMaxRamBytes)
+    return (root / "memory").fail("{:#x} is more than the {} GiB a guest may have", *memory,
+                                  guest::kMaxRamBytes >> 30);
+  c.memory = *memory;
+  if (j.contains("vcpus")) {
+    auto v = size_value(j.at("vcpus"), root / "vcpus");
+    if (!v) return std::unexpected(v.error());
+    if (*v != 1) return (root / "vcpus").fail("only 1 vCPU per VM is supported for now, found {}", *v);
+  }
+  if (j.contains("timeout_ms")) {
+    auto t = size_value(j.at("timeout_ms"), root / "timeout_ms");
+    if (!t) return std::unexpected(t.error());
+    if (*t == 0 || *t > kMaxTimeoutMs) return (root / "timeout_ms").fail("must be 1..{}, found {}", kMaxTimeoutMs, *t);
+    c.timeout_ms = *t;
+  }
+  if (!j.contains("program")) return root.fail("missing required key \"program\"");
+  StepParser sp{c.memory};
+  auto program = sp.list(j.at("program"), root / "program", 0);
+  if (!program) return std::unexpected(program.error());
+  c.program = std::move(*program);
+  return c;
+}
+
+Result<VmConfig> load_config(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return sys_fail(fmt::format("cannot read config {}", path), "open", errno);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  json j;
+  try {
+    j = json::parse(text);
+  } catch (const json::parse_error& e) {
+    size_t line = 1, col = 1;
+    for (size_t i = 0; i + 1 < e.byte && i < text.size(); i++) {
+      if (text[i] == '\n') line++, col = 1;
+      else col++;
+    }
+    return fail("{}: not valid JSON at line {}, column {}: {}", path, line, col, e.what());
+  }
+  std::string stem = path.substr(path.find_last_of('/') + 1);
+  if (auto dot = stem.rfind('.'); dot != std::string::npos && dot > 0) stem.resize(dot);
+  if (!valid_name(stem)) stem = "vm";
+  auto c = parse_vm_config(j, stem);
+  if (!c) return std::unexpected(c.error().context(path));
+  return c;
+}
+
+}  // namespace kvmem

@@ -1,0 +1,45 @@
+// Typed configuration of a kvmem run, parsed from JSON.
+//
+// Everything in a config is untrusted. Each rejection names the JSON pointer
+// of the bad value and why: "/program/3/length: must be a multiple of 8".
+// docs/config.md documents every key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "base/error.h"
+#include "guest/boot.h"
+#include "guest/program.h"
+
+namespace kvmem {
+
+struct VmConfig {
+  std::string name;
+  uint64_t memory = 0;  // bytes of guest RAM at guest-physical 0
+  unsigned vcpus = 1;
+  uint64_t timeout_ms = 10'000;
+  guest::PageSize page_size = guest::PageSize::k2M;
+  std::vector<guest::Step> program;
+};
+
+inline constexpr uint64_t kMaxTimeoutMs = 3'600'000;
+inline constexpr size_t kMaxSteps = 10'000;
+inline constexpr unsigned kMaxLoopDepth = 8;
+
+// Parses a size: a non-negative integer, or a string holding a decimal or
+// 0x-hex number with an optional K, M, G or T suffix (powers of 1024):
+// "4K", "64M", "0x200000". Returns an error sentence (no pointer) on failure.
+Result<uint64_t> parse_size_string(std::string_view s);
+
+// Parses one VM's config. `default_name` is used when the config has no "name".
+Result<VmConfig> parse_vm_config(const nlohmann::json& j, std::string_view default_name);
+
+// Reads and parses a config file. Errors start with the path.
+Result<VmConfig> load_config(const std::string& path);
+
+}  // namespace kvmem

@@ -1,0 +1,68 @@
+#include "vmm/hypercalls.h"
+
+#include <cerrno>
+
+#include <fmt/format.h>
+
+#include "guest/boot.h"
+#include "vmm/guest_memory.h"
+
+namespace kvmem {
+namespace {
+
+HypercallOutcome resume(int64_t status) { return {HypercallOutcome::Action::kResume, status, 0, {}}; }
+
+HypercallOutcome refuse(HypercallContext& ctx, int err) {
+  ctx.stats.invalid++;
+  return resume(-err);
+}
+
+HypercallOutcome console_write(HypercallContext& ctx, uint64_t gpa, uint64_t length) {
+  if (length > abi::kConsoleMax) return refuse(ctx, EINVAL);
+  if (!ctx.memory.contains(gpa, length)) return refuse(ctx, EFAULT);
+  if (length > 0 && ctx.console)
+    ctx.console(std::string_view(reinterpret_cast<const char*>(ctx.memory.host(gpa)), length));
+  return resume(static_cast<int64_t>(length));
+}
+
+std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint64_t actual) {
+  switch (reason) {
+    case abi::kFailVerify:
+      return fmt::format("verify failed at guest-physical {:#x}: expected {:#018x}, read {:#018x}", addr,
+                         expected, actual);
+    case abi::kFailHypercallStatus:
+      return fmt::format("hypercall {} returned {}, expected {}", addr, static_cast<int64_t>(actual),
+                         static_cast<int64_t>(expected));
+    default:
+      return fmt::format("guest reported failure (reason {}) at {:#x}: expected {:#x}, actual {:#x}", reason,
+                         addr, expected, actual);
+  }
+}
+
+}  // namespace
+
+HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs) {
+  const uint64_t nr = regs.rax & 0xffffffff;  // `out` sends eax; the upper half is noise
+  if (nr >= abi::kHypercallCount) {
+    ctx.stats.unknown++;
+    return refuse(ctx, ENOSYS);
+  }
+  ctx.stats.calls[nr]++;
+  switch (nr) {
+    case abi::kHcVersion:
+      return resume(abi::kVersion);
+    case abi::kHcConsoleWrite:
+      return console_write(ctx, regs.rdi, regs.rsi);
+    case abi::kHcExit:
+      return {HypercallOutcome::Action::kExit, 0, regs.rdi, {}};
+    case abi::kHcFail:
+      return {HypercallOutcome::Action::kFail, 0, 0, fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10)};
+    case abi::kHcException:
+      return {HypercallOutcome::Action::kFail, 0, 0,
+              fmt::format("guest exception {} (vector {}) at rip {:#x}: error code {:#x}, cr2 {:#x}",
+                          guest::exception_name(regs.rdi), regs.rdi, regs.rsi, regs.rdx, regs.r10)};
+  }
+  return refuse(ctx, ENOSYS);
+}
+
+}  // namespace kvmem

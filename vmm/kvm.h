@@ -1,0 +1,91 @@
+// RAII wrappers for /dev/kvm, a VM and a vCPU.
+//
+// Each kernel object has one owner: Kvm owns the /dev/kvm fd, KvmVm a VM fd,
+// KvmVcpu a vCPU fd and its kvm_run mapping. Every failing ioctl comes back as
+// an Error naming the ioctl and its errno ("KVM_CREATE_VM: EINVAL (...)").
+// Nothing here knows about guests or configs.
+#pragma once
+
+#include <linux/kvm.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "base/error.h"
+#include "base/fd.h"
+
+namespace kvmem {
+
+class KvmVcpu;
+class KvmVm;
+
+class Kvm {
+ public:
+  // Opens /dev/kvm and checks the API version. The error says what to do
+  // when /dev/kvm is missing or not accessible.
+  static Result<Kvm> open();
+
+  int fd() const { return fd_.get(); }
+  // KVM_CHECK_EXTENSION on /dev/kvm: 0 when absent, else the capability's value.
+  int check_extension(long cap) const;
+  // A required capability: an error naming it when absent.
+  Status require(long cap, const char* name) const;
+
+  Result<std::vector<kvm_cpuid_entry2>> supported_cpuid() const;
+  Result<KvmVm> create_vm() const;
+  size_t vcpu_mmap_size() const { return vcpu_mmap_size_; }
+
+ private:
+  Kvm(Fd fd, size_t mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(mmap_size) {}
+  Fd fd_;
+  size_t vcpu_mmap_size_ = 0;
+};
+
+class KvmVm {
+ public:
+  int fd() const { return fd_.get(); }
+  int check_extension(long cap) const;
+
+  // KVM_SET_USER_MEMORY_REGION. size == 0 deletes the slot.
+  Status set_memory_region(uint32_t slot, uint32_t flags, uint64_t gpa, uint64_t size,
+                           void* host);
+  Status enable_cap(uint32_t cap, uint64_t arg0);
+  Result<KvmVcpu> create_vcpu(unsigned id);
+
+ private:
+  friend class Kvm;
+  KvmVm(Fd fd, size_t vcpu_mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(vcpu_mmap_size) {}
+  Fd fd_;
+  size_t vcpu_mmap_size_;
+};
+
+class KvmVcpu {
+ public:
+  KvmVcpu(KvmVcpu&& o) noexcept;
+  KvmVcpu& operator=(KvmVcpu&&) = delete;
+  KvmVcpu(const KvmVcpu&) = delete;
+  ~KvmVcpu();
+
+  int fd() const { return fd_.get(); }
+  kvm_run* run_struct() const { return run_; }
+
+  // KVM_RUN. Returns true when the guest exited (see run_struct()->exit_reason),
+  // false when the call was interrupted by a signal (EINTR) or immediate_exit.
+  Result<bool> run();
+
+  Result<kvm_regs> get_regs() const;
+  Status set_regs(const kvm_regs& regs);
+  Result<kvm_sregs> get_sregs() const;
+  Status set_sregs(const kvm_sregs& sregs);
+  Status set_cpuid(const std::vector<kvm_cpuid_entry2>& entries);
+
+ private:
+  friend class KvmVm;
+  KvmVcpu(Fd fd, kvm_run* run, size_t mmap_size) : fd_(std::move(fd)), run_(run), mmap_size_(mmap_size) {}
+  Fd fd_;
+  kvm_run* run_ = nullptr;
+  size_t mmap_size_ = 0;
+};
+
+}  // namespace kvmem
