@@ -64,6 +64,7 @@ class Emitter {
       case Step::Op::kLoop: loop(s); break;
       case Step::Op::kHypercall: hypercall(s); break;
       case Step::Op::kExit: exit(s.code); break;
+      case Step::Op::kFault: fault(s.fault); break;
     }
   }
 
@@ -207,11 +208,50 @@ class Emitter {
     a_.bind(ok);
   }
 
+  void fault(Step::Fault f) {
+    switch (f) {
+      case Step::Fault::kDivideByZero:
+        a_.xor_(ecx, ecx);
+        a_.mov(eax, 1);
+        a_.xor_(edx, edx);
+        a_.div(ecx);
+        break;
+      case Step::Fault::kInvalidOpcode: a_.ud2(); break;
+      case Step::Fault::kBreakpoint: a_.int3(); break;
+      case Step::Fault::kUnmappedRead:
+        // 256 TiB - 8 lies past every identity mapping the boot area writes.
+        a_.mov(r8, 0x0000'7fff'ffff'fff8ull);
+        a_.mov(rax, qword_ptr(r8));
+        break;
+      case Step::Fault::kHalt: a_.hlt(); break;  // privileged: #GP at CPL3
+      case Step::Fault::kUnknownPort: a_.out(imm(0x80), eax); break;
+      case Step::Fault::kSpin: {
+        Label l = a_.newLabel();
+        a_.bind(l);
+        a_.jmp(l);
+        break;
+      }
+    }
+  }
+
   Assembler& a_;
   std::vector<std::pair<Label, std::string>> strings_;
 };
 
 }  // namespace
+
+const char* fault_name(Step::Fault f) {
+  switch (f) {
+    case Step::Fault::kDivideByZero: return "divide-by-zero";
+    case Step::Fault::kInvalidOpcode: return "invalid-opcode";
+    case Step::Fault::kBreakpoint: return "breakpoint";
+    case Step::Fault::kUnmappedRead: return "unmapped-read";
+    case Step::Fault::kHalt: return "halt";
+    case Step::Fault::kUnknownPort: return "unknown-port";
+    case Step::Fault::kSpin: return "spin";
+  }
+  return "?";
+}
 
 uint64_t seed_mix(uint64_t addr, uint64_t seed) {
   uint64_t x = addr ^ seed;

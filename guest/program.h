@@ -33,7 +33,9 @@ struct Pattern {
 uint64_t seed_mix(uint64_t addr, uint64_t seed);
 
 struct Step {
-  enum class Op { kPrint, kFill, kTouch, kVerify, kLoop, kHypercall, kExit };
+  enum class Op { kPrint, kFill, kTouch, kVerify, kLoop, kHypercall, kExit, kFault };
+  // Deliberate misbehaviour, to see how the VMM reports it.
+  enum class Fault { kDivideByZero, kInvalidOpcode, kBreakpoint, kUnmappedRead, kHalt, kUnknownPort, kSpin };
   Op op = Op::kExit;
 
   std::string text;          // print
@@ -48,7 +50,12 @@ struct Step {
   std::array<uint64_t, 6> args{};  // hypercall: rdi, rsi, rdx, r10, r8, r9
   std::optional<int64_t> expect;   // hypercall: status the guest demands
   uint64_t code = 0;         // exit: exit code
+  Fault fault = Fault::kSpin;  // fault
 };
+
+// Names used in configs: "divide-by-zero", "invalid-opcode", "breakpoint",
+// "unmapped-read", "halt", "unknown-port", "spin".
+const char* fault_name(Step::Fault f);
 
 struct Image {
   std::vector<uint8_t> bytes;  // to be copied to guest-physical `base`

@@ -53,7 +53,11 @@ Status check_keys(const json& j, const Ptr& p, std::initializer_list<const char*
 
 Result<uint64_t> size_value(const json& j, const Ptr& p) {
   if (j.is_number_unsigned()) return j.get<uint64_t>();
-  if (j.is_number_integer()) return p.fail("must not be negative, found {}", j.get<int64_t>());
+  if (j.is_number_integer()) {
+    const int64_t v = j.get<int64_t>();
+    if (v < 0) return p.fail("must not be negative, found {}", v);
+    return static_cast<uint64_t>(v);
+  }
   if (j.is_string()) {
     auto r = parse_size_string(j.get<std::string>());
     if (!r) return p.fail("{}", r.error().message);
@@ -238,8 +242,22 @@ struct StepParser {
         if (*c > 255) return (p / "code").fail("must be 0..255, found {}", *c);
         s.code = *c;
       }
+    } else if (name == "fault") {
+      if (auto k = check_keys(j, p, {"op", "kind"}); !k) return std::unexpected(k.error());
+      s.op = Step::Op::kFault;
+      const json* kind = j.contains("kind") ? &j.at("kind") : nullptr;
+      bool found = false;
+      for (int f = 0; kind && kind->is_string() && f <= static_cast<int>(Step::Fault::kSpin); f++) {
+        if (*kind == guest::fault_name(static_cast<Step::Fault>(f))) {
+          s.fault = static_cast<Step::Fault>(f);
+          found = true;
+        }
+      }
+      if (!found)
+        return (p / "kind").fail("expected one of: divide-by-zero, invalid-opcode, breakpoint, unmapped-read, "
+                                 "halt, unknown-port, spin");
     } else {
-      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall or exit)", name);
+      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit or fault)", name);
     }
     return s;
   }
@@ -339,12 +357,10 @@ Result<VmConfig> load_config(const std::string& path) {
   try {
     j = json::parse(text);
   } catch (const json::parse_error& e) {
-    size_t line = 1, col = 1;
-    for (size_t i = 0; i + 1 < e.byte && i < text.size(); i++) {
-      if (text[i] == '\n') line++, col = 1;
-      else col++;
-    }
-    return fail("{}: not valid JSON at line {}, column {}: {}", path, line, col, e.what());
+    // e.what() reads "[json.exception.parse_error.101] parse error at line 3, column 16: ...".
+    std::string_view what = e.what();
+    if (auto close = what.find("] "); close != std::string_view::npos) what.remove_prefix(close + 2);
+    return fail("{}: not valid JSON: {}", path, what);
   }
   std::string stem = path.substr(path.find_last_of('/') + 1);
   if (auto dot = stem.rfind('.'); dot != std::string::npos && dot > 0) stem.resize(dot);

@@ -3,7 +3,6 @@
 #include <signal.h>
 #include <sys/syscall.h>
 #include <time.h>
-#include <cpuid.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -88,16 +87,11 @@ const char* exit_name(uint32_t reason) {
   }
 }
 
-// CPUID.80000001h:EDX[26], from KVM's supported list or else the host's own.
-bool gib_pages_supported(const std::vector<kvm_cpuid_entry2>* supported) {
-  if (supported) {
-    for (const auto& e : *supported)
-      if (e.function == 0x80000001) return (e.edx >> 26) & 1;
-    return false;
-  }
-  unsigned a, b, c, d;
-  if (!__get_cpuid(0x80000001, &a, &b, &c, &d)) return false;
-  return (d >> 26) & 1;
+// CPUID.80000001h:EDX[26] in KVM's supported list.
+bool gib_pages_supported(const std::vector<kvm_cpuid_entry2>& supported) {
+  for (const auto& e : supported)
+    if (e.function == 0x80000001) return (e.edx >> 26) & 1;
+  return false;
 }
 
 }  // namespace
@@ -120,8 +114,14 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, const VmConfig& config, c
   // PVM answers KVM_GET_SUPPORTED_CPUID with EINVAL and runs long mode
   // without it, so an error here is not fatal: the vCPU keeps KVM's default.
   auto cpuid = kvm.supported_cpuid();
-  if (config.page_size == guest::PageSize::k1G && !gib_pages_supported(cpuid ? &*cpuid : nullptr))
-    return fail("this host does not offer 1 GiB guest pages (CPUID pdpe1gb); use \"guest_page_size\": \"2M\"");
+  if (config.page_size == guest::PageSize::k1G) {
+    if (!cpuid)
+      return fail("this host's KVM does not offer 1 GiB guest pages: it cannot report CPUID ({}), so the "
+                  "guest cannot be given pdpe1gb; use \"guest_page_size\": \"2M\"",
+                  cpuid.error().message);
+    if (!gib_pages_supported(*cpuid))
+      return fail("this host's KVM does not offer 1 GiB guest pages (CPUID pdpe1gb); use \"guest_page_size\": \"2M\"");
+  }
   // Guest memory must hold its contents before the vCPU can see it.
   if (auto s = guest::write_boot_area(memory->span(), config.page_size); !s) return std::unexpected(s.error());
   if (program.base + program.bytes.size() > abi::kProgramEnd || program.base < abi::kProgramAddr)

@@ -1,0 +1,34 @@
+#include "tests/vmm/guest_runner.h"
+
+#include "guest/abi.h"
+
+namespace kvmem::test {
+
+GuestRun run_guest(const nlohmann::json& config) {
+  GuestRun out;
+  auto c = parse_vm_config(config, "test");
+  if (!c) {
+    out.setup_error = c.error().message;
+    return out;
+  }
+  auto image = guest::build_program(c->program, abi::kProgramAddr, abi::kProgramEnd);
+  if (!image) {
+    out.setup_error = image.error().message;
+    return out;
+  }
+  auto kvm = Kvm::open();
+  if (!kvm) {
+    out.setup_error = kvm.error().message;
+    return out;
+  }
+  auto vm = Vm::create(*kvm, *c, *image);
+  if (!vm) {
+    out.setup_error = vm.error().message;
+    return out;
+  }
+  out.vm = std::move(*vm);
+  out.result = out.vm->run(nullptr);
+  return out;
+}
+
+}  // namespace kvmem::test

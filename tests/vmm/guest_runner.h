@@ -1,0 +1,21 @@
+// Boots a guest from an in-test JSON config, as `kvmem run` would.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "vmm/vm.h"
+
+namespace kvmem::test {
+
+struct GuestRun {
+  std::string setup_error;  // non-empty when the config or the host refused
+  RunResult result;
+  std::unique_ptr<Vm> vm;   // kept so tests can look at guest memory afterwards
+};
+
+GuestRun run_guest(const nlohmann::json& config);
+
+}  // namespace kvmem::test

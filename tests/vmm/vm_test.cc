@@ -1,0 +1,218 @@
+// Guests booted under KVM: every step, every fault, hostile hypercalls.
+#include <cerrno>
+#include <cstring>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "guest/abi.h"
+#include "tests/support.h"
+#include "tests/vmm/guest_runner.h"
+
+using namespace kvmem;
+using json = nlohmann::json;
+using Outcome = RunResult::Outcome;
+
+#define REQUIRE_KVM() \
+  if (!test::kvm_available(Catch::getResultCapture().getCurrentTestName().c_str())) return
+
+namespace {
+
+json config_with(json program, const char* memory = "8M") {
+  return json{{"memory", memory}, {"timeout_ms", 5000}, {"program", std::move(program)}};
+}
+
+uint64_t word_at(Vm& vm, uint64_t gpa) {
+  uint64_t w;
+  std::memcpy(&w, vm.memory().host(gpa), 8);
+  return w;
+}
+
+}  // namespace
+
+TEST_CASE("a guest prints, fills, verifies and exits 0", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with({{{"op", "print"}, {"text", "hello\n"}},
+                                    {{"op", "fill"}, {"at", "2M"}, {"length", "64K"}, {"pattern", {{"seed", 42}}}},
+                                    {{"op", "verify"}, {"at", "2M"}, {"length", "64K"}, {"pattern", {{"seed", 42}}}},
+                                    {{"op", "exit"}, {"code", 0}}}));
+  REQUIRE(run.setup_error == "");
+  INFO(run.result.message);
+  CHECK(run.result.outcome == Outcome::kExited);
+  CHECK(run.result.guest_exit_code == 0);
+  CHECK(run.result.process_exit_code() == 0);
+  CHECK(run.result.console == "hello\n");
+  CHECK(run.result.exits.at("io") == 2);  // one console write, one exit: nothing else leaves KVM
+  CHECK(run.result.hypercalls.calls[abi::kHcConsoleWrite] == 1);
+}
+
+TEST_CASE("each pattern the guest writes is the word the host computes", "[kvm][vm]") {
+  REQUIRE_KVM();
+  const json patterns[] = {"zero", "address", {{"seed", 0}}, {{"seed", 0xdeadbeef}}, {{"byte", 0xa5}}};
+  for (const json& p : patterns) {
+    INFO(p.dump());
+    auto run = test::run_guest(config_with({{{"op", "fill"}, {"at", "1M"}, {"length", "16K"}, {"pattern", {{"byte", 1}}}},
+                                      {{"op", "fill"}, {"at", "1M"}, {"length", "16K"}, {"pattern", p}}}));
+    REQUIRE(run.setup_error == "");
+    REQUIRE(run.result.outcome == Outcome::kExited);
+    auto c = parse_vm_config(config_with({{{"op", "fill"}, {"at", "1M"}, {"length", 8}, {"pattern", p}}}), "t");
+    REQUIRE(c);
+    const guest::Pattern pattern = c->program[0].pattern;
+    for (uint64_t gpa = 1 << 20; gpa < (1 << 20) + (16 << 10); gpa += 8) {
+      if (word_at(*run.vm, gpa) != pattern.word(gpa)) {
+        FAIL(fmt::format("word at {:#x} is {:#x}, host expects {:#x}", gpa, word_at(*run.vm, gpa), pattern.word(gpa)));
+      }
+    }
+    CHECK(word_at(*run.vm, (1 << 20) + (16 << 10)) == 0);  // nothing past the range
+  }
+}
+
+TEST_CASE("verify reports the first mismatching word with both values", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with({{{"op", "fill"}, {"at", "2M"}, {"length", "4K"}, {"pattern", "address"}},
+                                    {{"op", "fill"}, {"at", "0x200ff8"}, {"length", 8}, {"pattern", {{"byte", 0xff}}}},
+                                    {{"op", "verify"}, {"at", "2M"}, {"length", "4K"}, {"pattern", "address"}},
+                                    {{"op", "print"}, {"text", "not reached"}}}));
+  REQUIRE(run.setup_error == "");
+  CHECK(run.result.outcome == Outcome::kFailed);
+  CHECK(run.result.process_exit_code() == 1);
+  CHECK(run.result.console == "");
+  CHECK(run.result.message ==
+        "verify failed at guest-physical 0x200ff8: expected 0x0000000000200ff8, read 0xffffffffffffffff");
+}
+
+TEST_CASE("touch writes one word per stride and leaves the rest alone", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with({{{"op", "touch"}, {"at", "1M"}, {"length", "64K"}, {"stride", "16K"}},
+                                    {{"op", "touch"}, {"at", "2M"}, {"length", "64K"}, {"write", false}}}));
+  REQUIRE(run.setup_error == "");
+  REQUIRE(run.result.outcome == Outcome::kExited);
+  for (uint64_t off = 0; off < (64 << 10); off += 8) {
+    const uint64_t gpa = (1 << 20) + off;
+    const uint64_t want = off % (16 << 10) == 0 ? gpa : 0;
+    if (word_at(*run.vm, gpa) != want) FAIL(fmt::format("word at {:#x}", gpa));
+  }
+  CHECK(word_at(*run.vm, 2 << 20) == 0);  // a read touch writes nothing
+}
+
+TEST_CASE("loops repeat their body, nested ones multiply", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with(
+      {{{"op", "loop"},
+        {"count", 2},
+        {"body",
+         {{{"op", "print"}, {"text", "["}},
+          {{"op", "loop"}, {"count", 3}, {"body", {{{"op", "print"}, {"text", "x"}}}}},
+          {{"op", "print"}, {"text", "]"}}}}}}));
+  REQUIRE(run.setup_error == "");
+  CHECK(run.result.outcome == Outcome::kExited);
+  CHECK(run.result.console == "[xxx][xxx]");
+}
+
+TEST_CASE("the exit code reaches the result; a program without exit ends with 0", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto seven = test::run_guest(config_with({{{"op", "exit"}, {"code", 7}}, {{"op", "print"}, {"text", "not reached"}}}));
+  REQUIRE(seven.setup_error == "");
+  CHECK(seven.result.outcome == Outcome::kExited);
+  CHECK(seven.result.guest_exit_code == 7);
+  CHECK(seven.result.process_exit_code() == 1);
+  CHECK(seven.result.console == "");
+  auto empty = test::run_guest(config_with(json::array()));
+  CHECK(empty.result.outcome == Outcome::kExited);
+  CHECK(empty.result.guest_exit_code == 0);
+}
+
+TEST_CASE("every guest fault ends the run with a message that says what and where", "[kvm][vm]") {
+  REQUIRE_KVM();
+  struct Case {
+    const char* kind;
+    Outcome outcome;
+    const char* want;
+  } cases[] = {
+      {"divide-by-zero", Outcome::kFailed, "guest exception #DE divide error (vector 0) at rip 0x5"},
+      {"invalid-opcode", Outcome::kFailed, "guest exception #UD invalid opcode (vector 6) at rip 0x50000"},
+      {"breakpoint", Outcome::kFailed, "guest exception #BP breakpoint (vector 3)"},
+      {"unmapped-read", Outcome::kFailed, "guest exception #PF page fault (vector 14)"},
+      {"halt", Outcome::kFailed, "guest exception #GP general protection (vector 13) at rip 0x50000"},
+      {"unknown-port", Outcome::kFailed, "guest wrote to I/O port 0x80, which has no device"},
+      {"spin", Outcome::kTimeout, "guest did not finish within 200 ms; it was at rip 0x50000"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.kind);
+    json config = config_with({{{"op", "fault"}, {"kind", c.kind}}});
+    config["timeout_ms"] = 200;
+    auto run = test::run_guest(config);
+    REQUIRE(run.setup_error == "");
+    CHECK(run.result.outcome == c.outcome);
+    CHECK(run.result.process_exit_code() == 1);
+    INFO(run.result.message);
+    CHECK(run.result.message.rfind(c.want, 0) == 0);
+  }
+}
+
+TEST_CASE("an unmapped read reports the faulting address in cr2", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with({{{"op", "fault"}, {"kind", "unmapped-read"}}}));
+  CHECK(run.result.message.find("error code 0x4, cr2 0x7ffffffffff8") != std::string::npos);
+}
+
+TEST_CASE("hostile hypercall arguments get a negative errno and are counted", "[kvm][vm][hypercall]") {
+  REQUIRE_KVM();
+  const uint64_t ram = 8 << 20;
+  auto hc = [](uint32_t nr, json args, json expect) {
+    return json{{"op", "hypercall"}, {"nr", nr}, {"args", std::move(args)}, {"expect", std::move(expect)}};
+  };
+  auto run = test::run_guest(config_with({
+      hc(abi::kHcVersion, json::array(), abi::kVersion),
+      hc(abi::kHcConsoleWrite, {abi::kProgramAddr, 0}, 0),                      // empty write is fine
+      hc(abi::kHcConsoleWrite, {ram - 4, 8}, "-EFAULT"),                         // runs past RAM
+      hc(abi::kHcConsoleWrite, {ram, 1}, "-EFAULT"),                             // starts at the end
+      hc(abi::kHcConsoleWrite, {"0xfffffffffffffff0", "0x20"}, "-EFAULT"),      // wraps past 2^64
+      hc(abi::kHcConsoleWrite, {"0x8000000000000000", 1}, "-EFAULT"),           // far outside
+      hc(abi::kHcConsoleWrite, {abi::kProgramAddr, abi::kConsoleMax + 1}, "-EINVAL"),  // too long
+      hc(abi::kHcConsoleWrite, {"0xffffffffffffffff", "0xffffffffffffffff"}, "-EINVAL"),
+      hc(99, json::array(), "-ENOSYS"),
+      hc(0xffffffff, {1, 2, 3, 4, 5, 6}, "-ENOSYS"),
+      {{"op", "print"}, {"text", "still here\n"}},
+  }));
+  REQUIRE(run.setup_error == "");
+  INFO(run.result.message);
+  CHECK(run.result.outcome == Outcome::kExited);
+  CHECK(run.result.console == "still here\n");
+  CHECK(run.result.hypercalls.invalid == 8);
+  CHECK(run.result.hypercalls.unknown == 2);
+  CHECK(run.result.hypercalls.calls[abi::kHcConsoleWrite] == 8);
+}
+
+TEST_CASE("a hypercall step whose status differs fails with number, expected and actual", "[kvm][vm][hypercall]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with({{{"op", "hypercall"}, {"nr", 42}, {"expect", 0}}}));
+  REQUIRE(run.setup_error == "");
+  CHECK(run.result.outcome == Outcome::kFailed);
+  CHECK(run.result.message == fmt::format("hypercall 42 returned {}, expected 0", -ENOSYS));
+}
+
+TEST_CASE("a guest can fake neither an exit nor a success after failing", "[kvm][vm][hypercall]") {
+  REQUIRE_KVM();
+  // kHcFail from the program itself ends the run, whatever follows.
+  auto run = test::run_guest(config_with({{{"op", "hypercall"}, {"nr", abi::kHcFail}, {"args", {1, 0x100000, 1, 2}}},
+                                    {{"op", "exit"}, {"code", 0}}}));
+  CHECK(run.result.outcome == Outcome::kFailed);
+  CHECK(run.result.message == "verify failed at guest-physical 0x100000: expected 0x0000000000000001, read 0x0000000000000002");
+}
+
+TEST_CASE("a guest with 1 GiB pages boots where the host offers them", "[kvm][vm]") {
+  REQUIRE_KVM();
+  json config = config_with({{{"op", "fill"}, {"at", "0x3ff00000"}, {"length", "1M"}, {"pattern", "address"}},
+                       {{"op", "verify"}, {"at", "0x3ff00000"}, {"length", "1M"}, {"pattern", "address"}}},
+                      "1G");
+  config["guest_page_size"] = "1G";
+  auto run = test::run_guest(config);
+  if (run.setup_error.find("does not offer 1 GiB guest pages") != std::string::npos) {
+    WARN("host has no 1 GiB pages: " << run.setup_error);
+    return;
+  }
+  REQUIRE(run.setup_error == "");
+  INFO(run.result.message);
+  CHECK(run.result.outcome == Outcome::kExited);
+}
