@@ -1,0 +1,71 @@
+#include <cstring>
+#include <vector>
+
+#include <catch2/catch.hpp>
+
+#include "guest/abi.h"
+#include "guest/boot.h"
+
+using namespace kvmem;
+
+namespace {
+uint64_t word(const std::vector<uint8_t>& ram, uint64_t gpa) {
+  uint64_t w;
+  std::memcpy(&w, ram.data() + gpa, 8);
+  return w;
+}
+}  // namespace
+
+TEST_CASE("boot page tables identity-map all of RAM with user 2 MiB pages", "[guest]") {
+  std::vector<uint8_t> ram(8 << 20, 0xcc);
+  REQUIRE(guest::write_boot_area(ram, guest::PageSize::k2M));
+  const uint64_t pml4 = abi::kPageTablesAddr;
+  CHECK(word(ram, pml4) == (pml4 + 0x1000 | 7));
+  CHECK(word(ram, pml4 + 8) == 0);
+  const uint64_t pdpt = pml4 + 0x1000, pd = pml4 + 0x2000;
+  CHECK(word(ram, pdpt) == (pd | 7));
+  for (uint64_t i = 0; i < 4; i++) CHECK(word(ram, pd + i * 8) == ((i << 21) | 0x87));
+  CHECK(word(ram, pd + 4 * 8) == 0);  // nothing past RAM is mapped
+}
+
+TEST_CASE("boot page tables with 1 GiB pages use PDPT leaves", "[guest]") {
+  std::vector<uint8_t> ram(2ull << 30);  // untouched pages cost nothing
+  REQUIRE(guest::write_boot_area(ram, guest::PageSize::k1G));
+  const uint64_t pdpt = abi::kPageTablesAddr + 0x1000;
+  CHECK(word(ram, pdpt) == 0x87);
+  CHECK(word(ram, pdpt + 8) == ((1ull << 30) | 0x87));
+  CHECK(word(ram, pdpt + 16) == 0);
+}
+
+TEST_CASE("the GDT has Linux's user selectors and the TSS opens the hypercall port", "[guest]") {
+  std::vector<uint8_t> ram(2 << 20);
+  REQUIRE(guest::write_boot_area(ram, guest::PageSize::k2M));
+  CHECK(word(ram, abi::kGdtAddr + (abi::kUserCs >> 3) * 8) == 0x00affb000000ffffull);
+  CHECK(word(ram, abi::kGdtAddr + (abi::kUserDs >> 3) * 8) == 0x00cff3000000ffffull);
+  // I/O bitmap: port kHypercallPort's bit is clear (allowed).
+  uint16_t iomap;
+  std::memcpy(&iomap, ram.data() + abi::kTssAddr + 0x66, 2);
+  const uint8_t bits = ram[abi::kTssAddr + iomap + abi::kHypercallPort / 8];
+  CHECK((bits >> (abi::kHypercallPort % 8) & 1) == 0);
+  // Every IDT gate is present and leads into the stub page.
+  for (unsigned v = 0; v < 256; v++) {
+    uint64_t lo = word(ram, abi::kIdtAddr + v * 16);
+    uint64_t target = (lo & 0xffff) | ((lo >> 48) << 16);
+    CHECK(((lo >> 40) & 0xff) == 0x8e);
+    CHECK(target >= abi::kStubsAddr);
+    CHECK(target < abi::kStubsEnd);
+  }
+}
+
+TEST_CASE("long-mode sregs start the guest at CPL3", "[guest]") {
+  kvm_sregs s{};
+  guest::long_mode_sregs(s);
+  CHECK(s.cs.selector == abi::kUserCs);
+  CHECK(s.cs.dpl == 3);
+  CHECK(s.cs.l == 1);
+  CHECK(s.efer == 0x500);
+  CHECK(s.cr3 == abi::kPageTablesAddr);
+  kvm_regs r = guest::user_regs(0x50000);
+  CHECK(r.rip == 0x50000);
+  CHECK((r.rflags >> 12 & 3) == 3);  // IOPL 3
+}

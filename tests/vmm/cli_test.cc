@@ -1,0 +1,130 @@
+// The kvmem binary as a user runs it: exit codes, messages, --json.
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <fstream>
+
+#include "tests/support.h"
+
+using namespace kvmem;
+using json = nlohmann::json;
+
+namespace {
+
+test::CommandResult run_kvmem(std::vector<std::string> args) {
+  args.insert(args.begin(), test::kvmem_binary());
+  return test::run_command(args);
+}
+
+// A config file that is removed when the test ends.
+class TempConfig {
+ public:
+  explicit TempConfig(const std::string& text) {
+    char tmpl[] = "/tmp/kvmem-cli-XXXXXX";
+    int fd = mkstemp(tmpl);
+    REQUIRE(fd >= 0);
+    close(fd);
+    path_ = tmpl;
+    std::ofstream(path_) << text;
+  }
+  ~TempConfig() { unlink(path_.c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+}  // namespace
+
+TEST_CASE("the kvmem binary exists for the CLI tests", "[cli]") {
+  REQUIRE(access(test::kvmem_binary().c_str(), X_OK) == 0);
+}
+
+TEST_CASE("--help and --version exit 0 and tell the truth", "[cli]") {
+  auto help = run_kvmem({"--help"});
+  CHECK(help.exit_code == 0);
+  CHECK(help.out.find("run") != std::string::npos);
+  CHECK(help.out.find("validate") != std::string::npos);
+  CHECK(help.out.find("Exit codes") != std::string::npos);
+  auto version = run_kvmem({"--version"});
+  CHECK(version.exit_code == 0);
+  CHECK(version.out.find("hypercall ABI 1") != std::string::npos);
+}
+
+TEST_CASE("bad usage exits 2", "[cli]") {
+  CHECK(run_kvmem({}).exit_code == 2);
+  CHECK(run_kvmem({"frobnicate"}).exit_code == 2);
+  CHECK(run_kvmem({"run"}).exit_code == 2);
+  CHECK(run_kvmem({"run", "configs/hello.json", "--bogus"}).exit_code == 2);
+}
+
+TEST_CASE("validate accepts the shipped configs", "[cli]") {
+  for (const char* c : {"configs/hello.json", "configs/steps.json", "configs/patterns.json", "configs/faults/divide-by-zero.json"}) {
+    INFO(c);
+    auto r = run_kvmem({"validate", c});
+    INFO(r.err);
+    CHECK(r.exit_code == 0);
+    CHECK(r.out.find(": ok") != std::string::npos);
+  }
+}
+
+TEST_CASE("a bad config exits 2 with the file and the JSON pointer", "[cli]") {
+  TempConfig bad(R"({"memory": "4M", "program": [{"op": "fill", "at": "1M", "length": 12, "pattern": "zero"}]})");
+  for (const char* cmd : {"validate", "run"}) {
+    auto r = run_kvmem({cmd, bad.path()});
+    CHECK(r.exit_code == 2);
+    CHECK(r.err == "kvmem: " + bad.path() + ": /program/0/length: 0xc is not a multiple of 8\n");
+  }
+  auto j = run_kvmem({"validate", "--json", bad.path()});
+  CHECK(j.exit_code == 2);
+  auto report = json::parse(j.out);
+  CHECK(report["exit_code"] == 2);
+  CHECK(report["error"].get<std::string>().find("/program/0/length") != std::string::npos);
+}
+
+TEST_CASE("a missing file and broken JSON exit 2 with a sentence", "[cli]") {
+  auto missing = run_kvmem({"run", "/nonexistent.json"});
+  CHECK(missing.exit_code == 2);
+  CHECK(missing.err.find("cannot read config /nonexistent.json: open: ENOENT") != std::string::npos);
+  TempConfig broken("{\"memory\": ");
+  auto r = run_kvmem({"run", broken.path()});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("not valid JSON: parse error at line 1") != std::string::npos);
+}
+
+TEST_CASE("run prints the guest's console and exits 0", "[cli][kvm]") {
+  if (!test::kvm_available("run prints the guest's console and exits 0")) return;
+  auto r = run_kvmem({"run", "configs/hello.json"});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out.find("hello from a kvmem guest") != std::string::npos);
+  CHECK(r.err == "");
+}
+
+TEST_CASE("run --json prints one report with outcome, console, exits and times", "[cli][kvm]") {
+  if (!test::kvm_available("run --json prints one report")) return;
+  auto r = run_kvmem({"run", "--json", "configs/hello.json"});
+  CHECK(r.exit_code == 0);
+  auto report = json::parse(r.out);
+  CHECK(report["exit_code"] == 0);
+  CHECK(report["outcome"] == "exited");
+  CHECK(report["guest_exit_code"] == 0);
+  CHECK(report["console"].get<std::string>().find("hello from a kvmem guest") != std::string::npos);
+  CHECK(report["exits"]["io"].get<int>() >= 2);
+  CHECK(report["wall_ms"].get<double>() > 0);
+  CHECK(report["run_ms"].get<double>() > 0);
+}
+
+TEST_CASE("a failing guest exits 1 and says why on stderr", "[cli][kvm]") {
+  if (!test::kvm_available("a failing guest exits 1")) return;
+  auto r = run_kvmem({"run", "configs/faults/divide-by-zero.json"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.err.find("guest exception #DE divide error (vector 0)") != std::string::npos);
+  auto j = run_kvmem({"run", "--json", "configs/faults/divide-by-zero.json"});
+  CHECK(j.exit_code == 1);
+  auto report = json::parse(j.out);
+  CHECK(report["outcome"] == "failed");
+  CHECK(report["message"].get<std::string>().find("#DE") != std::string::npos);
+}
