@@ -1,0 +1,32 @@
+// The host calls through which MemoryFile changes the file and its mappings.
+//
+// This is the fault-injection seam: tests pass a HostOps whose calls fail on
+// demand, so the fallback paths (zeroing when a hole cannot be punched, the
+// errors when the file cannot grow or a chunk cannot be mapped) run for real.
+// The default forwards to the kernel and holds no state.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kvmem {
+
+class HostOps {
+ public:
+  virtual ~HostOps() = default;
+
+  // Each returns 0 on success or the errno of the failure; none sets errno.
+  virtual int fallocate(int fd, int mode, uint64_t offset, uint64_t length);
+  virtual int ftruncate(int fd, uint64_t length);
+  // *out receives the address of the new mapping.
+  virtual int mmap(void* addr, size_t length, int prot, int flags, int fd, uint64_t offset,
+                   void** out);
+};
+
+// A HostOps that calls the kernel. Stateless; shared by every MemoryFile
+// that is not given one.
+HostOps& kernel_host_ops();
+
+}  // namespace kvmem

@@ -1,0 +1,495 @@
+// MemoryFile: creation, mappings, allocation, references and reclaim.
+// Usage accounting (update_usage and the scan) is in memory_file_usage.cc.
+#include "memory/memory_file.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+
+#include "base/check.h"
+
+#ifndef MFD_HUGE_2MB
+#define MFD_HUGE_2MB (21U << 26)
+#endif
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23
+#endif
+
+namespace kvmem {
+namespace {
+
+// "After a successful call, subsequent reads from this range will return
+// zeroes. The FALLOC_FL_PUNCH_HOLE flag must be ORed with
+// FALLOC_FL_KEEP_SIZE" - fallocate(2). Punching frees the pages' memory.
+constexpr int kPunchHole = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+
+// At most this many ranges per reclaimer round, to bound the time mu_ is held.
+constexpr size_t kReclaimRangesPerRound = 64;
+
+std::unexpected<Error> error_with(int code, std::string message) {
+  return std::unexpected(Error{code, std::move(message)});
+}
+
+}  // namespace
+
+HugePageSupport probe_huge_pages() {
+  HugePageSupport s;
+  {
+    std::ifstream meminfo("/proc/meminfo");
+    std::string line;
+    long free_pages = -1, size_kb = 0;
+    while (std::getline(meminfo, line)) {
+      std::istringstream in(line);
+      std::string key;
+      in >> key;
+      if (key == "HugePages_Free:") in >> free_pages;
+      if (key == "Hugepagesize:") in >> size_kb;
+    }
+    if (free_pages < 0) {
+      s.hugetlb_reason = "the host does not report hugetlb pages (no HugePages_Free in /proc/meminfo)";
+    } else if (free_pages == 0) {
+      s.hugetlb_reason =
+          "the host has no free hugetlb pages (HugePages_Free is 0 in /proc/meminfo; "
+          "reserve some with /proc/sys/vm/nr_hugepages)";
+    } else if (size_kb != 2048) {
+      s.hugetlb_reason = fmt::format("the host's default huge page is {} KiB, not 2 MiB", size_kb);
+    } else {
+      s.hugetlb = true;
+    }
+  }
+  {
+    const char* path = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+    std::ifstream f(path);
+    std::string all, mode;
+    std::getline(f, all);
+    size_t open = all.find('['), close = all.find(']');
+    if (open != std::string::npos && close != std::string::npos && close > open)
+      mode = all.substr(open + 1, close - open - 1);
+    if (mode.empty()) {
+      s.thp_reason = fmt::format("the host does not say its shmem THP policy ({} unreadable)", path);
+    } else if (mode == "never" || mode == "deny") {
+      s.thp_reason = fmt::format(
+          "the host's shmem THP policy is '{}' ({}), so MADV_HUGEPAGE has no effect", mode, path);
+    } else {
+      s.thp = true;
+    }
+  }
+  return s;
+}
+
+Result<std::unique_ptr<MemoryFile>> MemoryFile::create(const MemoryFileOptions& options) {
+  if (!is_power_of_two(options.reservation) || options.reservation < kChunkSize)
+    return error_with(EINVAL, fmt::format("cannot create memory file: its reservation {:#x} is "
+                                          "not a power of two of at least 16 MiB",
+                                          options.reservation));
+  std::unique_ptr<MemoryFile> f(new MemoryFile);
+  f->host_ = options.host ? options.host : &kernel_host_ops();
+  f->reservation_ = options.reservation;
+
+  unsigned flags = MFD_CLOEXEC;
+  if (options.huge != HugePages::None) {
+    HugePageSupport support = probe_huge_pages();
+    if (options.huge == HugePages::Hugetlb) {
+      if (!support.hugetlb)
+        return error_with(ENOTSUP, "cannot back the memory file with hugetlb pages: " +
+                                       support.hugetlb_reason);
+      flags |= MFD_HUGETLB | MFD_HUGE_2MB;
+      f->page_size_ = kHugePageSize;
+    } else {
+      if (!support.thp)
+        return error_with(ENOTSUP, "cannot advise transparent huge pages for the memory file: " +
+                                       support.thp_reason);
+      f->thp_ = true;
+    }
+  }
+  if (options.reclaim_batch < f->page_size_ || options.reclaim_batch % f->page_size_ != 0)
+    return error_with(EINVAL, fmt::format("cannot create memory file: reclaim batch {:#x} is not "
+                                          "a positive multiple of the page size",
+                                          options.reclaim_batch));
+  f->reclaim_batch_ = options.reclaim_batch;
+
+  f->fd_ = memfd_create(options.name.c_str(), flags);
+  if (f->fd_ < 0) return sys_fail("cannot create memory file", "memfd_create", errno);
+
+  // One reservation for every chunk mapping ever made, so that contiguous
+  // file offsets are contiguous host addresses. MAP_NORESERVE|PROT_NONE: no
+  // memory, no commit charge; chunk mappings replace pieces of it.
+  void* base = nullptr;
+  if (int err = f->host_->mmap(nullptr, f->reservation_, PROT_NONE,
+                               MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &base))
+    return sys_fail(fmt::format("cannot reserve {:#x} bytes of address space for the memory file",
+                                f->reservation_),
+                    "mmap", err);
+  f->base_ = static_cast<uint8_t*>(base);
+  f->chunks_ = f->reservation_ >> kChunkShift;
+  f->chunk_mapped_ = std::make_unique<std::atomic<bool>[]>(f->chunks_);
+
+  if (int err = f->host_->ftruncate(f->fd_, kChunkSize))
+    return sys_fail(fmt::format("cannot size the memory file to {:#x} bytes", kChunkSize),
+                    "ftruncate", err);
+  f->file_size_.store(kChunkSize, std::memory_order_release);
+
+  f->reclaimer_ = std::thread([p = f.get()] { p->reclaim_loop(); });
+  return f;
+}
+
+MemoryFile::~MemoryFile() { destroy(); }
+
+void MemoryFile::destroy() {
+  {
+    std::lock_guard l(mu_);
+    destroyed_ = true;
+  }
+  reclaim_cv_.notify_all();
+  idle_cv_.notify_all();
+  if (reclaimer_.joinable()) reclaimer_.join();
+  if (base_) {
+    munmap(base_, reservation_);
+    base_ = nullptr;
+  }
+  if (fd_ >= 0) {
+    close(fd_);
+    fd_ = -1;
+  }
+}
+
+void MemoryFile::check_range(FileRange r, const char* op) const {
+  KVMEM_CHECK(r.well_formed() && !r.empty() && r.is_aligned(page_size_),
+              "{}({}): the range must be non-empty and aligned to {:#x}", op, r.to_string(),
+              page_size_);
+}
+
+// ---- mappings ----
+
+Status MemoryFile::map_chunk(uint64_t chunk) {
+  std::lock_guard g(mappings_mu_);
+  if (chunk_mapped_[chunk].load(std::memory_order_relaxed)) return {};
+  uint64_t off = chunk << kChunkShift;
+  // MAP_SHARED, never MAP_PRIVATE: a private mapping would copy pages on
+  // write, so punching the file would free nothing the guest touched.
+  void* out = nullptr;
+  if (int err = host_->mmap(base_ + off, kChunkSize, PROT_READ | PROT_WRITE,
+                            MAP_SHARED | MAP_FIXED, fd_, off, &out))
+    return sys_fail(fmt::format("cannot map chunk {} of the memory file",
+                                FileRange(off, off + kChunkSize).to_string()),
+                    "mmap", err);
+  if (thp_) madvise(out, kChunkSize, MADV_HUGEPAGE);  // advice; the policy was checked at create
+  chunk_mapped_[chunk].store(true, std::memory_order_release);
+  return {};
+}
+
+Result<std::span<uint8_t>> MemoryFile::map_internal(FileRange r) {
+  if (!r.well_formed() || r.empty())
+    return error_with(EINVAL, fmt::format("cannot map {} of the memory file: the range is empty "
+                                          "or ill-formed",
+                                          r.to_string()));
+  uint64_t size = file_size_.load(std::memory_order_acquire);
+  if (r.end > size)
+    return error_with(EINVAL, fmt::format("cannot map {} of the memory file: the file is only "
+                                          "{:#x} bytes long",
+                                          r.to_string(), size));
+  for (uint64_t c = r.start >> kChunkShift; c <= (r.end - 1) >> kChunkShift; c++) {
+    if (chunk_mapped_[c].load(std::memory_order_acquire)) continue;
+    if (auto st = map_chunk(c); !st) return std::unexpected(st.error());
+  }
+  return std::span<uint8_t>(base_ + r.start, r.length());
+}
+
+// ---- allocation ----
+
+Status MemoryFile::grow_locked(uint64_t end) {
+  uint64_t size = file_size_.load(std::memory_order_relaxed);
+  if (end <= size) return {};
+  // Doubling: uncommitted pages cost nothing, and a power-of-two size keeps
+  // every chunk either wholly inside the file or wholly outside it.
+  // end <= reservation_ (a power of two) bounds the loop.
+  while (size < end) size *= 2;
+  if (int err = host_->ftruncate(fd_, size))
+    return sys_fail(fmt::format("cannot grow the memory file to {:#x} bytes", size), "ftruncate",
+                    err);
+  file_size_.store(size, std::memory_order_release);
+  return {};
+}
+
+Result<FileRange> MemoryFile::allocate(uint64_t length, UsageKind kind,
+                                       const AllocateOptions& opts) {
+  if (length == 0 || length % page_size_ != 0)
+    return error_with(EINVAL, fmt::format("cannot allocate {:#x} bytes: the length must be a "
+                                          "positive multiple of the {:#x}-byte page size",
+                                          length, page_size_));
+  uint64_t align = opts.alignment;
+  if (align == 0) {
+    // Huge-aligned when the length allows, so hugetlb/THP pages and 2 MiB
+    // guest mappings can back it.
+    align = length >= kHugePageSize ? std::max(kHugePageSize, page_size_) : page_size_;
+  } else if (!is_power_of_two(align) || align < page_size_) {
+    return error_with(EINVAL, fmt::format("cannot allocate {:#x} bytes at alignment {:#x}: the "
+                                          "alignment must be a power of two of at least {:#x}",
+                                          length, align, page_size_));
+  }
+
+  FileRange r;
+  {
+    std::lock_guard l(mu_);
+    if (destroyed_)
+      return error_with(EINVAL, fmt::format("cannot allocate {:#x} bytes: the memory file is "
+                                            "destroyed",
+                                            length));
+    // Lowest address first: keeps the file compact and its reclaim local.
+    UsageSet::Fit fit = usage_.first_fit(0, length, align);
+    if (!fit.ok() || fit.start > reservation_ || reservation_ - fit.start < length)
+      return error_with(ENOMEM, fmt::format("cannot allocate {:#x} bytes: the memory file's "
+                                            "{:#x}-byte reservation has no free range that long",
+                                            length, reservation_));
+    r = FileRange(fit.start, fit.start + length);
+    if (auto st = grow_locked(r.end); !st)
+      return std::unexpected(st.error().context(fmt::format("cannot allocate {:#x} bytes", length)));
+    usage_.insert(fit.gap, r, Usage{kind, false, 1});
+
+    // Pages the reclaimer zeroed instead of punching are still committed:
+    // the allocation takes them over as known committed.
+    for (auto s = free_committed_.lower_bound_segment(r.start); s.ok() && s.start() < r.end;) {
+      s = free_committed_.isolate(s, r);
+      FileRange piece = s.range();
+      s = free_committed_.remove(s).next_segment();
+      usage_.apply_contiguous(piece, [&](UsageSet::Seg u) { u.value().known_committed = true; });
+      counters_.move(piece.length(), kind, UsageKind::System);
+    }
+    usage_.merge_range(r);
+    usage_.merge_adjacent(r);
+  }
+
+  if (opts.commit != CommitMode::None) {
+    if (auto st = commit(r, opts.commit); !st) {
+      dec_ref(r);
+      return std::unexpected(st.error());
+    }
+  }
+  return r;
+}
+
+Status MemoryFile::commit(FileRange r, CommitMode mode) {
+  if (mode == CommitMode::Fallocate) {
+    if (int err = host_->fallocate(fd_, 0, r.start, r.length()))
+      return sys_fail(fmt::format("cannot commit {} of the memory file", r.to_string()),
+                      "fallocate", err);
+  } else {
+    auto span = map_internal(r);
+    if (!span) return std::unexpected(span.error());
+    if (madvise(span->data(), span->size(), MADV_POPULATE_WRITE) != 0)
+      return sys_fail(fmt::format("cannot commit {} of the memory file", r.to_string()),
+                      "madvise(MADV_POPULATE_WRITE)", errno);
+  }
+  // mincore and SEEK_DATA do not see pages that fallocate committed and
+  // nobody touched (st_blocks does): only this mark makes them count.
+  std::lock_guard l(mu_);
+  mark_committed_locked(r);
+  return {};
+}
+
+void MemoryFile::mark_committed_locked(FileRange r) {
+  UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+    Usage& u = s.value();
+    if (u.known_committed) return;
+    u.known_committed = true;
+    counters_.inc(u.kind, s.range().length());
+    usage_expected_ += s.range().length();
+  });
+  KVMEM_CHECK(!gap.ok(), "marking {} committed: pages {} are not allocated\n{}", r.to_string(),
+              gap.range().to_string(), dump_locked());
+  usage_.merge_range(r);
+  usage_.merge_adjacent(r);
+}
+
+// ---- references ----
+
+void MemoryFile::inc_ref(FileRange r) {
+  check_range(r, "inc_ref");
+  std::lock_guard l(mu_);
+  UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+    KVMEM_CHECK(s.value().refs > 0, "inc_ref({}): pages {} were already freed\n{}", r.to_string(),
+                s.range().to_string(), dump_locked());
+    s.value().refs++;
+  });
+  KVMEM_CHECK(!gap.ok(), "inc_ref({}): pages {} are not allocated\n{}", r.to_string(),
+              gap.range().to_string(), dump_locked());
+  usage_.merge_adjacent(r);
+}
+
+void MemoryFile::dec_ref(FileRange r) {
+  check_range(r, "dec_ref");
+  bool freed = false;
+  {
+    std::lock_guard l(mu_);
+    UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+      Usage& u = s.value();
+      KVMEM_CHECK(u.refs > 0, "dec_ref({}): pages {} have no references left\n{}", r.to_string(),
+                  s.range().to_string(), dump_locked());
+      if (--u.refs > 0) return;
+      // Freed pages are System's until the reclaimer has punched them.
+      if (u.known_committed) counters_.move(s.range().length(), UsageKind::System, u.kind);
+      u.kind = UsageKind::System;
+      bool added = reclaimable_.add(s.range(), Empty{});
+      KVMEM_CHECK(added, "dec_ref({}): {} is already reclaimable\n{}", r.to_string(),
+                  s.range().to_string(), dump_locked());
+      freed = true;
+    });
+    KVMEM_CHECK(!gap.ok(), "dec_ref({}): pages {} are not allocated\n{}", r.to_string(),
+                gap.range().to_string(), dump_locked());
+    usage_.merge_adjacent(r);
+  }
+  if (freed) reclaim_cv_.notify_one();
+}
+
+// ---- decommit and reclaim ----
+
+Status MemoryFile::decommit(FileRange r) {
+  check_range(r, "decommit");
+  // The punch runs without mu_; the pages are marked uncommitted only after
+  // it, so a concurrent usage scan can never leave them counted.
+  if (int err = host_->fallocate(fd_, kPunchHole, r.start, r.length()))
+    return sys_fail(fmt::format("cannot punch hole {} in memory file", r.to_string()),
+                    "fallocate", err);
+  std::lock_guard l(mu_);
+  mark_decommitted_locked(r, /*require_refs=*/true);
+  return {};
+}
+
+void MemoryFile::mark_decommitted_locked(FileRange r, bool require_refs) {
+  UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+    Usage& u = s.value();
+    if (require_refs)
+      KVMEM_CHECK(u.refs > 0, "decommit({}): pages {} were freed\n{}", r.to_string(),
+                  s.range().to_string(), dump_locked());
+    if (!u.known_committed) return;
+    counters_.dec(u.kind, s.range().length());
+    usage_expected_ -= s.range().length();
+    u.known_committed = false;
+  });
+  KVMEM_CHECK(!gap.ok(), "decommit({}): pages {} are not allocated\n{}", r.to_string(),
+              gap.range().to_string(), dump_locked());
+  usage_.merge_range(r);
+  usage_.merge_adjacent(r);
+}
+
+void MemoryFile::wait_for_reclaim() {
+  std::unique_lock l(mu_);
+  idle_cv_.wait(l, [&] { return destroyed_ || (reclaimable_.empty() && !reclaiming_); });
+}
+
+void MemoryFile::reclaim_loop() {
+  std::unique_lock l(mu_);
+  std::vector<FileRange> batch;
+  for (;;) {
+    reclaim_cv_.wait(l, [&] { return destroyed_ || !reclaimable_.empty(); });
+    if (destroyed_) return;
+    // Take the lowest reclaimable ranges: allocation is lowest-first, so
+    // these are the ones the next allocations most likely want.
+    batch.clear();
+    uint64_t bytes = 0;
+    while (batch.size() < kReclaimRangesPerRound && bytes < reclaim_batch_ &&
+           !reclaimable_.empty()) {
+      FileRange r = reclaimable_.first_segment().range();
+      if (r.length() > reclaim_batch_) r.end = r.start + reclaim_batch_;
+      reclaimable_.remove_range(r);
+      batch.push_back(r);
+      bytes += r.length();
+    }
+    reclaiming_ = true;
+    l.unlock();
+    for (FileRange r : batch) reclaim_one(r);
+    l.lock();
+    reclaiming_ = false;
+    if (reclaimable_.empty()) idle_cv_.notify_all();
+  }
+}
+
+// Returns r, whose pages have no references, to the free pool once it reads
+// as zero. Called without mu_.
+void MemoryFile::reclaim_one(FileRange r) {
+  if (host_->fallocate(fd_, kPunchHole, r.start, r.length()) == 0) {
+    std::lock_guard l(mu_);
+    mark_decommitted_locked(r, /*require_refs=*/false);
+    usage_.remove_range(r);
+    stats_.reclaimed_ranges.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+
+  // The punch failed: zero what holds data instead. Holes read as zero, and
+  // so do pages fallocate committed but nobody touched, which SEEK_DATA
+  // skips; writing only the data keeps holes holes.
+  std::vector<FileRange> data;
+  bool zeroed = true;
+  uint64_t pos = r.start;
+  while (pos < r.end) {
+    off_t d = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+    if (d < 0 || static_cast<uint64_t>(d) >= r.end) {
+      if (d < 0 && errno != ENXIO) zeroed = false;
+      break;
+    }
+    off_t h = lseek(fd_, d, SEEK_HOLE);
+    if (h < 0) {
+      zeroed = false;
+      break;
+    }
+    FileRange piece(align_down(static_cast<uint64_t>(d), page_size_),
+                    std::min<uint64_t>(static_cast<uint64_t>(h), r.end));
+    piece = piece.intersect(r);
+    auto span = map_internal(piece);
+    if (!span) {
+      zeroed = false;
+      break;
+    }
+    std::memset(span->data(), 0, span->size());
+    data.push_back(piece);
+    pos = piece.end;
+  }
+
+  std::lock_guard l(mu_);
+  if (!zeroed) {
+    // Neither punched nor zeroed: it may hold old data, so it must never be
+    // allocated again. It stays System, refs 0, out of reclaimable_.
+    stats_.quarantined_bytes.fetch_add(r.length(), std::memory_order_relaxed);
+    std::fprintf(stderr, "kvmem: memory file: quarantined %s: cannot punch or zero it\n",
+                 r.to_string().c_str());
+    return;
+  }
+  // Zeroed pages stay committed: keep them counted as System in
+  // free_committed_ until an allocation takes them over.
+  usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+    KVMEM_CHECK(s.value().refs == 0, "reclaim of {}: {} is referenced\n{}", r.to_string(),
+                s.range().to_string(), dump_locked());
+    if (s.value().known_committed) free_committed_.add(s.range(), Empty{});
+  });
+  for (FileRange d : data) {
+    usage_.apply_contiguous(d, [&](UsageSet::Seg s) {
+      if (s.value().known_committed) return;
+      s.value().known_committed = true;
+      counters_.inc(UsageKind::System, s.range().length());
+      usage_expected_ += s.range().length();
+      free_committed_.add(s.range(), Empty{});
+    });
+  }
+  usage_.remove_range(r);
+  stats_.reclaimed_ranges.fetch_add(1, std::memory_order_relaxed);
+  stats_.reclaim_fallbacks.fetch_add(1, std::memory_order_relaxed);
+}
+
+MemoryFile::Stats MemoryFile::stats() const {
+  Stats s;
+  s.scans = stats_.scans.load(std::memory_order_relaxed);
+  s.scans_elided = stats_.scans_elided.load(std::memory_order_relaxed);
+  s.reclaimed_ranges = stats_.reclaimed_ranges.load(std::memory_order_relaxed);
+  s.reclaim_fallbacks = stats_.reclaim_fallbacks.load(std::memory_order_relaxed);
+  s.quarantined_bytes = stats_.quarantined_bytes.load(std::memory_order_relaxed);
+  return s;
+}
+
+}  // namespace kvmem

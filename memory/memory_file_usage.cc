@@ -1,0 +1,219 @@
+// MemoryFile: usage accounting (update_usage and its scan), dump, invariants.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <vector>
+
+#include "base/check.h"
+#include "memory/memory_file.h"
+
+namespace kvmem {
+namespace {
+
+// mincore at most this much at once: 16 KiB of vector per call.
+constexpr uint64_t kMincoreSlice = uint64_t{64} << 20;
+
+// No data at or after the cursor: lseek(SEEK_DATA) said ENXIO.
+constexpr uint64_t kNoMoreData = ~uint64_t{0};
+
+}  // namespace
+
+Result<uint64_t> MemoryFile::total_usage() const {
+  struct stat st;
+  if (fstat(fd_, &st) != 0) return sys_fail("cannot read the memory file's usage", "fstat", errno);
+  // st_blocks is in 512-byte units whatever the file system's block size.
+  return static_cast<uint64_t>(st.st_blocks) * 512;
+}
+
+Status MemoryFile::update_usage() {
+  std::lock_guard l(mu_);
+  auto kernel = total_usage();
+  if (!kernel) return std::unexpected(kernel.error());
+  // st_blocks counts every committed page, those fallocate committed
+  // included. When it matches what is already known, nothing is unknown.
+  if (*kernel == usage_expected_) {
+    stats_.scans_elided.fetch_add(1, std::memory_order_relaxed);
+    return {};
+  }
+  stats_.scans.fetch_add(1, std::memory_order_relaxed);
+  return scan_locked();
+}
+
+Status MemoryFile::scan_locked() {
+  // A cursor over the file's data extents, [data, hole), moved forward only:
+  // segments inside one extent share its two lseeks, and segments inside a
+  // hole are skipped with one tree lookup.
+  uint64_t data = 0, hole = 0;
+  std::vector<FileRange> committed;
+  auto s = usage_.first_segment();
+  while (s.ok()) {
+    if (s.value().known_committed) {
+      s = s.next_segment();
+      continue;
+    }
+    FileRange r = s.range();
+    committed.clear();
+    if (auto st = scan_segment_locked(r, &data, &hole, &committed); !st) return st;
+    for (FileRange c : committed) {
+      usage_.apply_contiguous(c, [&](UsageSet::Seg seg) {
+        Usage& u = seg.value();
+        if (u.known_committed) return;
+        u.known_committed = true;
+        counters_.inc(u.kind, seg.range().length());
+        usage_expected_ += seg.range().length();
+      });
+      usage_.merge_adjacent(c);
+    }
+    if (data == kNoMoreData) break;
+    s = usage_.lower_bound_segment(std::max(r.end, data));
+  }
+  return {};
+}
+
+// Finds the committed pages of r (one segment not known committed), moving
+// the data cursor along. Pages in holes are not committed except those that
+// fallocate committed, which the allocator marks itself; data pages are asked
+// of mincore, one page at a time.
+Status MemoryFile::scan_segment_locked(FileRange r, uint64_t* data, uint64_t* hole,
+                                       std::vector<FileRange>* committed) {
+  std::vector<unsigned char> vec;
+  uint64_t pos = r.start;
+  while (pos < r.end) {
+    if (*hole <= pos) {
+      off_t d = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+      if (d < 0) {
+        if (errno != ENXIO)
+          return sys_fail(fmt::format("cannot scan the memory file from {:#x}", pos),
+                          "lseek(SEEK_DATA)", errno);
+        *data = *hole = kNoMoreData;
+        return {};
+      }
+      off_t h = lseek(fd_, d, SEEK_HOLE);
+      if (h < 0)
+        return sys_fail(fmt::format("cannot scan the memory file from {:#x}", d),
+                        "lseek(SEEK_HOLE)", errno);
+      *data = align_down(static_cast<uint64_t>(d), kPageSize);
+      *hole = static_cast<uint64_t>(h);
+    }
+    if (*data >= r.end) return {};
+    FileRange piece(std::max(pos, *data), std::min(*hole, r.end));
+    for (uint64_t at = piece.start; at < piece.end; at += kMincoreSlice) {
+      FileRange slice(at, std::min(piece.end, at + kMincoreSlice));
+      auto span = map_internal(slice);
+      if (!span) return std::unexpected(span.error().context("cannot scan the memory file"));
+      vec.resize(slice.length() / kPageSize);
+      if (mincore(span->data(), span->size(), vec.data()) != 0)
+        return sys_fail(fmt::format("cannot scan {} of the memory file", slice.to_string()),
+                        "mincore", errno);
+      for (size_t i = 0; i < vec.size(); i++) {
+        if (!(vec[i] & 1)) continue;
+        uint64_t p = slice.start + i * kPageSize;
+        if (!committed->empty() && committed->back().end == p)
+          committed->back().end += kPageSize;
+        else
+          committed->emplace_back(p, p + kPageSize);
+      }
+    }
+    pos = piece.end;
+  }
+  return {};
+}
+
+void MemoryFile::forget_known_committed() {
+  std::lock_guard l(mu_);
+  for (auto s = usage_.first_segment(); s.ok(); s = s.next_segment()) {
+    Usage& u = s.value();
+    if (!u.known_committed) continue;
+    counters_.dec(u.kind, s.range().length());
+    usage_expected_ -= s.range().length();
+    u.known_committed = false;
+  }
+  usage_.merge_range(FileRange(0, file_size_.load(std::memory_order_relaxed)));
+}
+
+std::string MemoryFile::dump_locked() const {
+  auto& usage = const_cast<UsageSet&>(usage_);
+  std::string out = fmt::format("memory file: {:#x} bytes, {} usage segments\n",
+                                file_size_.load(std::memory_order_relaxed), usage.size());
+  out += usage.dump([](const Usage& u) {
+    return fmt::format("refs={} {}{}", u.refs, usage_kind_name(u.kind),
+                       u.known_committed ? " committed" : "");
+  });
+  auto& free_committed = const_cast<RangeSet&>(free_committed_);
+  for (auto s = free_committed.first_segment(); s.ok(); s = s.next_segment())
+    out += fmt::format("{} free, zeroed, committed\n", s.range().to_string());
+  auto& reclaimable = const_cast<RangeSet&>(reclaimable_);
+  for (auto s = reclaimable.first_segment(); s.ok(); s = s.next_segment())
+    out += fmt::format("{} waiting for reclaim\n", s.range().to_string());
+  UsageSnapshot snap = counters_.snapshot();
+  out += "committed:";
+  for (size_t i = 0; i < kUsageKinds; i++)
+    out += fmt::format(" {}={:#x}", usage_kind_name(static_cast<UsageKind>(i)), snap.committed[i]);
+  out += fmt::format("; known {:#x}\n", usage_expected_);
+  return out;
+}
+
+std::string MemoryFile::dump_usage() const {
+  std::lock_guard l(mu_);
+  return dump_locked();
+}
+
+void MemoryFile::check_invariants() const {
+  std::lock_guard l(mu_);
+  check_invariants_locked();
+}
+
+void MemoryFile::check_invariants_locked() const {
+  auto& usage = const_cast<UsageSet&>(usage_);
+  auto& reclaimable = const_cast<RangeSet&>(reclaimable_);
+  auto& free_committed = const_cast<RangeSet&>(free_committed_);
+  usage.check_invariants();
+  reclaimable.check_invariants();
+  free_committed.check_invariants();
+
+  uint64_t size = file_size_.load(std::memory_order_relaxed);
+  std::array<uint64_t, kUsageKinds> want{};
+  for (auto s = usage.first_segment(); s.ok(); s = s.next_segment()) {
+    const Usage& u = s.value();
+    KVMEM_CHECK(s.end() <= size && s.range().is_aligned(page_size_),
+                "usage segment {} is outside the {:#x}-byte file or unaligned\n{}",
+                s.range().to_string(), size, dump_locked());
+    KVMEM_CHECK(u.refs > 0 || u.kind == UsageKind::System,
+                "free pages {} are accounted to {}, not System\n{}", s.range().to_string(),
+                usage_kind_name(u.kind), dump_locked());
+    if (u.known_committed) want[static_cast<size_t>(u.kind)] += s.range().length();
+  }
+  for (auto s = free_committed.first_segment(); s.ok(); s = s.next_segment()) {
+    auto g = usage.find_gap(s.start());
+    KVMEM_CHECK(g.ok() && g.end() >= s.end(), "free zeroed pages {} overlap an allocation\n{}",
+                s.range().to_string(), dump_locked());
+    want[static_cast<size_t>(UsageKind::System)] += s.range().length();
+  }
+  for (auto s = reclaimable.first_segment(); s.ok(); s = s.next_segment()) {
+    uint64_t covered = s.start();
+    for (auto u = usage.find_segment(s.start()); u.ok() && u.start() == covered && covered < s.end();
+         u = u.next_segment()) {
+      KVMEM_CHECK(u.value().refs == 0, "reclaimable pages {} are referenced\n{}",
+                  u.range().to_string(), dump_locked());
+      covered = u.end();
+    }
+    KVMEM_CHECK(covered >= s.end(), "reclaimable range {} is not wholly freed pages\n{}",
+                s.range().to_string(), dump_locked());
+  }
+  UsageSnapshot got = counters_.snapshot();
+  uint64_t total = 0;
+  for (size_t i = 0; i < kUsageKinds; i++) {
+    KVMEM_CHECK(got.committed[i] == want[i], "{} counter is {:#x}, its segments hold {:#x}\n{}",
+                usage_kind_name(static_cast<UsageKind>(i)), got.committed[i], want[i],
+                dump_locked());
+    total += want[i];
+  }
+  KVMEM_CHECK(total == usage_expected_, "known committed is {:#x}, segments hold {:#x}\n{}",
+              usage_expected_, total, dump_locked());
+}
+
+}  // namespace kvmem
