@@ -102,7 +102,10 @@ Status write_stubs_and_idt(std::span<uint8_t> ram) {
 void write_page_tables(std::span<uint8_t> ram, PageSize page_size) {
   const uint64_t pml4 = kPageTablesAddr, pdpt = kPageTablesAddr + 0x1000;
   const uint64_t pds = kPageTablesAddr + 0x2000;
-  std::memset(ram.data() + kPageTablesAddr, 0, kPageTablesEnd - kPageTablesAddr);
+  // Clear only the table pages used: each page touched here is a page the
+  // host must commit.
+  const uint64_t pd_pages = page_size == PageSize::k1G ? 0 : ((ram.size() >> 21) + 511) / 512;
+  std::memset(ram.data() + kPageTablesAddr, 0, (2 + pd_pages) * 0x1000);
   put64(ram, pml4, pdpt | kPte);
   const uint64_t size = ram.size();
   if (page_size == PageSize::k1G) {
@@ -135,7 +138,6 @@ Status write_boot_area(std::span<uint8_t> ram, PageSize page_size) {
   const uint64_t unit = page_size == PageSize::k1G ? (1ull << 30) : (2ull << 20);
   KVMEM_CHECK(ram.size() >= unit && ram.size() % unit == 0 && ram.size() <= kMaxRamBytes,
               "RAM size {:#x} unusable for boot", ram.size());
-  std::memset(ram.data(), 0, kBootAreaEnd);
   write_gdt(ram);
   write_tss(ram);
   if (auto s = write_stubs_and_idt(ram); !s) return s;

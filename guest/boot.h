@@ -25,7 +25,9 @@ enum class PageSize { k2M, k1G };
 inline constexpr uint64_t kMaxRamBytes = 32ull << 30;  // page-table space in the boot area
 
 // ram spans guest-physical [0, ram.size()). Preconditions: ram.size() is a
-// multiple of the page size, at least 2 MiB and at most kMaxRamBytes.
+// multiple of the page size, at least 2 MiB and at most kMaxRamBytes; the
+// boot area reads as zero (fresh or reclaimed memory does). Only the pages
+// that hold boot structures are written, so only those get committed.
 Status write_boot_area(std::span<uint8_t> ram, PageSize page_size);
 
 // Adjusts the vCPU's reset-state sregs for 64-bit CPL3 execution.

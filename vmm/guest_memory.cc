@@ -5,6 +5,7 @@
 
 #include <cerrno>
 #include <utility>
+#include <vector>
 
 #include "vmm/kvm.h"
 
@@ -26,6 +27,15 @@ GuestMemory::GuestMemory(GuestMemory&& o) noexcept
 
 GuestMemory::~GuestMemory() {
   if (base_) ::munmap(base_, size_);
+}
+
+Result<uint64_t> GuestMemory::resident_bytes() const {
+  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  std::vector<unsigned char> vec((size_ + page - 1) / page);
+  if (::mincore(base_, size_, vec.data()) < 0) return sys_fail("cannot count resident guest RAM", "mincore", errno);
+  uint64_t pages = 0;
+  for (unsigned char v : vec) pages += v & 1;
+  return pages * page;
 }
 
 Status GuestMemory::register_with(KvmVm& vm) {

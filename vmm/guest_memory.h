@@ -41,6 +41,8 @@ class GuestMemory {
   // Host address of gpa. Precondition: contains(gpa, 0).
   uint8_t* host(uint64_t gpa) const { return base_ + gpa; }
   std::span<uint8_t> span() const { return {base_, size_}; }
+  // Bytes of RAM the host holds in memory for this mapping (mincore).
+  Result<uint64_t> resident_bytes() const;
   int fd() const { return fd_.get(); }
 
  private:

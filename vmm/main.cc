@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "vmm/bench_boot.h"
 #include "vmm/config.h"
 #include "vmm/kvm.h"
 #include "vmm/vm.h"
@@ -39,7 +40,7 @@ int report_error(bool as_json, int code, const std::string& message) {
   return code;
 }
 
-json run_report(const VmConfig& c, const RunResult& r, double wall_ms) {
+json run_report(const VmConfig& c, const RunResult& r, double wall_ms, const GuestMemory& memory) {
   static const char* const hc_names[abi::kHypercallCount] = {"version", "console_write", "exit", "fail",
                                                              "exception"};
   json hc = json::object();
@@ -57,6 +58,7 @@ json run_report(const VmConfig& c, const RunResult& r, double wall_ms) {
          {"run_ms", r.run_ms},
          {"wall_ms", wall_ms}};
   if (r.outcome == RunResult::Outcome::kExited) j["guest_exit_code"] = r.guest_exit_code;
+  if (auto resident = memory.resident_bytes()) j["guest_resident_bytes"] = *resident;
   if (!r.message.empty()) j["message"] = r.message;
   return j;
 }
@@ -108,7 +110,7 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
     };
   RunResult r = (*vm)->run(echo);
   if (as_json) {
-    std::printf("%s\n", run_report(p->config, r, ms_since(start)).dump().c_str());
+    std::printf("%s\n", run_report(p->config, r, ms_since(start), (*vm)->memory()).dump().c_str());
   } else if (!r.message.empty()) {
     std::fprintf(stderr, "kvmem: %s: %s\n", p->config.name.c_str(), r.message.c_str());
   }
@@ -133,6 +135,18 @@ int main_impl(int argc, char** argv) {
   validate->add_option("FILE", validate_file, "the VM config")->required();
   validate->add_flag("--json", validate_json, "print the result as JSON");
 
+  auto* bench = app.add_subcommand("bench", "Measure kvmem; each benchmark prints a table, or JSON lines with --json");
+  bench->require_subcommand(1);
+  BootBenchOptions boot_opts;
+  bool boot_json = false;
+  auto* boot = bench->add_subcommand(
+      "boot", "Whole-process wall time and peak RSS of `kvmem run FILE`, over many runs");
+  boot->add_option("FILE", boot_opts.config, "the config to run")->capture_default_str();
+  boot->add_option("--runs", boot_opts.runs, "measured runs (after a few warm-up runs)")
+      ->capture_default_str()
+      ->check(CLI::Range(1u, 100000u));
+  boot->add_flag("--json", boot_json, "print one JSON object instead of the table");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -141,6 +155,14 @@ int main_impl(int argc, char** argv) {
   }
   if (*run) return cmd_run(run_file, run_json, start);
   if (*validate) return cmd_validate(validate_file, validate_json);
+  if (*boot) {
+    if (!boot_json) std::fprintf(stderr, "running %s %u times...\n", boot_opts.config.c_str(), boot_opts.runs);
+    auto r = run_boot_bench(boot_opts);
+    if (!r) return report_error(boot_json, kExitFailed, r.error().message);
+    if (boot_json) std::printf("%s\n", r->dump().c_str());
+    else std::printf("%s", format_boot_bench(*r).c_str());
+    return kExitOk;
+  }
   return kExitUsage;
 }
 

@@ -1,0 +1,114 @@
+#include "vmm/bench_boot.h"
+
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+#include <vector>
+
+extern char** environ;
+
+namespace kvmem {
+namespace {
+
+struct Sample {
+  double wall_ms;
+  uint64_t max_rss_bytes;
+  uint64_t guest_resident_bytes;
+};
+
+Result<std::string> self_path() {
+  char buf[PATH_MAX];
+  ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+  if (n < 0) return sys_fail("cannot find the kvmem binary", "readlink /proc/self/exe", errno);
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+Result<Sample> one_run(const std::string& self, const std::string& config) {
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) < 0) return sys_fail("cannot make a pipe", "pipe2", errno);
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+  std::string a0 = "kvmem", a1 = "run", a2 = "--json";
+  std::string a3 = config;
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), nullptr};
+  const auto start = std::chrono::steady_clock::now();
+  pid_t pid;
+  int err = posix_spawn(&pid, self.c_str(), &fa, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&fa);
+  close(out[1]);
+  if (err) {
+    close(out[0]);
+    return sys_fail("cannot start kvmem", "posix_spawn", err);
+  }
+  std::string report;
+  char buf[4096];
+  for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) report.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  int status = 0;
+  rusage ru{};
+  if (wait4(pid, &status, 0, &ru) < 0) return sys_fail("cannot reap kvmem", "wait4", errno);
+  const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return fail("kvmem run {} did not succeed (status {:#x}): {}", config, status, report);
+  auto j = nlohmann::json::parse(report, nullptr, false);
+  if (j.is_discarded() || !j.contains("guest_resident_bytes"))
+    return fail("kvmem run --json {} printed no usable report: {}", config, report);
+  return Sample{wall, static_cast<uint64_t>(ru.ru_maxrss) * 1024, j["guest_resident_bytes"].get<uint64_t>()};
+}
+
+double percentile(std::vector<double> v, double p) {
+  std::sort(v.begin(), v.end());
+  const size_t i = static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
+  return v[std::min(i, v.size() - 1)];
+}
+
+}  // namespace
+
+Result<nlohmann::json> run_boot_bench(const BootBenchOptions& o) {
+  if (o.runs == 0) return fail("--runs must be at least 1");
+  auto self = self_path();
+  if (!self) return std::unexpected(self.error());
+  for (unsigned i = 0; i < o.warmup; i++)
+    if (auto s = one_run(*self, o.config); !s) return std::unexpected(s.error());
+  std::vector<double> walls;
+  uint64_t max_rss = 0, max_beyond = 0, guest = 0;
+  for (unsigned i = 0; i < o.runs; i++) {
+    auto s = one_run(*self, o.config);
+    if (!s) return std::unexpected(s.error());
+    walls.push_back(s->wall_ms);
+    max_rss = std::max(max_rss, s->max_rss_bytes);
+    guest = std::max(guest, s->guest_resident_bytes);
+    max_beyond = std::max(max_beyond, s->max_rss_bytes - std::min(s->max_rss_bytes, s->guest_resident_bytes));
+  }
+  return nlohmann::json{{"bench", "boot"},
+                        {"config", o.config},
+                        {"runs", o.runs},
+                        {"wall_ms_median", percentile(walls, 0.5)},
+                        {"wall_ms_p10", percentile(walls, 0.1)},
+                        {"wall_ms_p90", percentile(walls, 0.9)},
+                        {"wall_ms_min", percentile(walls, 0.0)},
+                        {"max_rss_bytes", max_rss},
+                        {"guest_resident_bytes", guest},
+                        {"rss_beyond_guest_bytes", max_beyond}};
+}
+
+std::string format_boot_bench(const nlohmann::json& r) {
+  auto mib = [](uint64_t b) { return static_cast<double>(b) / (1 << 20); };
+  return fmt::format(
+      "boot: kvmem run {} x{}\n"
+      "  wall time   median {:.2f} ms   p10 {:.2f} ms   p90 {:.2f} ms   min {:.2f} ms\n"
+      "  peak RSS    {:.2f} MiB, of which guest RAM {:.2f} MiB; beyond guest RAM {:.2f} MiB\n",
+      r["config"].get<std::string>(), r["runs"].get<unsigned>(), r["wall_ms_median"].get<double>(),
+      r["wall_ms_p10"].get<double>(), r["wall_ms_p90"].get<double>(), r["wall_ms_min"].get<double>(),
+      mib(r["max_rss_bytes"].get<uint64_t>()), mib(r["guest_resident_bytes"].get<uint64_t>()),
+      mib(r["rss_beyond_guest_bytes"].get<uint64_t>()));
+}
+
+}  // namespace kvmem
