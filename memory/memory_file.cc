@@ -303,7 +303,7 @@ void MemoryFile::mark_committed_locked(FileRange r) {
     usage_expected_ += s.range().length();
   });
   KVMEM_CHECK(!gap.ok(), "marking {} committed: pages {} are not allocated\n{}", r.to_string(),
-              gap.range().to_string(), dump_locked());
+              gap.range().intersect(r).to_string(), dump_locked());
   usage_.merge_range(r);
   usage_.merge_adjacent(r);
 }
@@ -319,7 +319,7 @@ void MemoryFile::inc_ref(FileRange r) {
     s.value().refs++;
   });
   KVMEM_CHECK(!gap.ok(), "inc_ref({}): pages {} are not allocated\n{}", r.to_string(),
-              gap.range().to_string(), dump_locked());
+              gap.range().intersect(r).to_string(), dump_locked());
   usage_.merge_adjacent(r);
 }
 
@@ -342,7 +342,7 @@ void MemoryFile::dec_ref(FileRange r) {
       freed = true;
     });
     KVMEM_CHECK(!gap.ok(), "dec_ref({}): pages {} are not allocated\n{}", r.to_string(),
-                gap.range().to_string(), dump_locked());
+                gap.range().intersect(r).to_string(), dump_locked());
     usage_.merge_adjacent(r);
   }
   if (freed) reclaim_cv_.notify_one();
@@ -374,7 +374,7 @@ void MemoryFile::mark_decommitted_locked(FileRange r, bool require_refs) {
     u.known_committed = false;
   });
   KVMEM_CHECK(!gap.ok(), "decommit({}): pages {} are not allocated\n{}", r.to_string(),
-              gap.range().to_string(), dump_locked());
+              gap.range().intersect(r).to_string(), dump_locked());
   usage_.merge_range(r);
   usage_.merge_adjacent(r);
 }
