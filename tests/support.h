@@ -25,6 +25,7 @@ struct CommandResult {
   std::string err;
 };
 // Runs argv (argv[0] is looked up as given, not on PATH) and captures output.
-CommandResult run_command(const std::vector<std::string>& argv);
+// `env` entries ("NAME=value") are added to the child's environment.
+CommandResult run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
 
 }  // namespace kvmem::test

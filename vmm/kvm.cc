@@ -5,6 +5,7 @@
 #include <sys/mman.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 namespace kvmem {
@@ -24,17 +25,19 @@ Result<int> do_ioctl(int fd, unsigned long req, const char* name, T* arg) {
 }  // namespace
 
 Result<Kvm> Kvm::open() {
-  int fd = ::open("/dev/kvm", O_RDWR | O_CLOEXEC);
+  const char* env = std::getenv("KVMEM_KVM_DEVICE");
+  const char* path = env && *env ? env : "/dev/kvm";
+  int fd = ::open(path, O_RDWR | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;
-    const char* hint =
+    std::string hint =
         err == ENOENT
             ? "this host has no KVM: load kvm_intel or kvm_amd, or run on a machine with virtualisation"
             : (err == EACCES || err == EPERM)
-                  ? "you may not use /dev/kvm: run as root or join the group that owns /dev/kvm"
-                  : "KVM is not usable here";
+                  ? fmt::format("you may not use {}: run as root or join the group that owns it", path)
+                  : std::string("KVM is not usable here");
     return std::unexpected(
-        Error{err, fmt::format("cannot open /dev/kvm: {} ({}); {}", errno_name(err), strerror(err), hint)});
+        Error{err, fmt::format("cannot open {}: {} ({}); {}", path, errno_name(err), strerror(err), hint)});
   }
   Fd owned(fd);
   auto version = do_ioctl(fd, KVM_GET_API_VERSION, "KVM_GET_API_VERSION", 0ul);

@@ -22,8 +22,10 @@ class KvmVm;
 
 class Kvm {
  public:
-  // Opens /dev/kvm and checks the API version. The error says what to do
-  // when /dev/kvm is missing or not accessible.
+  // Opens the KVM device and checks the API version. The error says what to
+  // do when the device is missing or not accessible. The device is /dev/kvm
+  // unless KVMEM_KVM_DEVICE names another path (tests use it to see how a
+  // host without KVM is reported).
   static Result<Kvm> open();
 
   int fd() const { return fd_.get(); }

@@ -13,9 +13,9 @@ using json = nlohmann::json;
 
 namespace {
 
-test::CommandResult run_kvmem(std::vector<std::string> args) {
+test::CommandResult run_kvmem(std::vector<std::string> args, std::vector<std::string> env = {}) {
   args.insert(args.begin(), test::kvmem_binary());
-  return test::run_command(args);
+  return test::run_command(args, env);
 }
 
 // A config file that is removed when the test ends.
@@ -127,4 +127,32 @@ TEST_CASE("a failing guest exits 1 and says why on stderr", "[cli][kvm]") {
   auto report = json::parse(j.out);
   CHECK(report["outcome"] == "failed");
   CHECK(report["message"].get<std::string>().find("#DE") != std::string::npos);
+}
+
+TEST_CASE("a host without KVM exits 3 with what to do", "[cli]") {
+  auto r = run_kvmem({"run", "configs/hello.json"}, {"KVMEM_KVM_DEVICE=/nonexistent/kvm"});
+  CHECK(r.exit_code == 3);
+  CHECK(r.err == "kvmem: cannot open /nonexistent/kvm: ENOENT (No such file or directory); this host has no KVM: "
+                 "load kvm_intel or kvm_amd, or run on a machine with virtualisation\n");
+  auto j = run_kvmem({"run", "--json", "configs/hello.json"}, {"KVMEM_KVM_DEVICE=/dev/null"});
+  CHECK(j.exit_code == 3);
+  auto report = json::parse(j.out);
+  CHECK(report["exit_code"] == 3);
+  CHECK(report["error"].get<std::string>().find("KVM_GET_API_VERSION") != std::string::npos);
+}
+
+TEST_CASE("bench boot measures real runs and reports them as JSON", "[cli][kvm]") {
+  if (!test::kvm_available("bench boot measures real runs")) return;
+  auto r = run_kvmem({"bench", "boot", "--runs", "3", "--json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  auto row = json::parse(r.out);
+  CHECK(row["bench"] == "boot");
+  CHECK(row["runs"] == 3);
+  CHECK(row["wall_ms_median"].get<double>() > 0);
+  CHECK(row["max_rss_bytes"].get<uint64_t>() > row["guest_resident_bytes"].get<uint64_t>());
+  CHECK(row["guest_resident_bytes"].get<uint64_t>() >= 256 * 1024);  // hello fills 256 KiB
+  auto failing = run_kvmem({"bench", "boot", "--runs", "2", "configs/faults/divide-by-zero.json"});
+  CHECK(failing.exit_code == 1);
+  CHECK(failing.err.find("did not succeed") != std::string::npos);
 }

@@ -216,3 +216,15 @@ TEST_CASE("a guest with 1 GiB pages boots where the host offers them", "[kvm][vm
   INFO(run.result.message);
   CHECK(run.result.outcome == Outcome::kExited);
 }
+
+TEST_CASE("booting commits only the pages of the boot structures", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto run = test::run_guest(config_with(json::array(), "64M"));
+  REQUIRE(run.setup_error == "");
+  REQUIRE(run.result.outcome == Outcome::kExited);
+  auto resident = run.vm->memory().resident_bytes();
+  REQUIRE(resident);
+  // GDT, IDT, TSS, stubs, a stack page, PML4, PDPT, PD, code: 9 pages at most.
+  CHECK(*resident <= 9 * 4096);
+  CHECK(*resident >= 4 * 4096);
+}
