@@ -1,0 +1,105 @@
+// Seeded random mutations of valid configs: the parser never crashes, and
+// whatever it accepts is a config the rest of kvmem can use as it is.
+#include <random>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "guest/abi.h"
+#include "vmm/config.h"
+
+using namespace kvmem;
+using json = nlohmann::json;
+
+namespace {
+
+void collect(const json& j, const json::json_pointer& at, std::vector<json::json_pointer>& out) {
+  out.push_back(at);
+  if (j.is_object())
+    for (auto it = j.begin(); it != j.end(); ++it) collect(it.value(), at / it.key(), out);
+  else if (j.is_array())
+    for (size_t i = 0; i < j.size(); i++) collect(j[i], at / i, out);
+}
+
+json random_value(std::mt19937_64& rng) {
+  static const json pool[] = {nullptr, true, false, 0, -1, -9223372036854775807LL - 1, 1, 7, 8, 4096,
+                              0x100000, 0x1fffff8, 18446744073709551615ULL, 1.5, "", "4K", "1M", "2M",
+                              "0x", "0xfffffffffffffff8", "99999999999999999999G", "zero", "address",
+                              "-EINVAL", "print", "fill", "loop", "exit", json::array(), json::object(),
+                              json{{"seed", 3}}, json{{"byte", 300}}, json{{"op", "print"}, {"text", "x"}},
+                              json::array({json{{"op", "exit"}}}), std::string(70000, 'x')};
+  return pool[rng() % std::size(pool)];
+}
+
+void check_accepted(const VmConfig& c, const std::vector<guest::Step>& steps) {
+  for (const auto& s : steps) {
+    using Op = guest::Step::Op;
+    if (s.op == Op::kFill || s.op == Op::kVerify || s.op == Op::kTouch) {
+      REQUIRE(s.at >= abi::kBootAreaEnd);
+      REQUIRE(s.length > 0);
+      REQUIRE(s.at < c.memory);
+      REQUIRE(s.length <= c.memory - s.at);
+      REQUIRE(s.at % 8 == 0);
+      REQUIRE(s.stride > 0);
+    }
+    if (s.op == Op::kLoop) {
+      REQUIRE(s.count >= 1);
+      check_accepted(c, s.body);
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("randomly mutated configs are refused cleanly or accepted whole", "[config][fuzz]") {
+  const json base = {
+      {"name", "fuzz"},
+      {"memory", "8M"},
+      {"timeout_ms", 100},
+      {"program",
+       {{{"op", "print"}, {"text", "hi"}},
+        {{"op", "fill"}, {"at", "1M"}, {"length", "64K"}, {"pattern", {{"seed", 1}}}},
+        {{"op", "touch"}, {"at", "2M"}, {"length", "1M"}, {"stride", 4096}, {"write", true}},
+        {{"op", "loop"}, {"count", 2}, {"body", {{{"op", "verify"}, {"at", "1M"}, {"length", 8}, {"pattern", "zero"}}}}},
+        {{"op", "hypercall"}, {"nr", 1}, {"args", {1, 2}}, {"expect", "-EFAULT"}},
+        {{"op", "exit"}, {"code", 0}}}}};
+  const uint64_t seed = Catch::rngSeed() ? Catch::rngSeed() : 20261122;
+  std::mt19937_64 rng(seed);
+  INFO("seed " << seed);
+  size_t accepted = 0, refused = 0;
+  for (int iter = 0; iter < 4000; iter++) {
+    json c = base;
+    const int mutations = 1 + static_cast<int>(rng() % 3);
+    for (int m = 0; m < mutations; m++) {
+      std::vector<json::json_pointer> ptrs;
+      collect(c, json::json_pointer(), ptrs);
+      const auto& at = ptrs[rng() % ptrs.size()];
+      json& node = c[at];
+      switch (rng() % 3) {
+        case 0: node = random_value(rng); break;
+        case 1:
+          if (node.is_object() && !node.empty()) node.erase(std::next(node.begin(), static_cast<long>(rng() % node.size())));
+          else node = random_value(rng);
+          break;
+        case 2:
+          if (node.is_object()) node[rng() % 2 ? "op" : "stray"] = random_value(rng);
+          else if (node.is_array()) node.push_back(random_value(rng));
+          else node = random_value(rng);
+          break;
+      }
+    }
+    INFO(c.dump().substr(0, 2000));
+    auto r = parse_vm_config(c, "t");
+    if (!r) {
+      refused++;
+      REQUIRE(r.error().message.rfind("/", 0) == 0);  // every refusal starts with a pointer
+      continue;
+    }
+    accepted++;
+    check_accepted(*r, r->program);
+    auto img = guest::build_program(r->program, abi::kProgramAddr, abi::kProgramEnd);
+    if (!img) REQUIRE(img.error().message.find("bytes it may use") != std::string::npos);
+  }
+  CHECK(accepted > 100);
+  CHECK(refused > 100);
+}
