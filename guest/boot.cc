@@ -99,15 +99,14 @@ Status write_stubs_and_idt(std::span<uint8_t> ram) {
   return {};
 }
 
-void write_page_tables(std::span<uint8_t> ram, PageSize page_size) {
+void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size) {
   const uint64_t pml4 = kPageTablesAddr, pdpt = kPageTablesAddr + 0x1000;
   const uint64_t pds = kPageTablesAddr + 0x2000;
   // Clear only the table pages used: each page touched here is a page the
   // host must commit.
-  const uint64_t pd_pages = page_size == PageSize::k1G ? 0 : ((ram.size() >> 21) + 511) / 512;
+  const uint64_t pd_pages = page_size == PageSize::k1G ? 0 : ((size >> 21) + 511) / 512;
   std::memset(ram.data() + kPageTablesAddr, 0, (2 + pd_pages) * 0x1000);
   put64(ram, pml4, pdpt | kPte);
-  const uint64_t size = ram.size();
   if (page_size == PageSize::k1G) {
     for (uint64_t g = 0; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
     return;
@@ -134,14 +133,15 @@ kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
 
 }  // namespace
 
-Status write_boot_area(std::span<uint8_t> ram, PageSize page_size) {
+Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size) {
   const uint64_t unit = page_size == PageSize::k1G ? (1ull << 30) : (2ull << 20);
-  KVMEM_CHECK(ram.size() >= unit && ram.size() % unit == 0 && ram.size() <= kMaxRamBytes,
-              "RAM size {:#x} unusable for boot", ram.size());
+  KVMEM_CHECK(ram_size >= unit && ram_size % unit == 0 && ram_size <= kMaxRamBytes,
+              "RAM size {:#x} unusable for boot", ram_size);
+  KVMEM_CHECK(ram.size() >= kBootAreaEnd, "boot area of {:#x} bytes", ram.size());
   write_gdt(ram);
   write_tss(ram);
   if (auto s = write_stubs_and_idt(ram); !s) return s;
-  write_page_tables(ram, page_size);
+  write_page_tables(ram, ram_size, page_size);
   return {};
 }
 

@@ -24,11 +24,12 @@ enum class PageSize { k2M, k1G };
 
 inline constexpr uint64_t kMaxRamBytes = 32ull << 30;  // page-table space in the boot area
 
-// ram spans guest-physical [0, ram.size()). Preconditions: ram.size() is a
-// multiple of the page size, at least 2 MiB and at most kMaxRamBytes; the
-// boot area reads as zero (fresh or reclaimed memory does). Only the pages
-// that hold boot structures are written, so only those get committed.
-Status write_boot_area(std::span<uint8_t> ram, PageSize page_size);
+// boot_area is guest-physical [0, abi::kBootAreaEnd) of a guest with
+// ram_size bytes of RAM. Preconditions: ram_size is a multiple of the page
+// size, at least 2 MiB and at most kMaxRamBytes; the boot area reads as zero
+// (fresh or reclaimed memory does). Only the pages that hold boot structures
+// are written, so only those get committed.
+Status write_boot_area(std::span<uint8_t> boot_area, uint64_t ram_size, PageSize page_size);
 
 // Adjusts the vCPU's reset-state sregs for 64-bit CPL3 execution.
 void long_mode_sregs(kvm_sregs& sregs);

@@ -301,7 +301,7 @@ Result<uint64_t> parse_size_string(std::string_view s) {
 
 Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
   Ptr root;
-  if (auto k = check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "program"}); !k)
+  if (auto k = check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit", "program"}); !k)
     return std::unexpected(k.error());
   VmConfig c;
   c.name = default_name;
@@ -328,6 +328,13 @@ Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
     return (root / "memory").fail("{:#x} is more than the {} GiB a guest may have", *memory,
                                   guest::kMaxRamBytes >> 30);
   c.memory = *memory;
+  if (j.contains("ram_unit")) {
+    auto u = size_value(j.at("ram_unit"), root / "ram_unit");
+    if (!u) return std::unexpected(u.error());
+    if (*u < (2ull << 20) || *u % (2ull << 20) != 0)
+      return (root / "ram_unit").fail("must be a non-zero multiple of 2M, found {:#x}", *u);
+    c.ram_unit = *u;
+  }
   if (j.contains("vcpus")) {
     auto v = size_value(j.at("vcpus"), root / "vcpus");
     if (!v) return std::unexpected(v.error());

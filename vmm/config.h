@@ -24,6 +24,7 @@ struct VmConfig {
   unsigned vcpus = 1;
   uint64_t timeout_ms = 10'000;
   guest::PageSize page_size = guest::PageSize::k2M;
+  uint64_t ram_unit = 16ull << 20;  // RAM is allocated in pieces of this size
   std::vector<guest::Step> program;
 };
 

@@ -4,42 +4,146 @@
 #include <unistd.h>
 
 #include <cerrno>
-#include <utility>
-#include <vector>
+#include <cstring>
 
+#include "base/check.h"
+#include "guest/abi.h"
 #include "vmm/kvm.h"
 
 namespace kvmem {
 
-Result<GuestMemory> GuestMemory::create(uint64_t size) {
-  int fd = ::memfd_create("kvmem-guest-ram", MFD_CLOEXEC);
-  if (fd < 0) return sys_fail("cannot create guest RAM", "memfd_create", errno);
-  Fd owned(fd);
-  if (::ftruncate(fd, static_cast<off_t>(size)) < 0)
-    return sys_fail(fmt::format("cannot size guest RAM to {} bytes", size), "ftruncate", errno);
-  void* p = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, fd, 0);
-  if (p == MAP_FAILED) return sys_fail("cannot map guest RAM", "mmap", errno);
-  return GuestMemory(std::move(owned), static_cast<uint8_t*>(p), size);
+Result<uint32_t> SlotAllocator::acquire() {
+  for (uint32_t i = 0; i < used_.size(); i++)
+    if (!used_[i]) {
+      used_[i] = true;
+      return i;
+    }
+  if (used_.size() >= limit_) return fail("all {} KVM memory slots are in use", limit_);
+  used_.push_back(true);
+  return static_cast<uint32_t>(used_.size() - 1);
 }
 
-GuestMemory::GuestMemory(GuestMemory&& o) noexcept
-    : fd_(std::move(o.fd_)), base_(std::exchange(o.base_, nullptr)), size_(std::exchange(o.size_, 0)) {}
+void SlotAllocator::release(uint32_t slot) {
+  KVMEM_CHECK(slot < used_.size() && used_[slot], "releasing memory slot {} that is not in use", slot);
+  used_[slot] = false;
+}
+
+uint32_t SlotAllocator::in_use() const {
+  uint32_t n = 0;
+  for (bool u : used_) n += u;
+  return n;
+}
+
+Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint64_t size, uint64_t unit) {
+  KVMEM_CHECK(size > 0 && size % kHugePageSize == 0 && unit >= kHugePageSize && unit % kHugePageSize == 0,
+              "guest RAM of {:#x} bytes in units of {:#x}", size, unit);
+  std::unique_ptr<GuestMemory> m(new GuestMemory(file, size));
+  for (uint64_t gpa = 0; gpa < size; gpa += unit) {
+    const uint64_t length = std::min(unit, size - gpa);
+    auto r = file.allocate(length, UsageKind::Anonymous);
+    if (!r) return std::unexpected(r.error().context(fmt::format("cannot allocate {} MiB of guest RAM", size >> 20)));
+    m->allocations_.push_back(*r);
+    // Make the chunks behind the range accessible before KVM sees them.
+    if (auto span = file.map_internal(*r); !span)
+      return std::unexpected(span.error().context("cannot map guest RAM"));
+    const bool added = m->map_.add(GuestRange(gpa, gpa + length), Backing{r->start});
+    KVMEM_CHECK(added, "guest range [{:#x}, {:#x}) already mapped", gpa, gpa + length);
+  }
+  return m;
+}
 
 GuestMemory::~GuestMemory() {
-  if (base_) ::munmap(base_, size_);
+  for (const FileRange& r : allocations_) file_.dec_ref(r);
+}
+
+Status GuestMemory::register_with(KvmVm& vm, SlotAllocator& slots) {
+  KVMEM_CHECK(memslots_.empty(), "guest memory registered twice");
+  std::vector<MemSlot> made;
+  auto undo = [&] {
+    for (const MemSlot& s : made) {
+      (void)vm.set_memory_region(s.slot, 0, s.guest.start, 0, nullptr);
+      slots.release(s.slot);
+    }
+  };
+  for (auto seg = map_.first_segment(); seg.ok(); seg = seg.next_segment()) {
+    auto slot = slots.acquire();
+    if (!slot) {
+      undo();
+      return std::unexpected(slot.error());
+    }
+    const GuestRange g = seg.range();
+    const FileRange f(seg.value().file_start, seg.value().file_start + g.length());
+    if (auto s = vm.set_memory_region(*slot, 0, g.start, g.length(), file_.base() + f.start); !s) {
+      slots.release(*slot);
+      undo();
+      return s;
+    }
+    made.push_back(MemSlot{*slot, g, f});
+  }
+  // Commit only after every ioctl succeeded.
+  memslots_ = std::move(made);
+  return {};
+}
+
+uint64_t GuestMemory::file_offset(uint64_t gpa) const {
+  auto seg = map_.find_segment(gpa);
+  KVMEM_CHECK(seg.ok(), "guest-physical {:#x} is not RAM", gpa);
+  return seg.value().file_start + (gpa - seg.start());
+}
+
+uint8_t* GuestMemory::host(uint64_t gpa) const { return file_.base() + file_offset(gpa); }
+
+std::string GuestMemory::read(uint64_t gpa, uint64_t length) const {
+  KVMEM_CHECK(contains(gpa, length), "read of [{:#x}, +{:#x}) outside RAM", gpa, length);
+  std::string out;
+  out.reserve(length);
+  while (length > 0) {
+    auto seg = map_.find_segment(gpa);
+    const uint64_t n = std::min(length, seg.end() - gpa);
+    out.append(reinterpret_cast<const char*>(host(gpa)), n);
+    gpa += n;
+    length -= n;
+  }
+  return out;
+}
+
+std::span<uint8_t> GuestMemory::boot_area() const {
+  auto seg = map_.find_segment(0);
+  KVMEM_CHECK(seg.ok() && seg.end() >= abi::kBootAreaEnd, "boot area not in one segment");
+  return {host(0), abi::kBootAreaEnd};
+}
+
+Status GuestMemory::decommit(GuestRange r) {
+  KVMEM_CHECK(contains(r.start, r.length()) && r.is_page_aligned(), "decommit of {} outside RAM", r);
+  uint64_t gpa = r.start;
+  while (gpa < r.end) {
+    auto seg = map_.find_segment(gpa);
+    const uint64_t end = std::min(r.end, seg.end());
+    const uint64_t f = seg.value().file_start + (gpa - seg.start());
+    if (auto s = file_.decommit(FileRange(f, f + (end - gpa))); !s)
+      return std::unexpected(s.error().context(fmt::format("cannot decommit guest-physical {}", r)));
+    gpa = end;
+  }
+  return {};
+}
+
+std::vector<FileRange> GuestMemory::file_ranges() const {
+  std::vector<FileRange> out;
+  for (auto seg = map_.first_segment(); seg.ok(); seg = seg.next_segment())
+    out.emplace_back(seg.value().file_start, seg.value().file_start + seg.range().length());
+  return out;
 }
 
 Result<uint64_t> GuestMemory::resident_bytes() const {
-  const uint64_t page = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
-  std::vector<unsigned char> vec((size_ + page - 1) / page);
-  if (::mincore(base_, size_, vec.data()) < 0) return sys_fail("cannot count resident guest RAM", "mincore", errno);
   uint64_t pages = 0;
-  for (unsigned char v : vec) pages += v & 1;
-  return pages * page;
-}
-
-Status GuestMemory::register_with(KvmVm& vm) {
-  return vm.set_memory_region(0, 0, 0, size_, base_);
+  std::vector<unsigned char> vec;
+  for (const FileRange& f : file_ranges()) {
+    vec.resize(f.length() / kPageSize);
+    if (::mincore(file_.base() + f.start, f.length(), vec.data()) < 0)
+      return sys_fail("cannot count resident guest RAM", "mincore", errno);
+    for (unsigned char v : vec) pages += v & 1;
+  }
+  return pages * kPageSize;
 }
 
 }  // namespace kvmem

@@ -20,8 +20,7 @@ HypercallOutcome refuse(HypercallContext& ctx, int err) {
 HypercallOutcome console_write(HypercallContext& ctx, uint64_t gpa, uint64_t length) {
   if (length > abi::kConsoleMax) return refuse(ctx, EINVAL);
   if (!ctx.memory.contains(gpa, length)) return refuse(ctx, EFAULT);
-  if (length > 0 && ctx.console)
-    ctx.console(std::string_view(reinterpret_cast<const char*>(ctx.memory.host(gpa)), length));
+  if (length > 0 && ctx.console) ctx.console(ctx.memory.read(gpa, length));
   return resume(static_cast<int64_t>(length));
 }
 

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "memory/memory_file.h"
 #include "vmm/bench_boot.h"
 #include "vmm/config.h"
 #include "vmm/kvm.h"
@@ -100,7 +101,9 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   if (!p) return report_error(as_json, kExitUsage, p.error().message);
   auto kvm = Kvm::open();
   if (!kvm) return report_error(as_json, kExitHost, kvm.error().message);
-  auto vm = Vm::create(*kvm, p->config, p->image);
+  auto file = MemoryFile::create();
+  if (!file) return report_error(as_json, kExitHost, file.error().message);
+  auto vm = Vm::create(*kvm, **file, p->config, p->image);
   if (!vm) return report_error(as_json, kExitHost, fmt::format("{}: {}", p->config.name, vm.error().message));
   std::function<void(std::string_view)> echo;
   if (!as_json)

@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -87,6 +88,9 @@ const char* exit_name(uint32_t reason) {
   }
 }
 
+// KVM_X86_QUIRK_SLOT_ZAP_ALL (Linux 6.12); older uapi headers lack the name.
+constexpr uint64_t kQuirkSlotZapAll = 1 << 7;
+
 // CPUID.80000001h:EDX[26] in KVM's supported list.
 bool gib_pages_supported(const std::vector<kvm_cpuid_entry2>& supported) {
   for (const auto& e : supported)
@@ -105,11 +109,18 @@ const char* RunResult::outcome_name() const {
   return "?";
 }
 
-Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, const VmConfig& config, const guest::Image& program) {
+Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const VmConfig& config,
+                                       const guest::Image& program) {
+  std::unique_ptr<Vm> v(new Vm(config));
   auto vm = kvm.create_vm();
   if (!vm) return std::unexpected(vm.error());
-  auto memory = GuestMemory::create(config.memory);
-  if (!memory) return std::unexpected(memory.error());
+  v->vm_.emplace(std::move(*vm));
+  // By default deleting any memory slot zaps every shadow page of the VM;
+  // turn that off where the host lets us (slots come and go with RAM).
+  if (v->vm_->check_extension(KVM_CAP_DISABLE_QUIRKS2) & kQuirkSlotZapAll)
+    if (auto s = v->vm_->enable_cap(KVM_CAP_DISABLE_QUIRKS2, kQuirkSlotZapAll); !s)
+      return std::unexpected(s.error());
+
   // Hardware KVM wants the guest's CPUID set (long mode needs its LM bit).
   // PVM answers KVM_GET_SUPPORTED_CPUID with EINVAL and runs long mode
   // without it, so an error here is not fatal: the vCPU keeps KVM's default.
@@ -122,37 +133,45 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, const VmConfig& config, c
     if (!gib_pages_supported(*cpuid))
       return fail("this host's KVM does not offer 1 GiB guest pages (CPUID pdpe1gb); use \"guest_page_size\": \"2M\"");
   }
+
+  auto memory = GuestMemory::create(file, config.memory, config.ram_unit);
+  if (!memory) return std::unexpected(memory.error());
+  v->memory_ = std::move(*memory);
   // Guest memory must hold its contents before the vCPU can see it.
-  if (auto s = guest::write_boot_area(memory->span(), config.page_size); !s) return std::unexpected(s.error());
+  if (auto s = guest::write_boot_area(v->memory_->boot_area(), config.memory, config.page_size); !s)
+    return std::unexpected(s.error());
   if (program.base + program.bytes.size() > abi::kProgramEnd || program.base < abi::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
-  std::memcpy(memory->host(program.base), program.bytes.data(), program.bytes.size());
-  if (auto s = memory->register_with(*vm); !s) return std::unexpected(s.error());
+  std::memcpy(v->memory_->host(program.base), program.bytes.data(), program.bytes.size());
+  v->slots_ = SlotAllocator(static_cast<uint32_t>(std::max(v->vm_->check_extension(KVM_CAP_NR_MEMSLOTS), 32)));
+  if (auto s = v->memory_->register_with(*v->vm_, v->slots_); !s) return std::unexpected(s.error());
 
-  auto vcpu = vm->create_vcpu(0);
+  auto vcpu = v->vm_->create_vcpu(0);
   if (!vcpu) return std::unexpected(vcpu.error());
+  v->vcpu_.emplace(std::move(*vcpu));
+  KvmVcpu& c = *v->vcpu_;
   if (cpuid)
-    if (auto s = vcpu->set_cpuid(*cpuid); !s) return std::unexpected(s.error());
-  auto sregs = vcpu->get_sregs();
+    if (auto s = c.set_cpuid(*cpuid); !s) return std::unexpected(s.error());
+  auto sregs = c.get_sregs();
   if (!sregs) return std::unexpected(sregs.error());
   guest::long_mode_sregs(*sregs);
-  if (auto s = vcpu->set_sregs(*sregs); !s) return std::unexpected(s.error());
-  if (auto s = vcpu->set_regs(guest::user_regs(program.entry)); !s) return std::unexpected(s.error());
+  if (auto s = c.set_sregs(*sregs); !s) return std::unexpected(s.error());
+  if (auto s = c.set_regs(guest::user_regs(program.entry)); !s) return std::unexpected(s.error());
 
   // Registers ride in kvm_run at every exit: a hypercall costs one exit and
   // no extra ioctl (each would be ~6 us here).
-  bool sync = (kvm.check_extension(KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) != 0;
-  if (sync) vcpu->run_struct()->kvm_valid_regs = KVM_SYNC_X86_REGS;
-  return std::unique_ptr<Vm>(new Vm(config, std::move(*vm), std::move(*memory), std::move(*vcpu), sync));
+  v->sync_regs_ = (kvm.check_extension(KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) != 0;
+  if (v->sync_regs_) c.run_struct()->kvm_valid_regs = KVM_SYNC_X86_REGS;
+  return v;
 }
 
 Result<kvm_regs> Vm::regs_at_exit() const {
-  if (sync_regs_) return vcpu_.run_struct()->s.regs.regs;
-  return vcpu_.get_regs();
+  if (sync_regs_) return vcpu_->run_struct()->s.regs.regs;
+  return vcpu_->get_regs();
 }
 
 Status Vm::set_status(const kvm_regs& regs, int64_t status) {
-  kvm_run* run = vcpu_.run_struct();
+  kvm_run* run = vcpu_->run_struct();
   if (sync_regs_) {
     run->s.regs.regs.rax = static_cast<uint64_t>(status);
     run->kvm_dirty_regs |= KVM_SYNC_X86_REGS;
@@ -160,12 +179,12 @@ Status Vm::set_status(const kvm_regs& regs, int64_t status) {
   }
   kvm_regs r = regs;
   r.rax = static_cast<uint64_t>(status);
-  return vcpu_.set_regs(r);
+  return vcpu_->set_regs(r);
 }
 
 RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   RunResult result;
-  HypercallContext hc{memory_, result.hypercalls, [&](std::string_view text) {
+  HypercallContext hc{*memory_, result.hypercalls, [&](std::string_view text) {
                         result.console.append(text);
                         if (echo) echo(text);
                       }};
@@ -177,7 +196,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
     finish(RunResult::Outcome::kFailed, s.error().message);
     return result;
   }
-  kvm_run* run = vcpu_.run_struct();
+  kvm_run* run = vcpu_->run_struct();
   t_run = run;
   t_kicked = 0;
   auto watchdog = Watchdog::arm(config_.timeout_ms);
@@ -188,7 +207,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   }
   const auto start = std::chrono::steady_clock::now();
   for (bool done = false; !done;) {
-    auto entered = vcpu_.run();
+    auto entered = vcpu_->run();
     if (!entered) {
       finish(RunResult::Outcome::kFailed, entered.error().message);
       break;
@@ -196,7 +215,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
     if (!*entered) {  // EINTR: the watchdog, or a stray signal
       result.exits["intr"]++;
       if (t_kicked) {
-        auto regs = vcpu_.get_regs();
+        auto regs = vcpu_->get_regs();
         finish(RunResult::Outcome::kTimeout,
                regs ? fmt::format("guest did not finish within {} ms; it was at rip {:#x}", config_.timeout_ms,
                                   regs->rip)

@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <optional>
 #include <string_view>
 
 #include "base/error.h"
@@ -40,7 +41,9 @@ struct RunResult {
 
 class Vm {
  public:
-  static Result<std::unique_ptr<Vm>> create(const Kvm& kvm, const VmConfig& config,
+  // Guest RAM comes from `file`, which several VMs may share; it must
+  // outlive the Vm.
+  static Result<std::unique_ptr<Vm>> create(const Kvm& kvm, MemoryFile& file, const VmConfig& config,
                                             const guest::Image& program);
 
   // Runs the guest to its end. `echo` (may be empty) receives console text as
@@ -48,21 +51,22 @@ class Vm {
   RunResult run(const std::function<void(std::string_view)>& echo);
 
   const VmConfig& config() const { return config_; }
-  GuestMemory& memory() { return memory_; }
+  GuestMemory& memory() { return *memory_; }
 
  private:
-  Vm(VmConfig config, KvmVm vm, GuestMemory memory, KvmVcpu vcpu, bool sync_regs)
-      : config_(std::move(config)), vm_(std::move(vm)), memory_(std::move(memory)),
-        vcpu_(std::move(vcpu)), sync_regs_(sync_regs) {}
+  explicit Vm(VmConfig config) : config_(std::move(config)) {}
 
   Result<kvm_regs> regs_at_exit() const;
   Status set_status(const kvm_regs& regs, int64_t status);
 
+  // Declaration order is teardown order reversed: the vCPU and the VM go
+  // before the memory slots' numbers and the RAM behind them.
   VmConfig config_;
-  KvmVm vm_;
-  GuestMemory memory_;
-  KvmVcpu vcpu_;
-  bool sync_regs_;  // kvm_run carries the registers at every exit
+  std::unique_ptr<GuestMemory> memory_;
+  SlotAllocator slots_{0};
+  std::optional<KvmVm> vm_;
+  std::optional<KvmVcpu> vcpu_;
+  bool sync_regs_ = false;  // kvm_run carries the registers at every exit
 };
 
 }  // namespace kvmem

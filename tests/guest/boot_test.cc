@@ -17,8 +17,8 @@ uint64_t word(const std::vector<uint8_t>& ram, uint64_t gpa) {
 }  // namespace
 
 TEST_CASE("boot page tables identity-map all of RAM with user 2 MiB pages", "[guest]") {
-  std::vector<uint8_t> ram(8 << 20, 0xcc);
-  REQUIRE(guest::write_boot_area(ram, guest::PageSize::k2M));
+  std::vector<uint8_t> ram(abi::kBootAreaEnd, 0xcc);
+  REQUIRE(guest::write_boot_area(ram, 8 << 20, guest::PageSize::k2M));
   const uint64_t pml4 = abi::kPageTablesAddr;
   CHECK(word(ram, pml4) == (pml4 + 0x1000 | 7));
   CHECK(word(ram, pml4 + 8) == 0);
@@ -29,8 +29,8 @@ TEST_CASE("boot page tables identity-map all of RAM with user 2 MiB pages", "[gu
 }
 
 TEST_CASE("boot page tables with 1 GiB pages use PDPT leaves", "[guest]") {
-  std::vector<uint8_t> ram(2ull << 30);  // untouched pages cost nothing
-  REQUIRE(guest::write_boot_area(ram, guest::PageSize::k1G));
+  std::vector<uint8_t> ram(abi::kBootAreaEnd);
+  REQUIRE(guest::write_boot_area(ram, 2ull << 30, guest::PageSize::k1G));
   const uint64_t pdpt = abi::kPageTablesAddr + 0x1000;
   CHECK(word(ram, pdpt) == 0x87);
   CHECK(word(ram, pdpt + 8) == ((1ull << 30) | 0x87));
@@ -38,8 +38,8 @@ TEST_CASE("boot page tables with 1 GiB pages use PDPT leaves", "[guest]") {
 }
 
 TEST_CASE("the GDT has Linux's user selectors and the TSS opens the hypercall port", "[guest]") {
-  std::vector<uint8_t> ram(2 << 20);
-  REQUIRE(guest::write_boot_area(ram, guest::PageSize::k2M));
+  std::vector<uint8_t> ram(abi::kBootAreaEnd);
+  REQUIRE(guest::write_boot_area(ram, 2 << 20, guest::PageSize::k2M));
   CHECK(word(ram, abi::kGdtAddr + (abi::kUserCs >> 3) * 8) == 0x00affb000000ffffull);
   CHECK(word(ram, abi::kGdtAddr + (abi::kUserDs >> 3) * 8) == 0x00cff3000000ffffull);
   // I/O bitmap: port kHypercallPort's bit is clear (allowed).

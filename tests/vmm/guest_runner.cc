@@ -21,7 +21,13 @@ GuestRun run_guest(const nlohmann::json& config) {
     out.setup_error = kvm.error().message;
     return out;
   }
-  auto vm = Vm::create(*kvm, *c, *image);
+  auto file = MemoryFile::create();
+  if (!file) {
+    out.setup_error = file.error().message;
+    return out;
+  }
+  out.file = std::move(*file);
+  auto vm = Vm::create(*kvm, *out.file, *c, *image);
   if (!vm) {
     out.setup_error = vm.error().message;
     return out;

@@ -6,6 +6,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "memory/memory_file.h"
 #include "vmm/vm.h"
 
 namespace kvmem::test {
@@ -13,6 +14,7 @@ namespace kvmem::test {
 struct GuestRun {
   std::string setup_error;  // non-empty when the config or the host refused
   RunResult result;
+  std::unique_ptr<MemoryFile> file;  // declared before vm: the VM goes first
   std::unique_ptr<Vm> vm;   // kept so tests can look at guest memory afterwards
 };
 
