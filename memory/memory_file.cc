@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
@@ -32,6 +33,11 @@ constexpr int kPunchHole = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
 // At most this many ranges per reclaimer round, to bound the time mu_ is held.
 constexpr size_t kReclaimRangesPerRound = 64;
+
+// Before a round that would be short, the reclaimer lingers this long so
+// that neighbouring frees coalesce into fewer, larger punches (one 64 KiB
+// punch costs about what one 4 KiB punch does), unless someone waits for it.
+constexpr auto kReclaimLinger = std::chrono::microseconds(500);
 
 std::unexpected<Error> error_with(int code, std::string message) {
   return std::unexpected(Error{code, std::move(message)});
@@ -114,6 +120,8 @@ Result<std::unique_ptr<MemoryFile>> MemoryFile::create(const MemoryFileOptions& 
                                           "a positive multiple of the page size",
                                           options.reclaim_batch));
   f->reclaim_batch_ = options.reclaim_batch;
+  f->scan_mincore_ = options.usage_scan == UsageScan::Mincore ||
+                     (options.usage_scan == UsageScan::Auto && options.huge == HugePages::Hugetlb);
 
   f->fd_ = memfd_create(options.name.c_str(), flags);
   if (f->fd_ < 0) return sys_fail("cannot create memory file", "memfd_create", errno);
@@ -255,15 +263,15 @@ Result<FileRange> MemoryFile::allocate(uint64_t length, UsageKind kind,
 
     // Pages the reclaimer zeroed instead of punching are still committed:
     // the allocation takes them over as known committed.
-    for (auto s = free_committed_.lower_bound_segment(r.start); s.ok() && s.start() < r.end;) {
-      s = free_committed_.isolate(s, r);
-      FileRange piece = s.range();
-      s = free_committed_.remove(s).next_segment();
-      usage_.apply_contiguous(piece, [&](UsageSet::Seg u) { u.value().known_committed = true; });
-      counters_.move(piece.length(), kind, UsageKind::System);
+    if (!free_committed_.empty()) {
+      for (auto s = free_committed_.lower_bound_segment(r.start); s.ok() && s.start() < r.end;) {
+        s = free_committed_.isolate(s, r);
+        FileRange piece = s.range();
+        s = free_committed_.remove(s).next_segment();
+        usage_.apply_and_merge(piece, [&](UsageSet::Seg u) { u.value().known_committed = true; });
+        counters_.move(piece.length(), kind, UsageKind::System);
+      }
     }
-    usage_.merge_range(r);
-    usage_.merge_adjacent(r);
   }
 
   if (opts.commit != CommitMode::None) {
@@ -295,7 +303,7 @@ Status MemoryFile::commit(FileRange r, CommitMode mode) {
 }
 
 void MemoryFile::mark_committed_locked(FileRange r) {
-  UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+  UsageSet::Gap gap = usage_.apply_and_merge(r, [&](UsageSet::Seg s) {
     Usage& u = s.value();
     if (u.known_committed) return;
     u.known_committed = true;
@@ -304,8 +312,6 @@ void MemoryFile::mark_committed_locked(FileRange r) {
   });
   KVMEM_CHECK(!gap.ok(), "marking {} committed: pages {} are not allocated\n{}", r.to_string(),
               gap.range().intersect(r).to_string(), dump_locked());
-  usage_.merge_range(r);
-  usage_.merge_adjacent(r);
 }
 
 // ---- references ----
@@ -313,22 +319,21 @@ void MemoryFile::mark_committed_locked(FileRange r) {
 void MemoryFile::inc_ref(FileRange r) {
   check_range(r, "inc_ref");
   std::lock_guard l(mu_);
-  UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+  UsageSet::Gap gap = usage_.apply_and_merge(r, [&](UsageSet::Seg s) {
     KVMEM_CHECK(s.value().refs > 0, "inc_ref({}): pages {} were already freed\n{}", r.to_string(),
                 s.range().to_string(), dump_locked());
     s.value().refs++;
   });
   KVMEM_CHECK(!gap.ok(), "inc_ref({}): pages {} are not allocated\n{}", r.to_string(),
               gap.range().intersect(r).to_string(), dump_locked());
-  usage_.merge_adjacent(r);
 }
 
 void MemoryFile::dec_ref(FileRange r) {
   check_range(r, "dec_ref");
-  bool freed = false;
+  bool freed = false;  // and the reclaimer needs waking
   {
     std::lock_guard l(mu_);
-    UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+    UsageSet::Gap gap = usage_.apply_and_merge(r, [&](UsageSet::Seg s) {
       Usage& u = s.value();
       KVMEM_CHECK(u.refs > 0, "dec_ref({}): pages {} have no references left\n{}", r.to_string(),
                   s.range().to_string(), dump_locked());
@@ -339,12 +344,13 @@ void MemoryFile::dec_ref(FileRange r) {
       bool added = reclaimable_.add(s.range(), Empty{});
       KVMEM_CHECK(added, "dec_ref({}): {} is already reclaimable\n{}", r.to_string(),
                   s.range().to_string(), dump_locked());
-      freed = true;
+      freed = reclaimer_asleep_;
     });
     KVMEM_CHECK(!gap.ok(), "dec_ref({}): pages {} are not allocated\n{}", r.to_string(),
                 gap.range().intersect(r).to_string(), dump_locked());
-    usage_.merge_adjacent(r);
   }
+  // Only a sleeping reclaimer needs waking; a busy one takes the new range
+  // in its next round. (A wake is a futex call: too dear for every free.)
   if (freed) reclaim_cv_.notify_one();
 }
 
@@ -363,7 +369,25 @@ Status MemoryFile::decommit(FileRange r) {
 }
 
 void MemoryFile::mark_decommitted_locked(FileRange r, bool require_refs) {
-  UsageSet::Gap gap = usage_.apply_contiguous(r, [&](UsageSet::Seg s) {
+  // A read-only pass first: checks the preconditions and, in the common case
+  // where no page of r is known committed, leaves the set untouched (no
+  // split, no merge).
+  bool any_known = false;
+  uint64_t at = r.start;
+  for (auto s = usage_.find_segment(r.start);; s = s.next_segment()) {
+    KVMEM_CHECK(s.ok() && s.start() <= at, "decommit({}): pages {} are not allocated\n{}",
+                r.to_string(),
+                FileRange(at, s.ok() ? std::min(s.start(), r.end) : r.end).to_string(),
+                dump_locked());
+    if (require_refs)
+      KVMEM_CHECK(s.value().refs > 0, "decommit({}): pages {} were freed\n{}", r.to_string(),
+                  s.range().intersect(r).to_string(), dump_locked());
+    any_known |= s.value().known_committed;
+    at = s.end();
+    if (at >= r.end) break;
+  }
+  if (!any_known) return;
+  UsageSet::Gap gap = usage_.apply_and_merge(r, [&](UsageSet::Seg s) {
     Usage& u = s.value();
     if (require_refs)
       KVMEM_CHECK(u.refs > 0, "decommit({}): pages {} were freed\n{}", r.to_string(),
@@ -375,21 +399,29 @@ void MemoryFile::mark_decommitted_locked(FileRange r, bool require_refs) {
   });
   KVMEM_CHECK(!gap.ok(), "decommit({}): pages {} are not allocated\n{}", r.to_string(),
               gap.range().intersect(r).to_string(), dump_locked());
-  usage_.merge_range(r);
-  usage_.merge_adjacent(r);
 }
 
 void MemoryFile::wait_for_reclaim() {
   std::unique_lock l(mu_);
+  flush_waiters_++;
+  idle_cv_.notify_all();  // cuts a lingering reclaimer short
   idle_cv_.wait(l, [&] { return destroyed_ || (reclaimable_.empty() && !reclaiming_); });
+  flush_waiters_--;
 }
 
 void MemoryFile::reclaim_loop() {
   std::unique_lock l(mu_);
   std::vector<FileRange> batch;
+  std::vector<Reclaim> done;
   for (;;) {
+    reclaimer_asleep_ = true;
     reclaim_cv_.wait(l, [&] { return destroyed_ || !reclaimable_.empty(); });
+    reclaimer_asleep_ = false;
     if (destroyed_) return;
+    if (reclaimable_.size() < kReclaimRangesPerRound && flush_waiters_ == 0) {
+      idle_cv_.wait_for(l, kReclaimLinger, [&] { return destroyed_ || flush_waiters_ > 0; });
+      if (destroyed_) return;
+    }
     // Take the lowest reclaimable ranges: allocation is lowest-first, so
     // these are the ones the next allocations most likely want.
     batch.clear();
@@ -404,56 +436,75 @@ void MemoryFile::reclaim_loop() {
     }
     reclaiming_ = true;
     l.unlock();
-    for (FileRange r : batch) reclaim_one(r);
+    done.clear();
+    for (FileRange r : batch) done.push_back(reclaim_unlocked(r));
+    // One lock round for the whole batch keeps the reclaimer out of the
+    // allocator's way.
     l.lock();
+    for (const Reclaim& rec : done) finish_reclaim_locked(rec);
     reclaiming_ = false;
     if (reclaimable_.empty()) idle_cv_.notify_all();
   }
 }
 
-// Returns r, whose pages have no references, to the free pool once it reads
-// as zero. Called without mu_.
-void MemoryFile::reclaim_one(FileRange r) {
-  if (host_->fallocate(fd_, kPunchHole, r.start, r.length()) == 0) {
-    std::lock_guard l(mu_);
-    mark_decommitted_locked(r, /*require_refs=*/false);
-    usage_.remove_range(r);
-    stats_.reclaimed_ranges.fetch_add(1, std::memory_order_relaxed);
-    return;
-  }
+// Makes r, whose pages have no references, read as zero: punches it, or if
+// that fails zeroes what holds data. Runs without mu_.
+MemoryFile::Reclaim MemoryFile::reclaim_unlocked(FileRange r) {
+  Reclaim rec{r, Reclaim::Punched, {}};
+  if (host_->fallocate(fd_, kPunchHole, r.start, r.length()) == 0) return rec;
 
-  // The punch failed: zero what holds data instead. Holes read as zero, and
-  // so do pages fallocate committed but nobody touched, which SEEK_DATA
-  // skips; writing only the data keeps holes holes.
-  std::vector<FileRange> data;
-  bool zeroed = true;
+  // Holes read as zero, and so do pages fallocate committed but nobody
+  // touched, which SEEK_DATA skips: writing only the data keeps holes holes.
+  rec.how = Reclaim::Zeroed;
   uint64_t pos = r.start;
   while (pos < r.end) {
     off_t d = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
     if (d < 0 || static_cast<uint64_t>(d) >= r.end) {
-      if (d < 0 && errno != ENXIO) zeroed = false;
+      if (d < 0 && errno != ENXIO) rec.how = Reclaim::Stuck;
       break;
     }
     off_t h = lseek(fd_, d, SEEK_HOLE);
     if (h < 0) {
-      zeroed = false;
+      rec.how = Reclaim::Stuck;
       break;
     }
     FileRange piece(align_down(static_cast<uint64_t>(d), page_size_),
                     std::min<uint64_t>(static_cast<uint64_t>(h), r.end));
     piece = piece.intersect(r);
+    if (piece.empty()) {  // punched between the two lseeks
+      pos = std::max(pos + page_size_, piece.end);
+      continue;
+    }
     auto span = map_internal(piece);
     if (!span) {
-      zeroed = false;
+      rec.how = Reclaim::Stuck;
       break;
     }
     std::memset(span->data(), 0, span->size());
-    data.push_back(piece);
+    rec.data.push_back(piece);
     pos = piece.end;
   }
+  return rec;
+}
 
-  std::lock_guard l(mu_);
-  if (!zeroed) {
+void MemoryFile::finish_reclaim_locked(const Reclaim& rec) {
+  FileRange r = rec.range;
+  if (rec.how == Reclaim::Punched) {
+    // The common case, one lookup: r is one whole segment not known committed.
+    if (auto s = usage_.find_segment(r.start);
+        s.ok() && s.range() == r && !s.value().known_committed) {
+      KVMEM_CHECK(s.value().refs == 0, "reclaimed {} is referenced\n{}", r.to_string(),
+                  dump_locked());
+      usage_.remove(s);
+      stats_.reclaimed_ranges.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    mark_decommitted_locked(r, /*require_refs=*/false);
+    usage_.remove_range(r);
+    stats_.reclaimed_ranges.fetch_add(1, std::memory_order_relaxed);
+    return;
+  }
+  if (rec.how == Reclaim::Stuck) {
     // Neither punched nor zeroed: it may hold old data, so it must never be
     // allocated again. It stays System, refs 0, out of reclaimable_.
     stats_.quarantined_bytes.fetch_add(r.length(), std::memory_order_relaxed);
@@ -468,7 +519,7 @@ void MemoryFile::reclaim_one(FileRange r) {
                 s.range().to_string(), dump_locked());
     if (s.value().known_committed) free_committed_.add(s.range(), Empty{});
   });
-  for (FileRange d : data) {
+  for (FileRange d : rec.data) {
     usage_.apply_contiguous(d, [&](UsageSet::Seg s) {
       if (s.value().known_committed) return;
       s.value().known_committed = true;

@@ -92,6 +92,20 @@ struct HugePageSupport {
 };
 HugePageSupport probe_huge_pages();
 
+// How update_usage finds committed pages among those not known committed.
+enum class UsageScan {
+  Auto,      // SeekData for shmem, Mincore for hugetlb
+  // Data extents from SEEK_DATA/SEEK_HOLE are the committed pages: shmem
+  // reports a page as data exactly when it holds it, resident or swapped
+  // (an uptodate page or a swap entry). Pages fallocate committed and
+  // nobody touched are not data; the allocator marks those itself.
+  SeekData,
+  // Holes skipped with SEEK_DATA/SEEK_HOLE, then mincore over the data.
+  // Needed where the file system reports everything as data (hugetlbfs).
+  // mincore misses swapped-out pages.
+  Mincore,
+};
+
 struct MemoryFileOptions {
   std::string name = "kvmem-memory";
   // Address space reserved at creation for all chunk mappings; the file never
@@ -104,6 +118,7 @@ struct MemoryFileOptions {
   // Largest range the reclaimer punches in one call (shmem serialises
   // fallocate, so a huge punch would stall every other punch for its length).
   uint64_t reclaim_batch = uint64_t{128} << 20;
+  UsageScan usage_scan = UsageScan::Auto;
 };
 
 enum class CommitMode {
@@ -154,7 +169,8 @@ class MemoryFile {
 
   // Makes the per-kind counters exact: nothing when st_blocks equals the
   // bytes already known committed; else, for segments not known committed,
-  // skips holes with SEEK_DATA/SEEK_HOLE and mincores the data.
+  // skips holes with SEEK_DATA/SEEK_HOLE and counts the data (or mincores
+  // it: see UsageScan).
   Status update_usage();
 
   UsageSnapshot usage() const { return counters_.snapshot(); }
@@ -214,8 +230,15 @@ class MemoryFile {
   Status scan_locked();
   Status scan_segment_locked(FileRange r, uint64_t* data, uint64_t* hole,
                              std::vector<FileRange>* committed);
+  // What the reclaimer did to one range without mu_, finished under it.
+  struct Reclaim {
+    FileRange range;
+    enum { Punched, Zeroed, Stuck } how = Punched;
+    std::vector<FileRange> data;  // Zeroed: the pieces that held data
+  };
   void reclaim_loop();
-  void reclaim_one(FileRange r);
+  Reclaim reclaim_unlocked(FileRange r);
+  void finish_reclaim_locked(const Reclaim& rec);
   std::string dump_locked() const;
   void check_invariants_locked() const;
 
@@ -226,6 +249,7 @@ class MemoryFile {
   uint64_t page_size_ = kPageSize;
   uint64_t reclaim_batch_ = 0;
   bool thp_ = false;
+  bool scan_mincore_ = false;
 
   // One flag per chunk of the reservation: true once mapped. Set only with
   // mappings_mu_ held, with release order; read with acquire, no lock.
@@ -240,6 +264,8 @@ class MemoryFile {
   uint64_t usage_expected_ = 0;  // protected by mu_: known committed bytes
   bool destroyed_ = false;     // protected by mu_
   bool reclaiming_ = false;    // protected by mu_: the reclaimer holds ranges
+  bool reclaimer_asleep_ = false;  // protected by mu_: waiting on reclaim_cv_
+  int flush_waiters_ = 0;          // protected by mu_: threads in wait_for_reclaim
   std::atomic<uint64_t> file_size_{0};  // written with mu_ held
   std::condition_variable reclaim_cv_;  // with mu_: reclaimable_ or destroyed_
   std::condition_variable idle_cv_;     // with mu_: the reclaimer went idle

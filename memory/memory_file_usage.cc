@@ -59,14 +59,13 @@ Status MemoryFile::scan_locked() {
     committed.clear();
     if (auto st = scan_segment_locked(r, &data, &hole, &committed); !st) return st;
     for (FileRange c : committed) {
-      usage_.apply_contiguous(c, [&](UsageSet::Seg seg) {
+      usage_.apply_and_merge(c, [&](UsageSet::Seg seg) {
         Usage& u = seg.value();
         if (u.known_committed) return;
         u.known_committed = true;
         counters_.inc(u.kind, seg.range().length());
         usage_expected_ += seg.range().length();
       });
-      usage_.merge_adjacent(c);
     }
     if (data == kNoMoreData) break;
     s = usage_.lower_bound_segment(std::max(r.end, data));
@@ -76,8 +75,8 @@ Status MemoryFile::scan_locked() {
 
 // Finds the committed pages of r (one segment not known committed), moving
 // the data cursor along. Pages in holes are not committed except those that
-// fallocate committed, which the allocator marks itself; data pages are asked
-// of mincore, one page at a time.
+// fallocate committed, which the allocator marks itself. Data pages are
+// committed (SeekData), or asked of mincore one by one (Mincore).
 Status MemoryFile::scan_segment_locked(FileRange r, uint64_t* data, uint64_t* hole,
                                        std::vector<FileRange>* committed) {
   std::vector<unsigned char> vec;
@@ -97,10 +96,21 @@ Status MemoryFile::scan_segment_locked(FileRange r, uint64_t* data, uint64_t* ho
         return sys_fail(fmt::format("cannot scan the memory file from {:#x}", d),
                         "lseek(SEEK_HOLE)", errno);
       *data = align_down(static_cast<uint64_t>(d), kPageSize);
-      *hole = static_cast<uint64_t>(h);
+      uint64_t hole_up = 0;
+      *hole = align_up(static_cast<uint64_t>(h), kPageSize, &hole_up) ? hole_up : kNoMoreData;
     }
     if (*data >= r.end) return {};
     FileRange piece(std::max(pos, *data), std::min(*hole, r.end));
+    pos = piece.end;
+    // Empty when the reclaimer punched the extent between the two lseeks.
+    if (piece.empty()) continue;
+    if (!scan_mincore_) {
+      if (!committed->empty() && committed->back().end == piece.start)
+        committed->back().end = piece.end;
+      else
+        committed->push_back(piece);
+      continue;
+    }
     for (uint64_t at = piece.start; at < piece.end; at += kMincoreSlice) {
       FileRange slice(at, std::min(piece.end, at + kMincoreSlice));
       auto span = map_internal(slice);
@@ -118,7 +128,6 @@ Status MemoryFile::scan_segment_locked(FileRange r, uint64_t* data, uint64_t* ho
           committed->emplace_back(p, p + kPageSize);
       }
     }
-    pos = piece.end;
   }
   return {};
 }

@@ -25,6 +25,8 @@
 //   apply_contiguous(r, fn) isolate and visit each segment over r, stop at
 //                           the first non-empty gap and return it  O(k log n)
 //   merge(a, b)  merge_range(r)  merge_adjacent(r)      O(log n) per merge
+//   apply_and_merge(r, fn)  apply_contiguous, then merge what fn touched
+//                           and its outer neighbours, without new lookups
 //   first_fit(k, len, align) the lowest gap holding len bytes at an align-
 //                           aligned start >= k       O(log n) (see below)
 //   check_invariants()      O(n); for tests
@@ -175,11 +177,16 @@ class SegmentSet {
     }
     return *this;
   }
-  ~SegmentSet() { clear(); }
+  ~SegmentSet() {
+    clear();
+    free_spares();
+  }
 
   void swap(SegmentSet& o) noexcept {
     std::swap(root_, o.root_);
     std::swap(size_, o.size_);
+    std::swap(spare_, o.spare_);
+    std::swap(spare_count_, o.spare_count_);
     std::swap(rng_, o.rng_);
   }
 
@@ -304,13 +311,13 @@ class SegmentSet {
         return next;
       }
     }
-    return Seg(this, insert_node(r.start, r.end, v));
+    return Seg(this, insert_node(r.start, r.end, v, prev.n_, next.n_));
   }
 
   // Like insert, but never merges.
   Seg insert_without_merging(Gap g, const Key& r, const V& v) {
     check_insert(g, r);
-    return Seg(this, insert_node(r.start, r.end, v));
+    return Seg(this, insert_node(r.start, r.end, v, g.prev_segment().n_, g.next_));
   }
 
   // Inserts r if it lies entirely in one gap; false (and no change) if not.
@@ -341,11 +348,13 @@ class SegmentSet {
   Gap remove_range(const Key& r) {
     KVMEM_CHECK(r.start < r.end, "remove_range of empty range {}", r.to_string());
     Seg s = lower_bound_segment(r.start);
+    Gap last;
     while (s.ok() && s.start() < r.end) {
       s = isolate(s, r);
-      s = remove(s).next_segment();
+      last = remove(s);
+      s = last.next_segment();
     }
-    return find_gap(r.start);
+    return last.ok() ? last : find_gap(r.start);
   }
 
   // Splits s at `at` and returns both halves. Precondition:
@@ -357,9 +366,10 @@ class SegmentSet {
     uint64_t old_end = s.n_->end;
     // Shrinking the left part first leaves the successor's gap unchanged:
     // the new right node takes [at, old_end) with an empty gap before it.
+    Node* succ = successor(s.n_);
     s.n_->end = at;
     s.n_->value = std::move(left);
-    Node* r = insert_node(at, old_end, std::move(right));
+    Node* r = insert_node(at, old_end, std::move(right), s.n_, succ);
     return {s, Seg(this, r)};
   }
 
@@ -389,6 +399,43 @@ class SegmentSet {
       Gap g = s.next_gap();
       if (!g.empty()) return g;
       s = g.next_segment();
+    }
+  }
+
+  // apply_contiguous, then merges what fn may have made mergeable: the
+  // visited segments with each other and with their outer neighbours. Needs
+  // no lookup from the root beyond apply_contiguous's own.
+  template <class F>
+  Gap apply_and_merge(const Key& r, F&& fn) {
+    Seg first, last;
+    Gap gap = apply_contiguous(r, [&](Seg s) {
+      fn(s);
+      if (!first.ok()) first = s;
+      last = s;
+    });
+    if (first.ok()) merge_run(first, last);
+    return gap;
+  }
+
+  // Merges the run of touching segments first..last (in order) and their
+  // outer neighbours wherever the policy allows.
+  void merge_run(Seg first, Seg last) {
+    Seg m = merge(first.prev_segment(), first);
+    if (m.ok()) {
+      if (first == last) last = m;
+      first = m;
+    }
+    for (Seg cur = first;;) {
+      Seg n = cur.next_segment();
+      if (!n.ok()) return;
+      bool outer = cur == last;  // n is the neighbour after the run
+      bool was_last = n == last;
+      if (merge(cur, n).ok()) {
+        if (was_last) last = cur;
+      } else {
+        cur = n;
+      }
+      if (outer) return;
     }
   }
 
@@ -486,8 +533,18 @@ class SegmentSet {
   static void pull(Node* n) {
     n->max_gap = std::max({n->gap_before, max_gap_of(n->left), max_gap_of(n->right)});
   }
+  // Recomputes the index from n towards the root after one change at n (its
+  // gap, or a child subtree gaining or losing a node) with every other node's
+  // value correct. Stops at the first node whose value comes out unchanged:
+  // its ancestors' inputs are then exactly what they were. Rotations keep
+  // values correct themselves (they pull both nodes they move).
   static void fix_up(Node* n) {
-    for (; n; n = n->parent) pull(n);
+    while (n) {
+      uint64_t old = n->max_gap;
+      pull(n);
+      if (n->max_gap == old) return;
+      n = n->parent;
+    }
   }
 
   void replace_child(Node* parent, Node* old, Node* now) {
@@ -529,32 +586,26 @@ class SegmentSet {
     return rng_ * 0x2545F4914F6CDD1DULL;
   }
 
-  // The gap before n (and the one after, before n's successor) are derived
-  // from n's neighbours' bounds; refresh both and the index above them.
-  void refresh_gaps_around(Node* n) {
-    Node* p = predecessor(n);
-    n->gap_before = n->start - (p ? p->end : kMinKey);
-    fix_up(n);
-    if (Node* s = successor(n)) {
-      s->gap_before = s->start - n->end;
-      fix_up(s);
-    }
-  }
-
-  Node* insert_node(uint64_t start, uint64_t end, V v) {
-    Node* n = new Node;
+  // Links a new node for [start, end) between its in-order neighbours pred
+  // and succ (either may be null), which the callers know already: no
+  // descent from the root. One of the two always has a free slot on the
+  // side facing the other.
+  Node* insert_node(uint64_t start, uint64_t end, V v, Node* pred, Node* succ) {
+    Node* n = new_node();
     n->start = start;
     n->end = end;
     n->value = std::move(v);
     n->prio = next_prio();
-    Node* parent = nullptr;
-    Node** link = &root_;
-    while (*link) {
-      parent = *link;
-      link = start < parent->start ? &parent->left : &parent->right;
+    if (pred && !pred->right) {
+      pred->right = n;
+      n->parent = pred;
+    } else if (succ && !succ->left) {
+      succ->left = n;
+      n->parent = succ;
+    } else {
+      KVMEM_CHECK(!root_, "no slot between the neighbours of {}", Key(start, end).to_string());
+      root_ = n;
     }
-    *link = n;
-    n->parent = parent;
     size_++;
     while (n->parent && n->parent->prio < n->prio) {
       if (n->parent->left == n)
@@ -562,7 +613,12 @@ class SegmentSet {
       else
         rotate_left(n->parent);
     }
-    refresh_gaps_around(n);
+    n->gap_before = start - (pred ? pred->end : kMinKey);
+    fix_up(n);
+    if (succ) {
+      succ->gap_before = succ->start - end;
+      fix_up(succ);
+    }
     return n;
   }
 
@@ -579,7 +635,7 @@ class SegmentSet {
     Node* parent = n->parent;
     replace_child(parent, n, child);
     fix_up(parent);
-    delete n;
+    free_node(n);
     size_--;
     if (succ) {
       succ->gap_before = succ->start - (pred ? pred->end : kMinKey);
@@ -668,6 +724,37 @@ class SegmentSet {
                 r.to_string(), n->max_gap, want);
   }
 
+  // Removed nodes are kept for reuse (up to kSpareNodes): allocate/free
+  // pairs then never reach malloc.
+  static constexpr size_t kSpareNodes = 64;
+  Node* new_node() {
+    if (Node* n = spare_) {
+      spare_ = n->right;
+      spare_count_--;
+      *n = Node{};
+      return n;
+    }
+    return new Node;
+  }
+  void free_node(Node* n) {
+    if (spare_count_ >= kSpareNodes) {
+      delete n;
+      return;
+    }
+    n->value = V{};
+    n->right = spare_;
+    spare_ = n;
+    spare_count_++;
+  }
+  void free_spares() {
+    while (spare_) {
+      Node* n = spare_;
+      spare_ = n->right;
+      delete n;
+    }
+    spare_count_ = 0;
+  }
+
   static void free_subtree(Node* n) {
     while (n) {
       free_subtree(n->left);
@@ -679,6 +766,8 @@ class SegmentSet {
 
   Node* root_ = nullptr;
   size_t size_ = 0;
+  Node* spare_ = nullptr;  // free list through right
+  size_t spare_count_ = 0;
   uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
 };
 

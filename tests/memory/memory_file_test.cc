@@ -185,8 +185,11 @@ TEST_CASE("decommit drops st_blocks, reads zero and keeps the allocation", "[mem
 }
 
 TEST_CASE("after update_usage the per-kind counts equal the kernel's own", "[memory]") {
-  std::mt19937_64 rng(GENERATE(11u, 12u, 13u));
-  auto mf = make_file();
+  const UsageScan scan = GENERATE(UsageScan::SeekData, UsageScan::Mincore);
+  const uint64_t seed = GENERATE(11u, 12u, 13u);
+  INFO("scan " << (scan == UsageScan::Mincore ? "mincore" : "seek-data") << ", seed " << seed);
+  std::mt19937_64 rng(seed);
+  auto mf = make_file({.usage_scan = scan});
   struct Alloc {
     FileRange r;
     UsageKind kind;

@@ -185,14 +185,14 @@ std::vector<std::string> gaps_of(Set& s) {
 }  // namespace
 
 TEST_CASE("SegmentSet matches a per-key model over random operations", "[memory]") {
-  for (uint64_t seed : {1u, 2u, 3u, 4u, 5u, 6u}) {
+  for (uint64_t seed : {1u, 2u, 3u, 4u, 5u, 6u, 7u, 8u}) {
     std::mt19937_64 rng(seed);
     auto rnd = [&](uint64_t n) { return rng() % n; };
     Set s(seed);
     Model m;
     std::string log;
     INFO("seed " << seed);
-    for (int step = 0; step < 2000; step++) {
+    for (int step = 0; step < 3000; step++) {
       uint64_t a = rnd(Model::kKeys), b = rnd(Model::kKeys);
       if (a > b) std::swap(a, b);
       if (a == b) b = a + 1;
@@ -215,8 +215,11 @@ TEST_CASE("SegmentSet matches a per-key model over random operations", "[memory]
           break;
         }
         case 3: {  // apply_contiguous + merge, as the allocator uses it
-          log += fmt::format("apply {} := {}\n", r.to_string(), val);
-          auto gap = s.apply_contiguous(r, [&](Set::Seg seg) { seg.value() = val; });
+          bool and_merge = rnd(2) == 0;
+          log += fmt::format("apply{} {} := {}\n", and_merge ? "_and_merge" : "", r.to_string(),
+                             val);
+          auto set_val = [&](Set::Seg seg) { seg.value() = val; };
+          auto gap = and_merge ? s.apply_and_merge(r, set_val) : s.apply_contiguous(r, set_val);
           uint64_t k = a;
           for (; k < b && m.v[k] != -1; k++) m.v[k] = val;
           if (k < b) {
@@ -227,9 +230,11 @@ TEST_CASE("SegmentSet matches a per-key model over random operations", "[memory]
           } else {
             REQUIRE_FALSE(gap.ok());
           }
-          s.check_invariants(/*merged=*/false);
-          s.merge_range(r);
-          s.merge_adjacent(r);
+          if (!and_merge) {
+            s.check_invariants(/*merged=*/false);
+            s.merge_range(r);
+            s.merge_adjacent(r);
+          }
           break;
         }
         case 4: {  // isolate then re-merge

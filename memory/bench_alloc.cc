@@ -1,0 +1,263 @@
+#include "memory/bench_alloc.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+
+#include <fmt/format.h>
+
+#include "memory/memory_file.h"
+
+namespace kvmem {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using json = nlohmann::json;
+
+constexpr uint64_t kKiB = 1024, kMiB = 1024 * kKiB, kGiB = 1024 * kMiB;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+void say(const std::function<void(const std::string&)>& progress, const std::string& s) {
+  if (progress) progress(s);
+}
+
+json error_row(const char* bench, const std::string& what) {
+  return json{{"bench", bench}, {"error", what}};
+}
+
+// ---- alloc: pairs per second over a fragmented file ----
+
+json bench_alloc_pairs(uint64_t live, uint64_t pairs,
+                       const std::function<void(const std::string&)>& progress) {
+  auto created = MemoryFile::create();
+  if (!created) return error_row("alloc", created.error().message);
+  MemoryFile& mf = **created;
+
+  say(progress, fmt::format("alloc: fragmenting the file into {} live allocations", live));
+  // One allocation of 2*live pages, then every other page freed: live
+  // one-page allocations separated by one-page gaps once reclaimed.
+  auto all = mf.allocate(2 * live * kPageSize, UsageKind::Anonymous, {.alignment = kPageSize});
+  if (!all) return error_row("alloc", all.error().message);
+  for (uint64_t i = 0; i < live; i++) {
+    uint64_t p = all->start + (2 * i + 1) * kPageSize;
+    mf.dec_ref(FileRange(p, p + kPageSize));
+  }
+  mf.wait_for_reclaim();
+
+  say(progress, fmt::format("alloc: {} allocate+dec_ref pairs with {} live", pairs, live));
+  // Warm up the path, then measure.
+  for (uint64_t i = 0; i < std::min<uint64_t>(pairs / 10, 10000); i++) {
+    auto r = mf.allocate(kPageSize, UsageKind::Anonymous);
+    if (!r) return error_row("alloc", r.error().message);
+    mf.dec_ref(*r);
+  }
+  mf.wait_for_reclaim();
+  auto t0 = Clock::now();
+  for (uint64_t i = 0; i < pairs; i++) {
+    auto r = mf.allocate(kPageSize, UsageKind::Anonymous);
+    if (!r) return error_row("alloc", r.error().message);
+    mf.dec_ref(*r);
+  }
+  double t = seconds_since(t0);
+  mf.wait_for_reclaim();
+  return json{{"bench", "alloc"},
+              {"live", live},
+              {"pairs", pairs},
+              {"pairs_per_s", static_cast<uint64_t>(static_cast<double>(pairs) / t)},
+              {"ns_per_pair", static_cast<uint64_t>(t * 1e9 / static_cast<double>(pairs))}};
+}
+
+// ---- decommit: ours against raw PUNCH_HOLE ----
+
+// Seconds to punch region in `size` pieces, one fallocate each.
+double punch_raw(int fd, uint8_t* map, uint64_t region, uint64_t size) {
+  std::memset(map, 0x5a, region);
+  auto t0 = Clock::now();
+  for (uint64_t off = 0; off < region; off += size)
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(off),
+                  static_cast<off_t>(size)) != 0)
+      return -1;
+  return seconds_since(t0);
+}
+
+double punch_ours(MemoryFile& mf, FileRange r, uint64_t size, bool known) {
+  auto span = mf.map_internal(r);
+  if (!span) return -1;
+  std::memset(span->data(), 0x5a, span->size());
+  if (known && !mf.update_usage()) return -1;
+  auto t0 = Clock::now();
+  for (uint64_t off = r.start; off < r.end; off += size)
+    if (!mf.decommit(FileRange(off, off + size))) return -1;
+  return seconds_since(t0);
+}
+
+std::vector<json> bench_decommit(uint64_t region, int rounds,
+                                 const std::function<void(const std::string&)>& progress) {
+  std::vector<json> rows;
+  int fd = memfd_create("kvmem-bench-raw", MFD_CLOEXEC);
+  if (fd < 0 || ftruncate(fd, static_cast<off_t>(region)) != 0) {
+    if (fd >= 0) close(fd);
+    return {error_row("decommit", fmt::format("cannot create the raw memfd: {}", strerror(errno)))};
+  }
+  void* m = mmap(nullptr, region, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    close(fd);
+    return {error_row("decommit", fmt::format("cannot map the raw memfd: {}", strerror(errno)))};
+  }
+  auto* raw_map = static_cast<uint8_t*>(m);
+  auto created = MemoryFile::create({.reservation = uint64_t{1} << 36});
+  if (!created) {
+    munmap(m, region);
+    close(fd);
+    return {error_row("decommit", created.error().message)};
+  }
+  MemoryFile& mf = **created;
+  auto r = mf.allocate(region, UsageKind::Anonymous);
+  if (!r) return {error_row("decommit", r.error().message)};
+
+  for (bool known : {false, true}) {
+    for (uint64_t size : {4 * kKiB, 64 * kKiB, 2 * kMiB}) {
+      say(progress, fmt::format("decommit: {} KiB pieces of {} MiB, pages {}known committed",
+                                size / kKiB, region / kMiB, known ? "" : "not "));
+      double raw = 1e30, ours = 1e30;
+      for (int i = 0; i < rounds; i++) {  // alternate, keep the best of each
+        double a = punch_raw(fd, raw_map, region, size);
+        double b = punch_ours(mf, *r, size, known);
+        if (a < 0 || b < 0) return {error_row("decommit", "a punch failed")};
+        raw = std::min(raw, a);
+        ours = std::min(ours, b);
+      }
+      double calls = static_cast<double>(region / size);
+      rows.push_back(json{{"bench", "decommit"},
+                          {"size", size},
+                          {"known_committed", known},
+                          {"calls", region / size},
+                          {"ns_per_call", static_cast<uint64_t>(ours * 1e9 / calls)},
+                          {"raw_ns_per_call", static_cast<uint64_t>(raw * 1e9 / calls)},
+                          {"gb_per_s", std::round(static_cast<double>(region) / ours / 1e7) / 100},
+                          {"ratio_to_raw", std::round(raw / ours * 1000) / 1000}});
+    }
+  }
+  munmap(m, region);
+  close(fd);
+  return rows;
+}
+
+// ---- usage: hole-aware scan against a plain mincore ----
+
+std::vector<json> bench_usage(uint64_t file, uint64_t pieces, int rounds,
+                              const std::function<void(const std::string&)>& progress) {
+  auto created = MemoryFile::create();
+  if (!created) return {error_row("usage", created.error().message)};
+  MemoryFile& mf = **created;
+  auto r = mf.allocate(file, UsageKind::Anonymous);
+  if (!r) return {error_row("usage", r.error().message)};
+  auto span = mf.map_internal(*r);
+  if (!span) return {error_row("usage", span.error().message)};
+  uint64_t piece = 2 * kMiB, stride = file / pieces;
+  say(progress, fmt::format("usage: committing {} pieces of 2 MiB over {} GiB", pieces,
+                            file / kGiB));
+  for (uint64_t i = 0; i < pieces; i++) std::memset(span->data() + i * stride, 1, piece);
+  uint64_t committed = pieces * piece;
+
+  say(progress, "usage: timing mincore of the whole mapping and fresh scans");
+  std::vector<unsigned char> vec(file / kPageSize);
+  double mincore_s = 1e30, scan_s = 1e30, elided_s = 1e30;
+  for (int i = 0; i < rounds; i++) {
+    auto t0 = Clock::now();
+    if (mincore(span->data(), span->size(), vec.data()) != 0)
+      return {error_row("usage", fmt::format("mincore: {}", strerror(errno)))};
+    mincore_s = std::min(mincore_s, seconds_since(t0));
+
+    mf.forget_known_committed();
+    t0 = Clock::now();
+    if (auto st = mf.update_usage(); !st) return {error_row("usage", st.error().message)};
+    scan_s = std::min(scan_s, seconds_since(t0));
+    if (mf.usage().of(UsageKind::Anonymous) != committed)
+      return {error_row("usage", fmt::format("the scan found {:#x} bytes, not {:#x}",
+                                             mf.usage().of(UsageKind::Anonymous), committed))};
+    t0 = Clock::now();
+    if (auto st = mf.update_usage(); !st) return {error_row("usage", st.error().message)};
+    elided_s = std::min(elided_s, seconds_since(t0));
+  }
+  auto row = [&](const char* mode, double s) {
+    return json{{"bench", "usage"},
+                {"mode", mode},
+                {"file", file},
+                {"committed", committed},
+                {"pieces", pieces},
+                {"us", std::round(s * 1e7) / 10},
+                {"mincore_us", std::round(mincore_s * 1e7) / 10},
+                {"speedup_vs_mincore", std::round(mincore_s / s * 10) / 10}};
+  };
+  return {row("scan", scan_s), row("elided", elided_s)};
+}
+
+}  // namespace
+
+std::vector<json> run_alloc_bench(const AllocBenchOptions& options,
+                                  const std::function<void(const std::string&)>& progress) {
+  std::vector<json> rows;
+  const bool q = options.quick;
+  std::vector<uint64_t> lives = q ? std::vector<uint64_t>{1000, 10000}
+                                  : std::vector<uint64_t>{1000, 100000, 1000000};
+  for (uint64_t live : lives) rows.push_back(bench_alloc_pairs(live, q ? 20000 : 500000, progress));
+  for (json& j : bench_decommit(q ? 4 * kMiB : 64 * kMiB, q ? 1 : 5, progress))
+    rows.push_back(std::move(j));
+  for (json& j : bench_usage(q ? 4 * kGiB : 64 * kGiB, q ? 32 : 512, q ? 1 : 5, progress))
+    rows.push_back(std::move(j));
+  return rows;
+}
+
+std::string format_alloc_bench_table(const std::vector<json>& rows) {
+  // Sections in first-seen order; columns are the union of keys in each.
+  std::vector<std::string> order;
+  std::map<std::string, std::vector<const json*>> by_bench;
+  for (const json& r : rows) {
+    std::string b = r.value("bench", "?");
+    if (!by_bench.count(b)) order.push_back(b);
+    by_bench[b].push_back(&r);
+  }
+  std::string out;
+  for (const std::string& b : order) {
+    std::vector<std::string> cols;
+    for (const json* r : by_bench[b])
+      for (auto it = r->begin(); it != r->end(); ++it)
+        if (it.key() != "bench" && std::find(cols.begin(), cols.end(), it.key()) == cols.end())
+          cols.push_back(it.key());
+    std::vector<std::vector<std::string>> cells;
+    std::vector<size_t> width;
+    for (const auto& c : cols) width.push_back(c.size());
+    for (const json* r : by_bench[b]) {
+      std::vector<std::string> line;
+      for (size_t i = 0; i < cols.size(); i++) {
+        std::string v;
+        if (r->contains(cols[i])) {
+          const json& x = (*r)[cols[i]];
+          v = x.is_string() ? x.get<std::string>() : x.dump();
+        }
+        width[i] = std::max(width[i], v.size());
+        line.push_back(std::move(v));
+      }
+      cells.push_back(std::move(line));
+    }
+    out += b + "\n";
+    for (size_t i = 0; i < cols.size(); i++) out += fmt::format("  {:>{}}", cols[i], width[i]);
+    out += "\n";
+    for (const auto& line : cells) {
+      for (size_t i = 0; i < line.size(); i++) out += fmt::format("  {:>{}}", line[i], width[i]);
+      out += "\n";
+    }
+  }
+  return out;
+}
+
+}  // namespace kvmem
