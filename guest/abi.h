@@ -33,16 +33,63 @@ enum Hypercall : uint32_t {
   // (rdi = vector, rsi = rip, rdx = error code, r10 = cr2) -> does not return.
   // Issued by the ring-0 exception stubs; the run fails.
   kHcException = 4,
+  // (rdi = gpa of a FreeReport array, rsi = count) -> ranges decommitted.
+  // The VMM checks every range, decommits the good ones before the guest
+  // resumes, and writes each entry's status (0 or a negative errno). The
+  // call itself fails with -EINVAL (count 0 or > kReportMax) or -EFAULT (the
+  // array is not 8-byte aligned or not wholly in RAM).
+  kHcReportFree = 5,
+  // (rdi = gpa of a free ring, rsi = entries) -> 0. Sets up the asynchronous
+  // free-page ring (FreeRingHeader, then `entries` FreeReport slots) and its
+  // doorbell, kDoorbellPort. entries: a power of two, 1..kRingMaxEntries.
+  // -EINVAL (bad entries or alignment), -EFAULT (not in RAM, or not one
+  // host-contiguous piece), -EBUSY (already set up), or the host's errno
+  // when it cannot make the doorbell.
+  kHcFreeRingSetup = 6,
 };
-inline constexpr uint32_t kHypercallCount = 5;
+inline constexpr uint32_t kHypercallCount = 7;
 
 inline constexpr uint64_t kConsoleMax = 4096;
+
+// One range a guest hands back. `status` is written by the VMM:
+//   0        decommitted: the range reads as zero from now on
+//   -EINVAL  not page-aligned, empty, or wrapping past 2^64
+//   -EFAULT  not wholly inside this VM's RAM
+//   -EPERM   overlaps the reserved boot area
+struct FreeReport {
+  uint64_t gpa;
+  uint64_t length;
+  int64_t status;
+  uint64_t reserved;
+};
+static_assert(sizeof(FreeReport) == 32);
+inline constexpr uint64_t kReportMax = 2048;  // entries per kHcReportFree
+
+// The asynchronous free ring. The guest fills slots[produced % entries],
+// then bumps `produced` and writes any value to kDoorbellPort, which the VMM
+// binds to an ioeventfd: the kernel signals it without an exit to userspace.
+// A host thread checks and decommits each new slot, writes its status, then
+// stores `completed` = the `produced` it handled. The guest may reuse a
+// reported page only once `completed` has passed that page's slot: that is
+// what keeps a late punch from destroying new data. The guest never lets
+// produced - completed exceed `entries`.
+struct FreeRingHeader {
+  uint64_t produced;   // written by the guest
+  uint64_t completed;  // written by the VMM
+  uint64_t invalid;    // written by the VMM: slots refused so far
+  uint64_t reserved[5];
+};
+static_assert(sizeof(FreeRingHeader) == 64);
+inline constexpr uint64_t kRingMaxEntries = 4096;
+inline constexpr uint16_t kDoorbellPort = 0xe9;
 
 // Reasons for kHcFail.
 enum FailReason : uint64_t {
   kFailVerify = 1,         // a `verify` step read `actual` where it expected `expected`
   kFailHypercallStatus = 2,  // a `hypercall` step got status `actual`, expected `expected`;
                              // `address` holds the hypercall number
+  kFailReportStatus = 3,     // a reported range (at `address`) got status `actual`,
+                             // expected `expected`
 };
 
 // Guest-physical layout of the reserved boot area, [0, kBootAreaEnd).
@@ -56,7 +103,12 @@ inline constexpr uint64_t kKernelStackTop = 0x8000;   // RSP0, grows down over 0
 inline constexpr uint64_t kPageTablesAddr = 0x10000;  // PML4, PDPT, PDs (up to 0x50000)
 inline constexpr uint64_t kPageTablesEnd = 0x50000;
 inline constexpr uint64_t kProgramAddr = 0x50000;     // guest code and its data
-inline constexpr uint64_t kProgramEnd = 0xf0000;
+inline constexpr uint64_t kProgramEnd = 0xd0000;
+inline constexpr uint64_t kReportListAddr = 0xd0000;  // FreeReport lists of `free`/`report` steps
+inline constexpr uint64_t kReportListEnd = 0xe0000;
+inline constexpr uint64_t kFreeRingAddr = 0xe0000;    // the free ring of programs that use one
+inline constexpr uint64_t kFreeRingEntries = 1024;
+inline constexpr uint64_t kFreeRingEnd = 0xf0000;
 inline constexpr uint64_t kUserStackTop = 0x100000;   // grows down over 0xf0000-0x100000
 inline constexpr uint64_t kBootAreaEnd = 0x100000;
 

@@ -65,6 +65,8 @@ class Emitter {
       case Step::Op::kHypercall: hypercall(s); break;
       case Step::Op::kExit: exit(s.code); break;
       case Step::Op::kFault: fault(s.fault); break;
+      case Step::Op::kFree: s.mode == Step::FreeMode::kSync ? free_sync(s) : free_async(s); break;
+      case Step::Op::kReport: s.mode == Step::FreeMode::kSync ? report_sync(s) : report_async(s); break;
     }
   }
 
@@ -208,6 +210,224 @@ class Emitter {
     a_.bind(ok);
   }
 
+  // fail(reason, rsi, rdx, r10) with the registers already loaded.
+  void fail_with(uint64_t reason) {
+    a_.mov(edi, reason);
+    a_.mov(eax, abi::kHcFail);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.ud2();
+  }
+
+ public:
+  // Registers the program's free ring; a refusal fails the run.
+  void setup_free_ring() {
+    Label ok = a_.newLabel();
+    a_.mov(rdi, abi::kFreeRingAddr);
+    a_.mov(rsi, abi::kFreeRingEntries);
+    a_.mov(eax, abi::kHcFreeRingSetup);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.test(rax, rax);
+    a_.jz(ok);
+    a_.mov(r10, rax);
+    a_.xor_(edx, edx);
+    a_.mov(esi, abi::kHcFreeRingSetup);
+    fail_with(abi::kFailHypercallStatus);
+    a_.bind(ok);
+  }
+
+ private:
+  // Writes a FreeReport {r8, granule (in r11), kStatusUnanswered} at [rdx].
+  void put_entry(const Gp& base, const Gp& gpa, const Gp& length) {
+    a_.mov(qword_ptr(base), gpa);
+    a_.mov(qword_ptr(base, 8), length);
+    a_.mov(qword_ptr(base, 16), kStatusUnanswered);
+  }
+
+  // After a report: the first entry in [rdi_list, +count) whose status is not
+  // 0 fails the run. r13 walks the entries, r12 counts down.
+  void check_list_statuses(uint64_t list, const Gp& count) {
+    Label scan = a_.newLabel(), next = a_.newLabel(), bad = a_.newLabel(), ok = a_.newLabel();
+    a_.mov(r13, list);
+    a_.bind(scan);
+    a_.test(count, count);
+    a_.jz(ok);
+    a_.mov(r10, qword_ptr(r13, 16));
+    a_.test(r10, r10);
+    a_.jnz(bad);
+    a_.bind(next);
+    a_.add(r13, 32);
+    a_.dec(count);
+    a_.jmp(scan);
+    a_.bind(bad);
+    a_.mov(rsi, qword_ptr(r13));
+    a_.xor_(edx, edx);
+    fail_with(abi::kFailReportStatus);
+    a_.bind(ok);
+  }
+
+  // free, synchronous: batches of FreeReports in the report list, one
+  // kHcReportFree each; every range must come back 0.
+  void free_sync(const Step& s) {
+    Label outer = a_.newLabel(), inner = a_.newLabel(), flush = a_.newLabel(), good = a_.newLabel();
+    a_.mov(r8, s.at);
+    a_.mov(r9, s.at + s.length);
+    a_.mov(r11, s.granule);
+    a_.bind(outer);
+    a_.mov(r13, abi::kReportListAddr);
+    a_.xor_(r12d, r12d);
+    a_.bind(inner);
+    put_entry(r13, r8, r11);
+    a_.add(r13, 32);
+    a_.add(r8, r11);
+    a_.inc(r12);
+    a_.cmp(r8, r9);
+    a_.jae(flush);
+    a_.cmp(r12, s.batch);
+    a_.jb(inner);
+    a_.bind(flush);
+    a_.mov(rdi, abi::kReportListAddr);
+    a_.mov(rsi, r12);
+    a_.mov(eax, abi::kHcReportFree);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.cmp(rax, r12);
+    a_.je(good);
+    a_.mov(rcx, r12);
+    check_list_statuses(abi::kReportListAddr, rcx);
+    // Every status was 0 but the count differs: the call itself was refused.
+    a_.mov(r10, rax);
+    a_.mov(rdx, r12);
+    a_.mov(esi, abi::kHcReportFree);
+    fail_with(abi::kFailHypercallStatus);
+    a_.bind(good);
+    a_.mov(r11, s.granule);
+    a_.cmp(r8, r9);
+    a_.jb(outer);
+  }
+
+  // rdx = address of ring slot (rax & (N-1)); r13 holds the ring base.
+  void ring_slot(const Gp& index) {
+    a_.mov(rdx, index);
+    a_.and_(rdx, abi::kFreeRingEntries - 1);
+    a_.shl(rdx, 5);
+    a_.lea(rdx, ptr(r13, rdx, 0, sizeof(abi::FreeRingHeader)));
+  }
+
+  // Spins until produced (in rax) - completed < room.
+  void ring_wait_room(uint64_t room) {
+    Label wait = a_.newLabel(), done = a_.newLabel();
+    a_.bind(wait);
+    a_.mov(rcx, rax);
+    a_.sub(rcx, qword_ptr(r13, 8));
+    a_.cmp(rcx, abi::kFreeRingEntries - room);
+    a_.jbe(done);
+    a_.pause();
+    a_.jmp(wait);
+    a_.bind(done);
+  }
+
+  // Rings the doorbell, then spins until completed == produced (in rax).
+  void ring_and_wait() {
+    Label wait = a_.newLabel(), done = a_.newLabel();
+    a_.out(imm(abi::kDoorbellPort), eax);
+    a_.bind(wait);
+    a_.cmp(rax, qword_ptr(r13, 8));
+    a_.je(done);
+    a_.pause();
+    a_.jmp(wait);
+    a_.bind(done);
+  }
+
+  // free, asynchronous: slots in the ring, a doorbell per batch, then wait
+  // for completion before going on (the pages may be reused after this step).
+  void free_async(const Step& s) {
+    Label loop = a_.newLabel(), last = a_.newLabel(), ok = a_.newLabel();
+    a_.mov(r13, abi::kFreeRingAddr);
+    a_.mov(r14, qword_ptr(r13, 16));  // refusals so far
+    a_.mov(r8, s.at);
+    a_.mov(r9, s.at + s.length);
+    a_.mov(r11, s.granule);
+    a_.xor_(r12d, r12d);
+    a_.bind(loop);
+    a_.mov(rax, qword_ptr(r13));
+    ring_wait_room(1);
+    ring_slot(rax);
+    put_entry(rdx, r8, r11);
+    a_.inc(rax);
+    a_.mov(qword_ptr(r13), rax);
+    a_.add(r8, r11);
+    a_.inc(r12);
+    a_.cmp(r8, r9);
+    a_.jae(last);
+    a_.cmp(r12, s.batch);
+    a_.jb(loop);
+    a_.out(imm(abi::kDoorbellPort), eax);
+    a_.xor_(r12d, r12d);
+    a_.jmp(loop);
+    a_.bind(last);
+    ring_and_wait();
+    a_.mov(r10, qword_ptr(r13, 16));
+    a_.sub(r10, r14);
+    a_.jz(ok);
+    a_.mov(rsi, s.at);
+    a_.xor_(edx, edx);
+    fail_with(abi::kFailReportStatus);
+    a_.bind(ok);
+  }
+
+  // Checks entry i of a report against its expectation; entry at [rdx].
+  void check_entry(const Step& s, size_t i) {
+    if (!s.expects[i]) return;
+    Label ok = a_.newLabel();
+    a_.mov(r10, qword_ptr(rdx, 16));
+    a_.mov(r11, static_cast<uint64_t>(*s.expects[i]));
+    a_.cmp(r10, r11);
+    a_.je(ok);
+    a_.mov(rsi, s.ranges[i].first);
+    a_.mov(rdx, r11);
+    fail_with(abi::kFailReportStatus);
+    a_.bind(ok);
+  }
+
+  void report_sync(const Step& s) {
+    const uint64_t list = abi::kReportListAddr;
+    a_.mov(rdx, list);
+    for (size_t i = 0; i < s.ranges.size(); i++) {
+      a_.mov(r8, s.ranges[i].first);
+      a_.mov(r11, s.ranges[i].second);
+      put_entry(rdx, r8, r11);
+      a_.add(rdx, 32);
+    }
+    a_.mov(rdi, list);
+    a_.mov(rsi, s.ranges.size());
+    a_.mov(eax, abi::kHcReportFree);
+    a_.out(imm(abi::kHypercallPort), eax);
+    for (size_t i = 0; i < s.ranges.size(); i++) {
+      a_.mov(rdx, list + i * 32);
+      check_entry(s, i);
+    }
+  }
+
+  void report_async(const Step& s) {
+    a_.mov(r13, abi::kFreeRingAddr);
+    a_.mov(rax, qword_ptr(r13));
+    a_.mov(r14, rax);  // the first slot's index
+    ring_wait_room(s.ranges.size());
+    for (size_t i = 0; i < s.ranges.size(); i++) {
+      ring_slot(rax);
+      a_.mov(r8, s.ranges[i].first);
+      a_.mov(r11, s.ranges[i].second);
+      put_entry(rdx, r8, r11);
+      a_.inc(rax);
+    }
+    a_.mov(qword_ptr(r13), rax);
+    ring_and_wait();
+    for (size_t i = 0; i < s.ranges.size(); i++) {
+      a_.lea(rax, ptr(r14, static_cast<int32_t>(i)));
+      ring_slot(rax);
+      check_entry(s, i);
+    }
+  }
+
   void fault(Step::Fault f) {
     switch (f) {
       case Step::Fault::kDivideByZero:
@@ -253,6 +473,13 @@ const char* fault_name(Step::Fault f) {
   return "?";
 }
 
+bool Step::uses_free_ring() const {
+  if ((op == Op::kFree || op == Op::kReport) && mode == FreeMode::kAsync) return true;
+  for (const Step& s : body)
+    if (s.uses_free_ring()) return true;
+  return false;
+}
+
 uint64_t seed_mix(uint64_t addr, uint64_t seed) {
   uint64_t x = addr ^ seed;
   x ^= x >> 33;
@@ -290,6 +517,9 @@ Result<Image> build_program(const std::vector<Step>& steps, uint64_t base, uint6
   code.setErrorHandler(&errors);
   Assembler a(&code);
   Emitter e(a);
+  bool ring = false;
+  for (const Step& s : steps) ring = ring || s.uses_free_ring();
+  if (ring) e.setup_free_ring();
   e.steps(steps);
   e.exit(0);
   e.emit_data();

@@ -33,7 +33,8 @@ struct Pattern {
 uint64_t seed_mix(uint64_t addr, uint64_t seed);
 
 struct Step {
-  enum class Op { kPrint, kFill, kTouch, kVerify, kLoop, kHypercall, kExit, kFault };
+  enum class Op { kPrint, kFill, kTouch, kVerify, kLoop, kHypercall, kExit, kFault, kFree, kReport };
+  enum class FreeMode { kSync, kAsync };
   // Deliberate misbehaviour, to see how the VMM reports it.
   enum class Fault { kDivideByZero, kInvalidOpcode, kBreakpoint, kUnmappedRead, kHalt, kUnknownPort, kSpin };
   Op op = Op::kExit;
@@ -51,7 +52,23 @@ struct Step {
   std::optional<int64_t> expect;   // hypercall: status the guest demands
   uint64_t code = 0;         // exit: exit code
   Fault fault = Fault::kSpin;  // fault
+  // free: [at, at + length) in `granule`-sized ranges, `batch` per report.
+  // report: the literal `ranges`, each status checked against `expects`
+  // where one is given.
+  FreeMode mode = FreeMode::kSync;  // free, report
+  uint64_t granule = 4096;          // free
+  uint64_t batch = 64;              // free
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // report: (gpa, length)
+  std::vector<std::optional<int64_t>> expects;        // report: one per range
+
+  // True when this step or one inside it uses the asynchronous free ring.
+  bool uses_free_ring() const;
 };
+
+inline constexpr uint64_t kMaxReportRanges = 64;  // ranges in one `report` step
+// Status the guest leaves in a report entry before the VMM answers: no
+// answer reads as this (the VMM writes only 0 or a negative errno).
+inline constexpr int64_t kStatusUnanswered = 1;
 
 // Names used in configs: "divide-by-zero", "invalid-opcode", "breakpoint",
 // "unmapped-read", "halt", "unknown-port", "spin".

@@ -119,6 +119,14 @@ Result<Pattern> pattern_value(const json& j, const Ptr& p) {
   return p.fail("expected a pattern: \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}}");
 }
 
+Status free_mode(const json& j, const Ptr& p, Step* s) {
+  if (!j.contains("mode")) return {};
+  if (j.at("mode") == "sync") s->mode = Step::FreeMode::kSync;
+  else if (j.at("mode") == "async") s->mode = Step::FreeMode::kAsync;
+  else return (p / "mode").fail("expected \"sync\" or \"async\"");
+  return {};
+}
+
 struct StepParser {
   uint64_t memory;
   size_t steps = 0;
@@ -242,6 +250,62 @@ struct StepParser {
         if (*c > 255) return (p / "code").fail("must be 0..255, found {}", *c);
         s.code = *c;
       }
+    } else if (name == "free") {
+      if (auto k = check_keys(j, p, {"op", "at", "length", "granule", "batch", "mode"}); !k)
+        return std::unexpected(k.error());
+      s.op = Step::Op::kFree;
+      if (auto m = free_mode(j, p, &s); !m) return std::unexpected(m.error());
+      auto at = required_size(j, p, "at");
+      if (!at) return std::unexpected(at.error());
+      auto length = required_size(j, p, "length");
+      if (!length) return std::unexpected(length.error());
+      s.at = *at;
+      s.length = *length;
+      if (auto r = check_range(j, p, s.at, s.length, 4096); !r) return std::unexpected(r.error());
+      if (j.contains("granule")) {
+        auto g = size_value(j.at("granule"), p / "granule");
+        if (!g) return std::unexpected(g.error());
+        if (*g == 0 || *g % 4096 != 0) return (p / "granule").fail("must be a non-zero multiple of 4K");
+        s.granule = *g;
+      }
+      if (s.length % s.granule != 0)
+        return (p / "length").fail("{:#x} is not a multiple of the granule ({:#x})", s.length, s.granule);
+      const uint64_t max_batch = s.mode == Step::FreeMode::kSync ? abi::kReportMax : abi::kFreeRingEntries;
+      if (j.contains("batch")) {
+        auto b = size_value(j.at("batch"), p / "batch");
+        if (!b) return std::unexpected(b.error());
+        if (*b == 0 || *b > max_batch) return (p / "batch").fail("must be 1..{} in this mode, found {}", max_batch, *b);
+        s.batch = *b;
+      }
+    } else if (name == "report") {
+      if (auto k = check_keys(j, p, {"op", "ranges", "expect", "mode"}); !k) return std::unexpected(k.error());
+      s.op = Step::Op::kReport;
+      if (auto m = free_mode(j, p, &s); !m) return std::unexpected(m.error());
+      if (!j.contains("ranges")) return p.fail("missing required key \"ranges\"");
+      const json& ranges = j.at("ranges");
+      if (!ranges.is_array() || ranges.empty() || ranges.size() > guest::kMaxReportRanges)
+        return (p / "ranges").fail("expected an array of 1..{} [address, length] pairs", guest::kMaxReportRanges);
+      for (size_t i = 0; i < ranges.size(); i++) {
+        const json& r = ranges[i];
+        if (!r.is_array() || r.size() != 2) return (p / "ranges" / i).fail("expected [address, length]");
+        auto gpa = size_value(r[0], p / "ranges" / i / 0);
+        if (!gpa) return std::unexpected(gpa.error());
+        auto len = size_value(r[1], p / "ranges" / i / 1);
+        if (!len) return std::unexpected(len.error());
+        s.ranges.emplace_back(*gpa, *len);  // deliberately unchecked: the VMM must refuse bad ones
+      }
+      s.expects.assign(s.ranges.size(), std::nullopt);
+      if (j.contains("expect")) {
+        const json& e = j.at("expect");
+        if (!e.is_array() || e.size() != s.ranges.size())
+          return (p / "expect").fail("expected an array with one status (or null) per range");
+        for (size_t i = 0; i < e.size(); i++) {
+          if (e[i].is_null()) continue;
+          auto v = signed_value(e[i], p / "expect" / i);
+          if (!v) return std::unexpected(v.error());
+          s.expects[i] = *v;
+        }
+      }
     } else if (name == "fault") {
       if (auto k = check_keys(j, p, {"op", "kind"}); !k) return std::unexpected(k.error());
       s.op = Step::Op::kFault;
@@ -257,7 +321,7 @@ struct StepParser {
         return (p / "kind").fail("expected one of: divide-by-zero, invalid-opcode, breakpoint, unmapped-read, "
                                  "halt, unknown-port, spin");
     } else {
-      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit or fault)", name);
+      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, free or report)", name);
     }
     return s;
   }

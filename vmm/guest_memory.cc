@@ -107,6 +107,13 @@ std::string GuestMemory::read(uint64_t gpa, uint64_t length) const {
   return out;
 }
 
+std::span<uint8_t> GuestMemory::host_span(uint64_t gpa, uint64_t length) const {
+  if (length == 0 || !contains(gpa, length)) return {};
+  auto seg = map_.find_segment(gpa);
+  if (length > seg.end() - gpa) return {};
+  return {host(gpa), length};
+}
+
 std::span<uint8_t> GuestMemory::boot_area() const {
   auto seg = map_.find_segment(0);
   KVMEM_CHECK(seg.ok() && seg.end() >= abi::kBootAreaEnd, "boot area not in one segment");

@@ -87,6 +87,9 @@ class GuestMemory {
   uint64_t file_offset(uint64_t gpa) const;
   // Copies [gpa, gpa + length) out, across segments. Precondition: contains().
   std::string read(uint64_t gpa, uint64_t length) const;
+  // Host memory of [gpa, gpa + length) when it lies in RAM in one
+  // host-contiguous piece; an empty span otherwise.
+  std::span<uint8_t> host_span(uint64_t gpa, uint64_t length) const;
   // The boot area [0, abi::kBootAreaEnd), which always lies in one segment.
   std::span<uint8_t> boot_area() const;
 

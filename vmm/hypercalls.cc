@@ -1,10 +1,12 @@
 #include "vmm/hypercalls.h"
 
 #include <cerrno>
+#include <iterator>
 
 #include <fmt/format.h>
 
 #include "guest/boot.h"
+#include "vmm/free_reports.h"
 #include "vmm/guest_memory.h"
 
 namespace kvmem {
@@ -32,6 +34,9 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
     case abi::kFailHypercallStatus:
       return fmt::format("hypercall {} returned {}, expected {}", addr, static_cast<int64_t>(actual),
                          static_cast<int64_t>(expected));
+    case abi::kFailReportStatus:
+      return fmt::format("free report of guest-physical {:#x} got status {}, expected {}", addr,
+                         static_cast<int64_t>(actual), static_cast<int64_t>(expected));
     default:
       return fmt::format("guest reported failure (reason {}) at {:#x}: expected {:#x}, actual {:#x}", reason,
                          addr, expected, actual);
@@ -39,6 +44,13 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
 }
 
 }  // namespace
+
+const char* hypercall_name(uint32_t nr) {
+  static const char* const names[] = {"version", "console_write", "exit", "fail", "exception", "report_free",
+                                      "free_ring_setup"};
+  static_assert(std::size(names) == abi::kHypercallCount);
+  return nr < abi::kHypercallCount ? names[nr] : "unknown";
+}
 
 HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs) {
   const uint64_t nr = regs.rax & 0xffffffff;  // `out` sends eax; the upper half is noise
@@ -60,6 +72,16 @@ HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs) {
       return {HypercallOutcome::Action::kFail, 0, 0,
               fmt::format("guest exception {} (vector {}) at rip {:#x}: error code {:#x}, cr2 {:#x}",
                           guest::exception_name(regs.rdi), regs.rdi, regs.rsi, regs.rdx, regs.r10)};
+    case abi::kHcReportFree: {
+      const int64_t r = report_free_list(ctx.memory, ctx.frees, regs.rdi, regs.rsi);
+      if (r < 0) ctx.stats.invalid++;
+      return resume(r);
+    }
+    case abi::kHcFreeRingSetup: {
+      const int64_t r = ctx.setup_free_ring ? ctx.setup_free_ring(regs.rdi, regs.rsi) : -ENODEV;
+      if (r < 0) ctx.stats.invalid++;
+      return resume(r);
+    }
   }
   return refuse(ctx, ENOSYS);
 }

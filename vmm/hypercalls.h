@@ -35,11 +35,19 @@ struct HypercallOutcome {
   std::string message;     // kFail: a sentence saying what went wrong
 };
 
+struct FreeStats;
+
 struct HypercallContext {
   GuestMemory& memory;
   HypercallStats& stats;
   std::function<void(std::string_view)> console;  // receives console text
+  FreeStats& frees;
+  // kHcFreeRingSetup: returns the status for the guest.
+  std::function<int64_t(uint64_t ring_gpa, uint64_t entries)> setup_free_ring;
 };
+
+// "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.
+const char* hypercall_name(uint32_t nr);
 
 HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs);
 

@@ -107,6 +107,28 @@ Status KvmVm::enable_cap(uint32_t cap, uint64_t arg0) {
   return {};
 }
 
+namespace {
+Status pio_eventfd(int vm_fd, uint16_t port, uint32_t len, int eventfd, bool assign) {
+  kvm_ioeventfd io{};
+  io.addr = port;
+  io.len = len;
+  io.fd = eventfd;
+  io.flags = KVM_IOEVENTFD_FLAG_PIO | (assign ? 0 : KVM_IOEVENTFD_FLAG_DEASSIGN);
+  if (::ioctl(vm_fd, KVM_IOEVENTFD, &io) < 0)
+    return sys_fail(fmt::format("cannot {} the doorbell on port {:#x}", assign ? "bind" : "unbind", port),
+                    "KVM_IOEVENTFD", errno);
+  return {};
+}
+}  // namespace
+
+Status KvmVm::assign_pio_eventfd(uint16_t port, uint32_t len, int eventfd) {
+  return pio_eventfd(fd_.get(), port, len, eventfd, true);
+}
+
+Status KvmVm::deassign_pio_eventfd(uint16_t port, uint32_t len, int eventfd) {
+  return pio_eventfd(fd_.get(), port, len, eventfd, false);
+}
+
 Result<KvmVcpu> KvmVm::create_vcpu(unsigned id) {
   auto fd = do_ioctl(fd_.get(), KVM_CREATE_VCPU, "KVM_CREATE_VCPU", static_cast<unsigned long>(id));
   if (!fd) return std::unexpected(fd.error().context("cannot create a vCPU"));

@@ -53,6 +53,9 @@ class KvmVm {
   Status set_memory_region(uint32_t slot, uint32_t flags, uint64_t gpa, uint64_t size,
                            void* host);
   Status enable_cap(uint32_t cap, uint64_t arg0);
+  // KVM_IOEVENTFD for a port-I/O write of `len` bytes to `port`, any value.
+  Status assign_pio_eventfd(uint16_t port, uint32_t len, int eventfd);
+  Status deassign_pio_eventfd(uint16_t port, uint32_t len, int eventfd);
   Result<KvmVcpu> create_vcpu(unsigned id);
 
  private:

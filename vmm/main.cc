@@ -42,11 +42,9 @@ int report_error(bool as_json, int code, const std::string& message) {
 }
 
 json run_report(const VmConfig& c, const RunResult& r, double wall_ms, const GuestMemory& memory) {
-  static const char* const hc_names[abi::kHypercallCount] = {"version", "console_write", "exit", "fail",
-                                                             "exception"};
   json hc = json::object();
   for (uint32_t i = 0; i < abi::kHypercallCount; i++)
-    if (r.hypercalls.calls[i]) hc[hc_names[i]] = r.hypercalls.calls[i];
+    if (r.hypercalls.calls[i]) hc[hypercall_name(i)] = r.hypercalls.calls[i];
   json j{{"name", c.name},
          {"exit_code", r.process_exit_code()},
          {"outcome", r.outcome_name()},
@@ -56,6 +54,11 @@ json run_report(const VmConfig& c, const RunResult& r, double wall_ms, const Gue
          {"hypercalls_unknown", r.hypercalls.unknown},
          {"hypercalls_invalid", r.hypercalls.invalid},
          {"memory_bytes", c.memory},
+         {"free_reports", r.free_reports},
+         {"free_ranges", r.free_ranges},
+         {"free_ranges_invalid", r.free_ranges_invalid},
+         {"bytes_reported_free", r.bytes_reported_free},
+         {"bytes_decommitted", r.bytes_decommitted},
          {"run_ms", r.run_ms},
          {"wall_ms", wall_ms}};
   if (r.outcome == RunResult::Outcome::kExited) j["guest_exit_code"] = r.guest_exit_code;

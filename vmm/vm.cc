@@ -184,9 +184,17 @@ Status Vm::set_status(const kvm_regs& regs, int64_t status) {
 
 RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   RunResult result;
-  HypercallContext hc{*memory_, result.hypercalls, [&](std::string_view text) {
+  HypercallContext hc{*memory_, result.hypercalls,
+                      [&](std::string_view text) {
                         result.console.append(text);
                         if (echo) echo(text);
+                      },
+                      frees_,
+                      [this](uint64_t gpa, uint64_t entries) -> int64_t {
+                        if (free_ring_) return -EBUSY;
+                        int64_t status = 0;
+                        free_ring_ = FreeRing::start(*vm_, *memory_, frees_, gpa, entries, &status);
+                        return status;
                       }};
   auto finish = [&](RunResult::Outcome o, std::string message) {
     result.outcome = o;
@@ -297,6 +305,12 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   }
   result.run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   t_run = nullptr;
+  free_ring_.reset();  // answers what the guest rang for, then stops
+  result.free_reports = frees_.reports.load();
+  result.free_ranges = frees_.ranges.load();
+  result.free_ranges_invalid = frees_.invalid_ranges.load();
+  result.bytes_reported_free = frees_.bytes_reported.load();
+  result.bytes_decommitted = frees_.bytes_decommitted.load();
   return result;
 }
 

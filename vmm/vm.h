@@ -18,6 +18,7 @@
 #include "base/error.h"
 #include "guest/program.h"
 #include "vmm/config.h"
+#include "vmm/free_reports.h"
 #include "vmm/guest_memory.h"
 #include "vmm/hypercalls.h"
 #include "vmm/kvm.h"
@@ -32,6 +33,12 @@ struct RunResult {
   std::string console;           // everything the guest wrote
   std::map<std::string, uint64_t> exits;  // VM exits by reason ("io", "hlt", ...)
   HypercallStats hypercalls;
+  // Free-page reports, both paths.
+  uint64_t free_reports = 0;
+  uint64_t free_ranges = 0;
+  uint64_t free_ranges_invalid = 0;
+  uint64_t bytes_reported_free = 0;
+  uint64_t bytes_decommitted = 0;
   double run_ms = 0;  // wall time from the first KVM_RUN to the end
 
   // 0 when the guest exited with 0; 1 for any other end (DESIGN.md exit codes).
@@ -66,6 +73,8 @@ class Vm {
   SlotAllocator slots_{0};
   std::optional<KvmVm> vm_;
   std::optional<KvmVcpu> vcpu_;
+  FreeStats frees_;
+  std::unique_ptr<FreeRing> free_ring_;  // first to go: its thread touches RAM
   bool sync_regs_ = false;  // kvm_run carries the registers at every exit
 };
 

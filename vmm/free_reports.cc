@@ -1,0 +1,154 @@
+#include "vmm/free_reports.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+
+#include "memory/range.h"
+#include "vmm/guest_memory.h"
+#include "vmm/kvm.h"
+
+namespace kvmem {
+namespace {
+
+// Guest memory is shared with a running vCPU: every access to it is an
+// atomic access through a reference, never a plain load the compiler could
+// repeat or tear.
+uint64_t load(uint8_t* p, std::memory_order order = std::memory_order_relaxed) {
+  return std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(p)).load(order);
+}
+void store(uint8_t* p, uint64_t v, std::memory_order order = std::memory_order_relaxed) {
+  std::atomic_ref<uint64_t>(*reinterpret_cast<uint64_t*>(p)).store(v, order);
+}
+
+}  // namespace
+
+int64_t check_free_range(const GuestMemory& memory, uint64_t gpa, uint64_t length) {
+  if (length == 0 || gpa % kPageSize != 0 || length % kPageSize != 0) return -EINVAL;
+  if (gpa + length < gpa) return -EINVAL;
+  if (!memory.contains(gpa, length)) return -EFAULT;
+  if (gpa < abi::kBootAreaEnd) return -EPERM;
+  return 0;
+}
+
+int64_t free_range(GuestMemory& memory, FreeStats& stats, uint64_t gpa, uint64_t length) {
+  stats.ranges.fetch_add(1, std::memory_order_relaxed);
+  int64_t status = check_free_range(memory, gpa, length);
+  if (status != 0) {
+    stats.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
+    return status;
+  }
+  stats.bytes_reported.fetch_add(length, std::memory_order_relaxed);
+  if (auto s = memory.decommit(GuestRange(gpa, gpa + length)); !s) return -(s.error().code ? s.error().code : EIO);
+  stats.bytes_decommitted.fetch_add(length, std::memory_order_relaxed);
+  return 0;
+}
+
+int64_t report_free_list(GuestMemory& memory, FreeStats& stats, uint64_t list_gpa, uint64_t count) {
+  if (count == 0 || count > abi::kReportMax) return -EINVAL;
+  const uint64_t bytes = count * sizeof(abi::FreeReport);
+  if (list_gpa % 8 != 0) return -EFAULT;
+  std::span<uint8_t> list = memory.host_span(list_gpa, bytes);
+  if (list.empty()) return -EFAULT;
+  stats.reports.fetch_add(1, std::memory_order_relaxed);
+  int64_t done = 0;
+  for (uint64_t i = 0; i < count; i++) {
+    uint8_t* e = list.data() + i * sizeof(abi::FreeReport);
+    const int64_t status = free_range(memory, stats, load(e), load(e + 8));
+    store(e + 16, static_cast<uint64_t>(status));
+    done += status == 0;
+  }
+  return done;
+}
+
+std::unique_ptr<FreeRing> FreeRing::start(KvmVm& vm, GuestMemory& memory, FreeStats& stats, uint64_t ring_gpa,
+                                          uint64_t entries, int64_t* status) {
+  if (entries == 0 || entries > abi::kRingMaxEntries || (entries & (entries - 1)) != 0 || ring_gpa % 64 != 0) {
+    *status = -EINVAL;
+    return nullptr;
+  }
+  std::span<uint8_t> ring = memory.host_span(ring_gpa, sizeof(abi::FreeRingHeader) + entries * sizeof(abi::FreeReport));
+  if (ring.empty()) {
+    *status = -EFAULT;
+    return nullptr;
+  }
+  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, ring.data(), entries));
+  r->completed_ = load(ring.data());  // start where the guest's producer stands
+  store(ring.data() + 8, r->completed_, std::memory_order_release);
+  int door = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), stop = eventfd(0, EFD_CLOEXEC);
+  if (door < 0 || stop < 0) {
+    *status = -errno;
+    if (door >= 0) close(door);
+    if (stop >= 0) close(stop);
+    return nullptr;
+  }
+  r->doorbell_ = Fd(door);
+  r->stop_ = Fd(stop);
+  if (auto s = vm.assign_pio_eventfd(abi::kDoorbellPort, 4, door); !s) {
+    *status = -(s.error().code ? s.error().code : ENODEV);
+    return nullptr;
+  }
+  r->thread_ = std::thread([p = r.get()] { p->run(); });
+  *status = 0;
+  return r;
+}
+
+FreeRing::~FreeRing() {
+  if (thread_.joinable()) {
+    uint64_t one = 1;
+    (void)!write(stop_.get(), &one, sizeof one);
+    thread_.join();
+  }
+  if (doorbell_.valid()) (void)vm_.deassign_pio_eventfd(abi::kDoorbellPort, 4, doorbell_.get());
+}
+
+void FreeRing::run() {
+  pollfd fds[2] = {{doorbell_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
+  for (;;) {
+    if (poll(fds, 2, -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    if (fds[0].revents & POLLIN) {
+      uint64_t n;
+      (void)!read(doorbell_.get(), &n, sizeof n);
+      drain();
+    }
+    if (fds[1].revents & POLLIN) {
+      drain();  // slots rung for before the stop still get their answer
+      return;
+    }
+  }
+}
+
+void FreeRing::drain() {
+  // produced is the guest's word: it may be anything. At most one lap of
+  // slots is handled; a guest that claims more gets them all refused.
+  const uint64_t produced = load(ring_, std::memory_order_acquire);
+  const uint64_t pending = produced - completed_;
+  if (pending == 0) return;
+  stats_.reports.fetch_add(1, std::memory_order_relaxed);
+  uint64_t invalid = 0;
+  if (pending > entries_) {
+    invalid = pending;
+    stats_.invalid_ranges.fetch_add(pending, std::memory_order_relaxed);
+  } else {
+    uint8_t* slots = ring_ + sizeof(abi::FreeRingHeader);
+    for (uint64_t i = completed_; i != produced; i++) {
+      uint8_t* e = slots + (i & (entries_ - 1)) * sizeof(abi::FreeReport);
+      const int64_t status = free_range(memory_, stats_, load(e), load(e + 8));
+      store(e + 16, static_cast<uint64_t>(status));
+      invalid += status != 0;
+    }
+  }
+  completed_ = produced;
+  store(ring_ + 16, load(ring_ + 16) + invalid);
+  // Release: the statuses and the punches happen-before the guest sees it.
+  store(ring_ + 8, produced, std::memory_order_release);
+}
+
+}  // namespace kvmem

@@ -1,0 +1,78 @@
+// Free-page reports: a guest hands ranges of its RAM back to the host.
+//
+// Two paths, one check. Every range is validated here — page-aligned,
+// non-empty, not wrapping, wholly inside this VM's RAM, clear of the boot
+// area — and only then decommitted (punched) through GuestMemory, which can
+// only ever name this VM's own allocations. A bad range gets its own
+// negative errno and is counted; it never fails the VMM.
+//
+//   synchronous   kHcReportFree: a FreeReport array in guest memory, one
+//                 exit for the whole list; decommitted before the guest
+//                 resumes.
+//   asynchronous  FreeRing: a ring in guest memory, an ioeventfd doorbell
+//                 the kernel signals without an exit, and a host thread that
+//                 drains the ring and publishes `completed` (guest/abi.h has
+//                 the protocol).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <thread>
+
+#include "base/error.h"
+#include "base/fd.h"
+#include "guest/abi.h"
+
+namespace kvmem {
+
+class GuestMemory;
+class KvmVm;
+
+// Counters shared by both paths; read from any thread.
+struct FreeStats {
+  std::atomic<uint64_t> reports{0};            // sync calls and ring doorbells handled
+  std::atomic<uint64_t> ranges{0};             // ranges looked at
+  std::atomic<uint64_t> invalid_ranges{0};     // ... refused with an errno
+  std::atomic<uint64_t> bytes_reported{0};     // bytes in accepted ranges
+  std::atomic<uint64_t> bytes_decommitted{0};  // ... whose punch succeeded
+};
+
+// 0, or the negative errno a range [gpa, gpa + length) earns (abi.h lists them).
+int64_t check_free_range(const GuestMemory& memory, uint64_t gpa, uint64_t length);
+
+// Checks and decommits one range; returns its status.
+int64_t free_range(GuestMemory& memory, FreeStats& stats, uint64_t gpa, uint64_t length);
+
+// kHcReportFree: returns the number of ranges decommitted, or a negative errno.
+int64_t report_free_list(GuestMemory& memory, FreeStats& stats, uint64_t list_gpa, uint64_t count);
+
+class FreeRing {
+ public:
+  // Binds the doorbell and starts the host thread. Returns the errno the
+  // guest should see on failure (as a negative value) through *status.
+  static std::unique_ptr<FreeRing> start(KvmVm& vm, GuestMemory& memory, FreeStats& stats,
+                                         uint64_t ring_gpa, uint64_t entries, int64_t* status);
+  FreeRing(const FreeRing&) = delete;
+  FreeRing& operator=(const FreeRing&) = delete;
+  // Stops the thread (after the slots it has seen) and unbinds the doorbell.
+  ~FreeRing();
+
+ private:
+  FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, uint8_t* ring, uint64_t entries)
+      : vm_(vm), memory_(memory), stats_(stats), ring_(ring), entries_(entries) {}
+  void run();
+  void drain();
+
+  KvmVm& vm_;
+  GuestMemory& memory_;
+  FreeStats& stats_;
+  uint8_t* ring_;      // host address of the FreeRingHeader; slots follow
+  uint64_t entries_;
+  uint64_t completed_ = 0;  // ours: the guest's copy is never trusted
+  Fd doorbell_;        // signalled by the guest's `out` to kDoorbellPort
+  Fd stop_;            // signalled by the destructor
+  std::thread thread_;
+};
+
+}  // namespace kvmem
