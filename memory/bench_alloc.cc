@@ -153,52 +153,71 @@ std::vector<json> bench_decommit(uint64_t region, int rounds,
 
 // ---- usage: hole-aware scan against a plain mincore ----
 
-std::vector<json> bench_usage(uint64_t file, uint64_t pieces, int rounds,
-                              const std::function<void(const std::string&)>& progress) {
-  auto created = MemoryFile::create();
-  if (!created) return {error_row("usage", created.error().message)};
+struct UsageTimes {
+  double mincore_s = 1e30, scan_s = 1e30, elided_s = 1e30;
+};
+
+// One file of `file` bytes with `pieces` committed 2 MiB pieces spread
+// evenly; times, best of `rounds`: a mincore of the whole mapping, a fresh
+// update_usage (nothing known committed), and an update_usage st_blocks elides.
+Result<UsageTimes> time_usage(UsageScan scan, uint64_t file, uint64_t pieces, int rounds) {
+  auto created = MemoryFile::create({.usage_scan = scan});
+  if (!created) return std::unexpected(created.error());
   MemoryFile& mf = **created;
   auto r = mf.allocate(file, UsageKind::Anonymous);
-  if (!r) return {error_row("usage", r.error().message)};
+  if (!r) return std::unexpected(r.error());
   auto span = mf.map_internal(*r);
-  if (!span) return {error_row("usage", span.error().message)};
-  uint64_t piece = 2 * kMiB, stride = file / pieces;
-  say(progress, fmt::format("usage: committing {} pieces of 2 MiB over {} GiB", pieces,
-                            file / kGiB));
+  if (!span) return std::unexpected(span.error());
+  uint64_t piece = 2 * kMiB, stride = file / pieces, committed = pieces * piece;
   for (uint64_t i = 0; i < pieces; i++) std::memset(span->data() + i * stride, 1, piece);
-  uint64_t committed = pieces * piece;
 
-  say(progress, "usage: timing mincore of the whole mapping and fresh scans");
   std::vector<unsigned char> vec(file / kPageSize);
-  double mincore_s = 1e30, scan_s = 1e30, elided_s = 1e30;
+  UsageTimes t;
   for (int i = 0; i < rounds; i++) {
     auto t0 = Clock::now();
     if (mincore(span->data(), span->size(), vec.data()) != 0)
-      return {error_row("usage", fmt::format("mincore: {}", strerror(errno)))};
-    mincore_s = std::min(mincore_s, seconds_since(t0));
+      return sys_fail("cannot time mincore", "mincore", errno);
+    t.mincore_s = std::min(t.mincore_s, seconds_since(t0));
 
     mf.forget_known_committed();
     t0 = Clock::now();
-    if (auto st = mf.update_usage(); !st) return {error_row("usage", st.error().message)};
-    scan_s = std::min(scan_s, seconds_since(t0));
+    if (auto st = mf.update_usage(); !st) return std::unexpected(st.error());
+    t.scan_s = std::min(t.scan_s, seconds_since(t0));
     if (mf.usage().of(UsageKind::Anonymous) != committed)
-      return {error_row("usage", fmt::format("the scan found {:#x} bytes, not {:#x}",
-                                             mf.usage().of(UsageKind::Anonymous), committed))};
+      return fail("the scan found {:#x} bytes, not {:#x}", mf.usage().of(UsageKind::Anonymous),
+                  committed);
     t0 = Clock::now();
-    if (auto st = mf.update_usage(); !st) return {error_row("usage", st.error().message)};
-    elided_s = std::min(elided_s, seconds_since(t0));
+    if (auto st = mf.update_usage(); !st) return std::unexpected(st.error());
+    t.elided_s = std::min(t.elided_s, seconds_since(t0));
   }
-  auto row = [&](const char* mode, double s) {
+  return t;
+}
+
+std::vector<json> bench_usage(uint64_t file, uint64_t pieces, int rounds,
+                              const std::function<void(const std::string&)>& progress) {
+  auto row = [&](const char* mode, double s, double mincore_s) {
     return json{{"bench", "usage"},
                 {"mode", mode},
                 {"file", file},
-                {"committed", committed},
+                {"committed", pieces * 2 * kMiB},
                 {"pieces", pieces},
                 {"us", std::round(s * 1e7) / 10},
                 {"mincore_us", std::round(mincore_s * 1e7) / 10},
                 {"speedup_vs_mincore", std::round(mincore_s / s * 10) / 10}};
   };
-  return {row("scan", scan_s), row("elided", elided_s)};
+  std::vector<json> rows;
+  say(progress, fmt::format("usage: {} pieces of 2 MiB over {} GiB, default scan (SEEK_DATA, "
+                            "then mincore)",
+                            pieces, file / kGiB));
+  auto minc = time_usage(UsageScan::Mincore, file, pieces, rounds);
+  if (!minc) return {error_row("usage", minc.error().message)};
+  rows.push_back(row("scan", minc->scan_s, minc->mincore_s));
+  rows.push_back(row("elided", minc->elided_s, minc->mincore_s));
+  say(progress, "usage: the same with UsageScan::SeekData (SEEK_DATA/SEEK_HOLE extents)");
+  auto seek = time_usage(UsageScan::SeekData, file, pieces, rounds);
+  if (!seek) return {error_row("usage", seek.error().message)};
+  rows.push_back(row("scan_seek_data", seek->scan_s, seek->mincore_s));
+  return rows;
 }
 
 }  // namespace

@@ -120,8 +120,10 @@ Result<std::unique_ptr<MemoryFile>> MemoryFile::create(const MemoryFileOptions& 
                                           "a positive multiple of the page size",
                                           options.reclaim_batch));
   f->reclaim_batch_ = options.reclaim_batch;
-  f->scan_mincore_ = options.usage_scan == UsageScan::Mincore ||
-                     (options.usage_scan == UsageScan::Auto && options.huge == HugePages::Hugetlb);
+  if (options.usage_scan == UsageScan::SeekData && options.huge == HugePages::Hugetlb)
+    return error_with(EINVAL, "cannot create memory file: hugetlbfs reports every page as data, "
+                              "so its usage cannot be scanned with SEEK_DATA alone");
+  f->scan_mincore_ = options.usage_scan != UsageScan::SeekData;
 
   f->fd_ = memfd_create(options.name.c_str(), flags);
   if (f->fd_ < 0) return sys_fail("cannot create memory file", "memfd_create", errno);

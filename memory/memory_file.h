@@ -94,16 +94,19 @@ HugePageSupport probe_huge_pages();
 
 // How update_usage finds committed pages among those not known committed.
 enum class UsageScan {
-  Auto,      // SeekData for shmem, Mincore for hugetlb
+  Auto,      // Mincore
+  // Holes skipped with SEEK_DATA, then mincore over what is left, in
+  // windows that grow while they end resident. Cost: about one SEEK_DATA
+  // per data extent plus a few ns per mapped page. mincore does not count
+  // swapped-out pages (st_blocks does; the difference stays visible as a
+  // mismatch that makes the next update_usage scan again).
+  Mincore,
   // Data extents from SEEK_DATA/SEEK_HOLE are the committed pages: shmem
   // reports a page as data exactly when it holds it, resident or swapped
-  // (an uptodate page or a swap entry). Pages fallocate committed and
-  // nobody touched are not data; the allocator marks those itself.
+  // (an uptodate page or a swap entry). Exact with swap, but SEEK_HOLE
+  // walks every page of an extent (~30 ns a page here). Not for hugetlbfs,
+  // which reports everything as data.
   SeekData,
-  // Holes skipped with SEEK_DATA/SEEK_HOLE, then mincore over the data.
-  // Needed where the file system reports everything as data (hugetlbfs).
-  // mincore misses swapped-out pages.
-  Mincore,
 };
 
 struct MemoryFileOptions {
@@ -227,9 +230,13 @@ class MemoryFile {
   Status commit(FileRange r, CommitMode mode);
   void mark_committed_locked(FileRange r);
   void mark_decommitted_locked(FileRange r, bool require_refs);
+  // Where update_usage's scan stands: SEEK_DATA from `from` found `data`;
+  // with SeekData, [data, hole) is the extent. from > data: nothing known.
+  struct ScanCursor {
+    uint64_t from = 1, data = 0, hole = 0;
+  };
   Status scan_locked();
-  Status scan_segment_locked(FileRange r, uint64_t* data, uint64_t* hole,
-                             std::vector<FileRange>* committed);
+  Status scan_segment_locked(FileRange r, ScanCursor* c, std::vector<FileRange>* committed);
   // What the reclaimer did to one range without mu_, finished under it.
   struct Reclaim {
     FileRange range;
@@ -262,6 +269,7 @@ class MemoryFile {
   RangeSet reclaimable_;       // protected by mu_
   RangeSet free_committed_;    // protected by mu_
   uint64_t usage_expected_ = 0;  // protected by mu_: known committed bytes
+  std::vector<unsigned char> scan_vec_;  // protected by mu_: mincore's vector
   bool destroyed_ = false;     // protected by mu_
   bool reclaiming_ = false;    // protected by mu_: the reclaimer holds ranges
   bool reclaimer_asleep_ = false;  // protected by mu_: waiting on reclaim_cv_
