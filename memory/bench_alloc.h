@@ -2,7 +2,8 @@
 //
 //   alloc     Allocate+DecRef pairs per second with 10^3, 10^5 and 10^6 live,
 //             fragmented allocations (every other page live): the gap index
-//             should keep the curve flat.
+//             should keep the curve flat. Measured with the reclaimer running
+//             (pairs_per_s) and with its punches held (…_reclaim_held).
 //   decommit  decommit() throughput for 4 KiB, 64 KiB and 2 MiB ranges as a
 //             ratio to raw fallocate(PUNCH_HOLE) on a bare memfd, same run.
 //   usage     update_usage() on a 64 GiB sparse file with 1 GiB committed as

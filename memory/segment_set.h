@@ -724,8 +724,8 @@ class SegmentSet {
                 r.to_string(), n->max_gap, want);
   }
 
-  // Removed nodes are kept for reuse (up to kSpareNodes): allocate/free
-  // pairs then never reach malloc.
+  // Removed nodes are kept for reuse, up to kSpareNodes or an eighth of the
+  // set, whichever is more: allocate/free churn then rarely reaches malloc.
   static constexpr size_t kSpareNodes = 64;
   Node* new_node() {
     if (Node* n = spare_) {
@@ -737,7 +737,7 @@ class SegmentSet {
     return new Node;
   }
   void free_node(Node* n) {
-    if (spare_count_ >= kSpareNodes) {
+    if (spare_count_ >= std::max(kSpareNodes, size_ / 8)) {
       delete n;
       return;
     }
