@@ -67,6 +67,10 @@ class Emitter {
       case Step::Op::kFault: fault(s.fault); break;
       case Step::Op::kFree: s.mode == Step::FreeMode::kSync ? free_sync(s) : free_async(s); break;
       case Step::Op::kReport: s.mode == Step::FreeMode::kSync ? report_sync(s) : report_async(s); break;
+      case Step::Op::kOut:
+        a_.mov(eax, s.value);
+        a_.out(imm(s.port), eax);
+        break;
     }
   }
 

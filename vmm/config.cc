@@ -306,6 +306,19 @@ struct StepParser {
           s.expects[i] = *v;
         }
       }
+    } else if (name == "out") {
+      if (auto k = check_keys(j, p, {"op", "port", "value"}); !k) return std::unexpected(k.error());
+      s.op = Step::Op::kOut;
+      auto port = required_size(j, p, "port");
+      if (!port) return std::unexpected(port.error());
+      if (*port > 0xff) return (p / "port").fail("must be 0..255, found {}", *port);
+      s.port = static_cast<uint8_t>(*port);
+      if (j.contains("value")) {
+        auto v = size_value(j.at("value"), p / "value");
+        if (!v) return std::unexpected(v.error());
+        if (*v > UINT32_MAX) return (p / "value").fail("must fit in 32 bits");
+        s.value = static_cast<uint32_t>(*v);
+      }
     } else if (name == "fault") {
       if (auto k = check_keys(j, p, {"op", "kind"}); !k) return std::unexpected(k.error());
       s.op = Step::Op::kFault;
@@ -321,7 +334,7 @@ struct StepParser {
         return (p / "kind").fail("expected one of: divide-by-zero, invalid-opcode, breakpoint, unmapped-read, "
                                  "halt, unknown-port, spin");
     } else {
-      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, free or report)", name);
+      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, free, report or out)", name);
     }
     return s;
   }

@@ -127,15 +127,15 @@ void FreeRing::run() {
 
 void FreeRing::drain() {
   // produced is the guest's word: it may be anything. At most one lap of
-  // slots is handled; a guest that claims more gets them all refused.
+  // slots is handled; a guest that claims more is refused once, as a whole.
   const uint64_t produced = load(ring_, std::memory_order_acquire);
   const uint64_t pending = produced - completed_;
   if (pending == 0) return;
   stats_.reports.fetch_add(1, std::memory_order_relaxed);
   uint64_t invalid = 0;
   if (pending > entries_) {
-    invalid = pending;
-    stats_.invalid_ranges.fetch_add(pending, std::memory_order_relaxed);
+    invalid = 1;
+    stats_.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
   } else {
     uint8_t* slots = ring_ + sizeof(abi::FreeRingHeader);
     for (uint64_t i = completed_; i != produced; i++) {
