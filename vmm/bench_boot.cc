@@ -58,9 +58,11 @@ Result<Sample> one_run(const std::string& self, const std::string& config) {
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
     return fail("kvmem run {} did not succeed (status {:#x}): {}", config, status, report);
   auto j = nlohmann::json::parse(report, nullptr, false);
-  if (j.is_discarded() || !j.contains("guest_resident_bytes"))
+  if (j.is_discarded() || !j.contains("vms") || !j["vms"].is_array())
     return fail("kvmem run --json {} printed no usable report: {}", config, report);
-  return Sample{wall, static_cast<uint64_t>(ru.ru_maxrss) * 1024, j["guest_resident_bytes"].get<uint64_t>()};
+  uint64_t guest = 0;
+  for (const auto& vm : j["vms"]) guest += vm.value("committed_bytes", uint64_t{0});
+  return Sample{wall, static_cast<uint64_t>(ru.ru_maxrss) * 1024, guest};
 }
 
 double percentile(std::vector<double> v, double p) {

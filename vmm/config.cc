@@ -376,8 +376,9 @@ Result<uint64_t> parse_size_string(std::string_view s) {
   return v * mult;
 }
 
-Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
-  Ptr root;
+namespace {
+
+Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view default_name) {
   if (auto k = check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit", "program"}); !k)
     return std::unexpected(k.error());
   VmConfig c;
@@ -431,25 +432,68 @@ Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
   return c;
 }
 
-Result<VmConfig> load_config(const std::string& path) {
+Result<json> read_json(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return sys_fail(fmt::format("cannot read config {}", path), "open", errno);
   std::stringstream ss;
   ss << in.rdbuf();
-  const std::string text = ss.str();
-  json j;
   try {
-    j = json::parse(text);
+    return json::parse(ss.str());
   } catch (const json::parse_error& e) {
     // e.what() reads "[json.exception.parse_error.101] parse error at line 3, column 16: ...".
     std::string_view what = e.what();
     if (auto close = what.find("] "); close != std::string_view::npos) what.remove_prefix(close + 2);
     return fail("{}: not valid JSON: {}", path, what);
   }
+}
+
+std::string stem_of(const std::string& path) {
   std::string stem = path.substr(path.find_last_of('/') + 1);
   if (auto dot = stem.rfind('.'); dot != std::string::npos && dot > 0) stem.resize(dot);
-  if (!valid_name(stem)) stem = "vm";
-  auto c = parse_vm_config(j, stem);
+  return valid_name(stem) ? stem : "vm";
+}
+
+}  // namespace
+
+Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
+  return parse_vm_at(j, Ptr(), default_name);
+}
+
+Result<RunConfig> parse_run_config(const json& j, std::string_view default_name) {
+  RunConfig rc;
+  if (!j.is_object() || !j.contains("vms")) {
+    auto c = parse_vm_config(j, default_name);
+    if (!c) return std::unexpected(c.error());
+    rc.vms.push_back(std::move(*c));
+    return rc;
+  }
+  Ptr root;
+  if (auto k = check_keys(j, root, {"vms"}); !k) return std::unexpected(k.error());
+  const json& vms = j.at("vms");
+  if (!vms.is_array() || vms.empty() || vms.size() > kMaxVms)
+    return (root / "vms").fail("expected an array of 1..{} VM configs", kMaxVms);
+  for (size_t i = 0; i < vms.size(); i++) {
+    auto c = parse_vm_at(vms[i], root / "vms" / i, fmt::format("{}-{}", default_name, i));
+    if (!c) return std::unexpected(c.error());
+    for (const VmConfig& other : rc.vms)
+      if (other.name == c->name) return (root / "vms" / i / "name").fail("\"{}\" names two VMs", c->name);
+    rc.vms.push_back(std::move(*c));
+  }
+  return rc;
+}
+
+Result<RunConfig> load_run_config(const std::string& path) {
+  auto j = read_json(path);
+  if (!j) return std::unexpected(j.error());
+  auto c = parse_run_config(*j, stem_of(path));
+  if (!c) return std::unexpected(c.error().context(path));
+  return c;
+}
+
+Result<VmConfig> load_config(const std::string& path) {
+  auto j = read_json(path);
+  if (!j) return std::unexpected(j.error());
+  auto c = parse_vm_config(*j, stem_of(path));
   if (!c) return std::unexpected(c.error().context(path));
   return c;
 }

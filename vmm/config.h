@@ -28,7 +28,13 @@ struct VmConfig {
   std::vector<guest::Step> program;
 };
 
+// What one `kvmem run` boots: one VM, or several sharing one MemoryFile.
+struct RunConfig {
+  std::vector<VmConfig> vms;
+};
+
 inline constexpr uint64_t kMaxTimeoutMs = 3'600'000;
+inline constexpr size_t kMaxVms = 64;
 inline constexpr size_t kMaxSteps = 10'000;
 inline constexpr unsigned kMaxLoopDepth = 8;
 
@@ -40,7 +46,13 @@ Result<uint64_t> parse_size_string(std::string_view s);
 // Parses one VM's config. `default_name` is used when the config has no "name".
 Result<VmConfig> parse_vm_config(const nlohmann::json& j, std::string_view default_name);
 
+// Parses either form: one VM's config, or {"vms": [VM config, ...]} whose
+// VMs are named "<default_name>-<index>" unless they say otherwise. Names
+// must differ.
+Result<RunConfig> parse_run_config(const nlohmann::json& j, std::string_view default_name);
+
 // Reads and parses a config file. Errors start with the path.
 Result<VmConfig> load_config(const std::string& path);
+Result<RunConfig> load_run_config(const std::string& path);
 
 }  // namespace kvmem

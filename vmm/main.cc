@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <cstdio>
 #include <string>
 
@@ -14,6 +16,7 @@
 #include "guest/abi.h"
 #include "memory/memory_file.h"
 #include "vmm/bench_boot.h"
+#include "vmm/runner.h"
 #include "vmm/config.h"
 #include "vmm/kvm.h"
 #include "vmm/vm.h"
@@ -41,63 +44,73 @@ int report_error(bool as_json, int code, const std::string& message) {
   return code;
 }
 
-json run_report(const VmConfig& c, const RunResult& r, double wall_ms, const GuestMemory& memory) {
-  json hc = json::object();
-  for (uint32_t i = 0; i < abi::kHypercallCount; i++)
-    if (r.hypercalls.calls[i]) hc[hypercall_name(i)] = r.hypercalls.calls[i];
-  json j{{"name", c.name},
-         {"exit_code", r.process_exit_code()},
-         {"outcome", r.outcome_name()},
-         {"console", r.console},
-         {"exits", r.exits},
-         {"hypercalls", hc},
-         {"hypercalls_unknown", r.hypercalls.unknown},
-         {"hypercalls_invalid", r.hypercalls.invalid},
-         {"memory_bytes", c.memory},
-         {"free_reports", r.free_reports},
-         {"free_ranges", r.free_ranges},
-         {"free_ranges_invalid", r.free_ranges_invalid},
-         {"bytes_reported_free", r.bytes_reported_free},
-         {"bytes_decommitted", r.bytes_decommitted},
-         {"run_ms", r.run_ms},
-         {"wall_ms", wall_ms}};
-  if (r.outcome == RunResult::Outcome::kExited) j["guest_exit_code"] = r.guest_exit_code;
-  if (auto resident = memory.resident_bytes()) j["guest_resident_bytes"] = *resident;
-  if (!r.message.empty()) j["message"] = r.message;
-  return j;
-}
-
-// Loads and assembles; on failure prints and returns the exit code.
+// Loads and assembles every VM of a config; errors are the config's (exit 2).
 struct Prepared {
-  VmConfig config;
-  guest::Image image;
+  RunConfig config;
+  std::vector<guest::Image> images;
 };
 Result<Prepared> prepare(const std::string& path) {
-  auto config = load_config(path);
+  auto config = load_run_config(path);
   if (!config) return std::unexpected(config.error());
-  auto image = guest::build_program(config->program, abi::kProgramAddr, abi::kProgramEnd);
-  if (!image) return std::unexpected(image.error().context(path));
-  return Prepared{std::move(*config), std::move(*image)};
+  Prepared p{std::move(*config), {}};
+  for (const VmConfig& vm : p.config.vms) {
+    auto image = guest::build_program(vm.program, abi::kProgramAddr, abi::kProgramEnd);
+    if (!image) return std::unexpected(image.error().context(fmt::format("{}: vm {}", path, vm.name)));
+    p.images.push_back(std::move(*image));
+  }
+  return p;
 }
 
 int cmd_validate(const std::string& path, bool as_json) {
   auto p = prepare(path);
   if (!p) return report_error(as_json, kExitUsage, p.error().message);
-  if (as_json) {
-    std::printf("%s\n", json{{"exit_code", 0},
-                             {"name", p->config.name},
-                             {"memory_bytes", p->config.memory},
-                             {"steps", p->config.program.size()},
-                             {"code_bytes", p->image.bytes.size()}}
-                            .dump()
-                            .c_str());
-  } else {
-    std::printf("%s: ok (vm %s, %llu MiB, %zu steps, %zu bytes of guest code)\n", path.c_str(),
-                p->config.name.c_str(), static_cast<unsigned long long>(p->config.memory >> 20),
-                p->config.program.size(), p->image.bytes.size());
+  json vms = json::array();
+  std::string text;
+  for (size_t i = 0; i < p->config.vms.size(); i++) {
+    const VmConfig& c = p->config.vms[i];
+    vms.push_back({{"name", c.name},
+                   {"memory_bytes", c.memory},
+                   {"steps", c.program.size()},
+                   {"code_bytes", p->images[i].bytes.size()}});
+    text += fmt::format("{}vm {}, {} MiB, {} steps, {} bytes of guest code", text.empty() ? "" : "; ", c.name,
+                        c.memory >> 20, c.program.size(), p->images[i].bytes.size());
   }
+  if (as_json)
+    std::printf("%s\n", json{{"exit_code", 0}, {"vms", vms}}.dump().c_str());
+  else
+    std::printf("%s: ok (%s)\n", path.c_str(), text.c_str());
   return kExitOk;
 }
+
+// Console text to stdout; with several VMs each line starts with "[name] ".
+class ConsoleEcho {
+ public:
+  explicit ConsoleEcho(bool prefix) : prefix_(prefix) {}
+  void operator()(std::string_view vm, std::string_view text) {
+    std::lock_guard lock(mu_);
+    if (!prefix_) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+    } else {
+      std::string& pending = pending_[std::string(vm)];
+      pending.append(text);
+      for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
+        std::fprintf(stdout, "[%.*s] %.*s\n", static_cast<int>(vm.size()), vm.data(), static_cast<int>(nl),
+                     pending.data());
+    }
+    std::fflush(stdout);
+  }
+  // Lines a guest left unfinished.
+  void flush() {
+    for (auto& [vm, pending] : pending_)
+      if (!pending.empty()) std::fprintf(stdout, "[%s] %s\n", vm.c_str(), pending.c_str());
+    pending_.clear();
+  }
+
+ private:
+  bool prefix_;
+  std::mutex mu_;
+  std::map<std::string, std::string> pending_;
+};
 
 int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   auto p = prepare(path);
@@ -106,21 +119,28 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   if (!kvm) return report_error(as_json, kExitHost, kvm.error().message);
   auto file = MemoryFile::create();
   if (!file) return report_error(as_json, kExitHost, file.error().message);
-  auto vm = Vm::create(*kvm, **file, p->config, p->image);
-  if (!vm) return report_error(as_json, kExitHost, fmt::format("{}: {}", p->config.name, vm.error().message));
-  std::function<void(std::string_view)> echo;
-  if (!as_json)
-    echo = [](std::string_view text) {
-      std::fwrite(text.data(), 1, text.size(), stdout);
-      std::fflush(stdout);
-    };
-  RunResult r = (*vm)->run(echo);
+  ConsoleEcho console(p->config.vms.size() > 1);
+  std::function<void(std::string_view, std::string_view)> echo;
+  if (!as_json) echo = [&console](std::string_view vm, std::string_view text) { console(vm, text); };
+  RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo);
+  totals.wall_ms = ms_since(start);
   if (as_json) {
-    std::printf("%s\n", run_report(p->config, r, ms_since(start), (*vm)->memory()).dump().c_str());
-  } else if (!r.message.empty()) {
-    std::fprintf(stderr, "kvmem: %s: %s\n", p->config.name.c_str(), r.message.c_str());
+    std::printf("%s\n", totals.to_json().dump().c_str());
+    return totals.exit_code();
   }
-  return r.process_exit_code();
+  console.flush();
+  for (const VmOutcome& v : totals.vms) {
+    const std::string& why = v.setup_error.empty() ? v.result.message : v.setup_error;
+    if (!why.empty()) std::fprintf(stderr, "kvmem: %s: %s\n", v.name.c_str(), why.c_str());
+  }
+  if (totals.vms.size() > 1) {
+    size_t ok = 0;
+    for (const VmOutcome& v : totals.vms) ok += v.exit_code() == 0;
+    std::fprintf(stderr, "kvmem: %zu of %zu VMs succeeded; peak commit %.1f MiB, %.1f MiB after reclaim\n", ok,
+                 totals.vms.size(), static_cast<double>(totals.peak_committed_bytes) / (1 << 20),
+                 static_cast<double>(totals.host_committed_bytes_after) / (1 << 20));
+  }
+  return totals.exit_code();
 }
 
 int main_impl(int argc, char** argv) {

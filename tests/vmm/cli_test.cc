@@ -61,7 +61,8 @@ TEST_CASE("bad usage exits 2", "[cli]") {
 }
 
 TEST_CASE("validate accepts the shipped configs", "[cli]") {
-  for (const char* c : {"configs/hello.json", "configs/steps.json", "configs/patterns.json", "configs/faults/divide-by-zero.json"}) {
+  for (const char* c : {"configs/hello.json", "configs/steps.json", "configs/patterns.json", "configs/faults/divide-by-zero.json",
+                    "configs/many-vms.json"}) {
     INFO(c);
     auto r = run_kvmem({"validate", c});
     INFO(r.err);
@@ -109,12 +110,22 @@ TEST_CASE("run --json prints one report with outcome, console, exits and times",
   CHECK(r.exit_code == 0);
   auto report = json::parse(r.out);
   CHECK(report["exit_code"] == 0);
-  CHECK(report["outcome"] == "exited");
-  CHECK(report["guest_exit_code"] == 0);
-  CHECK(report["console"].get<std::string>().find("hello from a kvmem guest") != std::string::npos);
-  CHECK(report["exits"]["io"].get<int>() >= 2);
   CHECK(report["wall_ms"].get<double>() > 0);
-  CHECK(report["run_ms"].get<double>() > 0);
+  REQUIRE(report["vms"].size() == 1);
+  const json& vm = report["vms"][0];
+  CHECK(vm["name"] == "hello");
+  CHECK(vm["exit_code"] == 0);
+  CHECK(vm["outcome"] == "exited");
+  CHECK(vm["guest_exit_code"] == 0);
+  CHECK(vm["console"].get<std::string>().find("hello from a kvmem guest") != std::string::npos);
+  CHECK(vm["exits"]["io"].get<int>() >= 2);
+  CHECK(vm["run_ms"].get<double>() > 0);
+  CHECK(vm["memslots"] == 1);
+  CHECK(vm["committed_bytes"].get<uint64_t>() >= 256 * 1024);
+  // Everything the guest held is punched once it is gone.
+  CHECK(report["memory"]["committed_bytes_after"] == 0);
+  CHECK(report["memory"]["host_committed_bytes_after"] == 0);
+  CHECK(report["memory"]["peak_host_committed_bytes"].get<uint64_t>() >= 256 * 1024);
 }
 
 TEST_CASE("a failing guest exits 1 and says why on stderr", "[cli][kvm]") {
@@ -125,8 +136,8 @@ TEST_CASE("a failing guest exits 1 and says why on stderr", "[cli][kvm]") {
   auto j = run_kvmem({"run", "--json", "configs/faults/divide-by-zero.json"});
   CHECK(j.exit_code == 1);
   auto report = json::parse(j.out);
-  CHECK(report["outcome"] == "failed");
-  CHECK(report["message"].get<std::string>().find("#DE") != std::string::npos);
+  CHECK(report["vms"][0]["outcome"] == "failed");
+  CHECK(report["vms"][0]["message"].get<std::string>().find("#DE") != std::string::npos);
 }
 
 TEST_CASE("a host without KVM exits 3 with what to do", "[cli]") {
@@ -155,4 +166,23 @@ TEST_CASE("bench boot measures real runs and reports them as JSON", "[cli][kvm]"
   auto failing = run_kvmem({"bench", "boot", "--runs", "2", "configs/faults/divide-by-zero.json"});
   CHECK(failing.exit_code == 1);
   CHECK(failing.err.find("did not succeed") != std::string::npos);
+}
+
+TEST_CASE("several VMs share one process: one fails, the others are unaffected", "[cli][kvm]") {
+  if (!test::kvm_available("several VMs share one process")) return;
+  auto r = run_kvmem({"run", "configs/many-vms.json"});
+  CHECK(r.exit_code == 1);
+  CHECK(r.out.find("[writer] wrote 32 MiB, gave 16 MiB back synchronously\n") != std::string::npos);
+  CHECK(r.out.find("[async] wrote 32 MiB, gave it all back through the ring\n") != std::string::npos);
+  CHECK(r.err.find("kvmem: faulty: guest exception #DE divide error") != std::string::npos);
+  CHECK(r.err.find("2 of 3 VMs succeeded") != std::string::npos);
+  auto j = run_kvmem({"run", "--json", "configs/many-vms.json"});
+  auto report = json::parse(j.out);
+  REQUIRE(report["vms"].size() == 3);
+  CHECK(report["vms"][0]["exit_code"] == 0);
+  CHECK(report["vms"][0]["bytes_decommitted"] == 16 << 20);
+  CHECK(report["vms"][1]["exit_code"] == 0);
+  CHECK(report["vms"][1]["bytes_decommitted"] == 32 << 20);
+  CHECK(report["vms"][2]["exit_code"] == 1);
+  CHECK(report["memory"]["committed_bytes_after"] == 0);
 }

@@ -194,3 +194,66 @@ TEST_CASE("load_config names the file, and the line and column of a JSON syntax 
   INFO(bad.error().message);
   CHECK(bad.error().message.find("not valid JSON: parse error at line 3, column 16") != std::string::npos);
 }
+
+TEST_CASE("a run config is one VM or a list of them, with distinct names", "[config]") {
+  auto one = parse_run_config(minimal(), "solo");
+  REQUIRE(one);
+  REQUIRE(one->vms.size() == 1);
+  CHECK(one->vms[0].name == "solo");
+  auto two = parse_run_config(json{{"vms", {minimal(), minimal()}}}, "pair");
+  REQUIRE(two);
+  REQUIRE(two->vms.size() == 2);
+  CHECK(two->vms[0].name == "pair-0");
+  CHECK(two->vms[1].name == "pair-1");
+  struct Case {
+    json config;
+    const char* want;
+  } cases[] = {
+      {json{{"vms", json::array()}}, "/vms: expected an array of 1..64 VM configs"},
+      {json{{"vms", {minimal()}}, {"extra", 1}}, "/extra: unknown key"},
+      {json{{"vms", {minimal(), json{{"memory", "4M"}}}}}, "/vms/1: missing required key \"program\""},
+      {json{{"vms", {minimal(), json{{"memory", "4M"}, {"program", {{{"op", "fill"}, {"at", 0}, {"length", 8}, {"pattern", "zero"}}}}}}}},
+       "/vms/1/program/0/at: 0x0 lies in the reserved boot area"},
+      {json{{"vms", {json{{"name", "a"}, {"memory", "4M"}, {"program", json::array()}},
+                     json{{"name", "a"}, {"memory", "4M"}, {"program", json::array()}}}}},
+       "/vms/1/name: \"a\" names two VMs"},
+  };
+  for (const auto& c : cases) {
+    auto r = parse_run_config(c.config, "t");
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().message.rfind(c.want, 0) == 0);
+  }
+}
+
+TEST_CASE("free and report steps are checked like the others", "[config]") {
+  struct Case {
+    json step;
+    const char* want;
+  } cases[] = {
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"mode", "lazy"}}, "/program/0/mode: expected \"sync\" or \"async\""},
+      {json{{"op", "free"}, {"at", "0x100800"}, {"length", "8K"}}, "/program/0/at: 0x100800 is not a multiple of 4096"},
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"granule", 100}}, "/program/0/granule: must be a non-zero multiple of 4K"},
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "12K"}, {"granule", "8K"}}, "/program/0/length: 0x3000 is not a multiple of the granule"},
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"batch", 0}}, "/program/0/batch: must be 1..2048"},
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"mode", "async"}, {"batch", 2048}}, "/program/0/batch: must be 1..1024"},
+      {json{{"op", "free"}, {"at", "3M"}, {"length", "2M"}}, "/program/0/length: the range at 0x300000"},
+      {json{{"op", "report"}}, "/program/0: missing required key \"ranges\""},
+      {json{{"op", "report"}, {"ranges", json::array()}}, "/program/0/ranges: expected an array of 1..64"},
+      {json{{"op", "report"}, {"ranges", {{1, 2, 3}}}}, "/program/0/ranges/0: expected [address, length]"},
+      {json{{"op", "report"}, {"ranges", {{1, 2}}}, {"expect", {0, 0}}}, "/program/0/expect: expected an array with one status"},
+      {json{{"op", "out"}, {"port", 256}}, "/program/0/port: must be 0..255"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.step.dump());
+    auto r = parse_vm_config(with_step(c.step), "t");
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().message.rfind(c.want, 0) == 0);
+  }
+  // Hostile ranges are the VMM's to refuse, so the config keeps them.
+  json hostile = json::array({json::array({"0xfffffffffffff000", "0x2000"})});
+  auto ok = parse_vm_config(with_step(json{{"op", "report"}, {"ranges", hostile}}), "t");
+  REQUIRE(ok);
+  CHECK(ok->program[0].ranges[0].first == 0xfffffffffffff000ull);
+}

@@ -1,0 +1,121 @@
+#include "vmm/runner.h"
+
+#include <chrono>
+#include <thread>
+
+namespace kvmem {
+
+nlohmann::json VmOutcome::to_json() const {
+  nlohmann::json j{{"name", name}, {"exit_code", exit_code()}, {"memory_bytes", memory_bytes}};
+  if (!setup_error.empty()) {
+    j["outcome"] = "not_started";
+    j["message"] = setup_error;
+    return j;
+  }
+  const RunResult& r = result;
+  nlohmann::json hc = nlohmann::json::object();
+  for (uint32_t i = 0; i < abi::kHypercallCount; i++)
+    if (r.hypercalls.calls[i]) hc[hypercall_name(i)] = r.hypercalls.calls[i];
+  j.update({{"outcome", r.outcome_name()},
+            {"console", r.console},
+            {"exits", r.exits},
+            {"hypercalls", hc},
+            {"hypercalls_unknown", r.hypercalls.unknown},
+            {"hypercalls_invalid", r.hypercalls.invalid},
+            {"memslots", memslots},
+            {"committed_bytes", committed_bytes},
+            {"free_reports", r.free_reports},
+            {"free_ranges", r.free_ranges},
+            {"free_ranges_invalid", r.free_ranges_invalid},
+            {"bytes_reported_free", r.bytes_reported_free},
+            {"bytes_decommitted", r.bytes_decommitted},
+            {"run_ms", r.run_ms}});
+  if (r.outcome == RunResult::Outcome::kExited) j["guest_exit_code"] = r.guest_exit_code;
+  if (!r.message.empty()) j["message"] = r.message;
+  return j;
+}
+
+int RunTotals::exit_code() const {
+  int code = 0;
+  for (const VmOutcome& v : vms) {
+    if (v.exit_code() == 3) return 3;
+    if (v.exit_code() != 0) code = 1;
+  }
+  return code;
+}
+
+nlohmann::json RunTotals::to_json() const {
+  nlohmann::json list = nlohmann::json::array();
+  for (const VmOutcome& v : vms) list.push_back(v.to_json());
+  return {{"exit_code", exit_code()},
+          {"vms", list},
+          {"memory",
+           {{"peak_host_committed_bytes", peak_committed_bytes},
+            {"committed_bytes_after", committed_bytes_after},
+            {"host_committed_bytes_after", host_committed_bytes_after}}},
+          {"wall_ms", wall_ms}};
+}
+
+CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms) : file_(file), period_ms_(period_ms) {
+  thread_ = std::thread([this] {
+    while (!stop_.load()) {
+      if (auto b = file_.total_usage()) {
+        current_.store(*b);
+        observe(*b);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(period_ms_));
+    }
+  });
+}
+
+void CommitSampler::observe(uint64_t bytes) {
+  uint64_t peak = peak_.load();
+  while (bytes > peak && !peak_.compare_exchange_weak(peak, bytes)) {
+  }
+}
+
+CommitSampler::~CommitSampler() { stop(); }
+
+void CommitSampler::stop() {
+  stop_.store(true);
+  if (thread_.joinable()) thread_.join();
+}
+
+RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,
+                  const std::vector<guest::Image>& images,
+                  const std::function<void(std::string_view, std::string_view)>& echo) {
+  const auto start = std::chrono::steady_clock::now();
+  RunTotals totals;
+  totals.vms.resize(vms.size());
+  CommitSampler sampler(file, 5);
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < vms.size(); i++) {
+    threads.emplace_back([&, i] {
+      VmOutcome& out = totals.vms[i];
+      out.name = vms[i].name;
+      out.memory_bytes = vms[i].memory;
+      auto vm = Vm::create(kvm, file, vms[i], images[i]);
+      if (!vm) {
+        out.setup_error = vm.error().message;
+        return;
+      }
+      std::function<void(std::string_view)> vm_echo;
+      if (echo) vm_echo = [&echo, name = vms[i].name](std::string_view text) { echo(name, text); };
+      out.result = (*vm)->run(vm_echo);
+      out.memslots = (*vm)->memory().memslots().size();
+      if (auto resident = (*vm)->memory().resident_bytes()) out.committed_bytes = *resident;
+      if (auto b = file.total_usage()) sampler.observe(*b);
+      // The Vm goes here, on its own thread: its RAM goes back to the file.
+    });
+  }
+  for (auto& t : threads) t.join();
+  sampler.stop();
+  totals.peak_committed_bytes = sampler.peak();
+  file.wait_for_reclaim();
+  if (file.update_usage()) totals.committed_bytes_after = file.usage().total();
+  if (auto b = file.total_usage()) totals.host_committed_bytes_after = *b;
+  totals.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return totals;
+}
+
+}  // namespace kvmem

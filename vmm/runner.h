@@ -1,0 +1,78 @@
+// Runs the VMs of one RunConfig side by side on one shared MemoryFile, each
+// vCPU on its own thread, and gathers what happened with the memory
+// accounting around it.
+//
+// Each VM is created, run and destroyed on its own thread; destroying it
+// drops its references on its RAM, and the MemoryFile's reclaimer punches
+// the ranges and makes them allocatable for whatever VM comes next. One VM's
+// failure is its own: the others run on, and the report names it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "guest/program.h"
+#include "memory/memory_file.h"
+#include "vmm/config.h"
+#include "vmm/kvm.h"
+#include "vmm/vm.h"
+
+namespace kvmem {
+
+struct VmOutcome {
+  std::string name;
+  std::string setup_error;  // non-empty: the host could not create the VM
+  RunResult result;
+  uint64_t memory_bytes = 0;
+  size_t memslots = 0;
+  uint64_t committed_bytes = 0;  // RAM the host held for this VM when it ended (mincore)
+
+  // 0 exited with 0 · 1 failed · 3 could not be created.
+  int exit_code() const { return setup_error.empty() ? result.process_exit_code() : 3; }
+  nlohmann::json to_json() const;
+};
+
+struct RunTotals {
+  std::vector<VmOutcome> vms;
+  uint64_t peak_committed_bytes = 0;   // st_blocks, sampled while VMs ran
+  uint64_t committed_bytes_after = 0;  // ours (update_usage) once every VM is gone and reclaimed
+  uint64_t host_committed_bytes_after = 0;  // the kernel's (st_blocks) at the same moment
+  double wall_ms = 0;
+
+  // 3 if any VM could not be created, else 1 if any failed, else 0.
+  int exit_code() const;
+  nlohmann::json to_json() const;
+};
+
+// Samples the file's st_blocks every `period_ms` on a thread of its own and
+// keeps the peak; the owner reads it after stop().
+class CommitSampler {
+ public:
+  CommitSampler(MemoryFile& file, unsigned period_ms);
+  ~CommitSampler();
+  void stop();
+  // Counts a reading taken elsewhere (say, just before a VM lets go of its RAM).
+  void observe(uint64_t bytes);
+  uint64_t peak() const { return peak_.load(); }
+  uint64_t current() const { return current_.load(); }
+
+ private:
+  MemoryFile& file_;
+  std::atomic<uint64_t> peak_{0}, current_{0};
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+  unsigned period_ms_;
+};
+
+// Runs every VM of `vms` (with its assembled `images`) concurrently. `echo`
+// (may be empty) receives (vm name, console text) as guests write.
+RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,
+                  const std::vector<guest::Image>& images,
+                  const std::function<void(std::string_view, std::string_view)>& echo);
+
+}  // namespace kvmem
