@@ -11,6 +11,7 @@
 #include "guest/abi.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
+#include "vmm/runner.h"
 
 using namespace kvmem;
 using json = nlohmann::json;
@@ -182,4 +183,64 @@ TEST_CASE("RAM made of many allocations becomes few memory slots", "[kvm][free]"
   CHECK(run.vm->memory().memslots().size() == 1);
   CHECK(run.vm->memory().memslots()[0].slot == 0);
   CHECK(run.vm->memory().memslots()[0].guest == GuestRange(0, 1ull << 30));
+}
+
+TEST_CASE("a VM cannot free another VM's memory: its addresses name only its own RAM", "[kvm][free]") {
+  REQUIRE_KVM();
+  // Both VMs share one MemoryFile. "small" reports, over and over, a range
+  // that exists only in "big"'s guest-physical space; "big" verifies its
+  // data there throughout.
+  auto config = parse_run_config(
+      json{{"vms",
+            {json{{"name", "small"},
+                  {"memory", "8M"},
+                  {"program",
+                   {{{"op", "loop"},
+                     {"count", 200},
+                     {"body",
+                      {{{"op", "report"}, {"ranges", json::array({json::array({"16M", "64K"})})}, {"expect", {"-EFAULT"}}},
+                       {{"op", "report"}, {"mode", "async"}, {"ranges", json::array({json::array({"16M", "64K"})})}, {"expect", {"-EFAULT"}}}}}}}}},
+             json{{"name", "big"},
+                  {"memory", "32M"},
+                  {"program",
+                   {fill("16M", "1M", {{"seed", 9}}),
+                    {{"op", "loop"}, {"count", 50}, {"body", {verify("16M", "1M", {{"seed", 9}})}}}}}}}}},
+      "t");
+  REQUIRE(config);
+  std::vector<guest::Image> images;
+  for (const auto& c : config->vms) images.push_back(*guest::build_program(c.program, abi::kProgramAddr, abi::kProgramEnd));
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create();
+  REQUIRE(file);
+  RunTotals totals = run_vms(*kvm, **file, config->vms, images, nullptr);
+  for (const auto& v : totals.vms) {
+    INFO(v.name << ": " << v.setup_error << v.result.message);
+    CHECK(v.exit_code() == 0);
+  }
+  CHECK(totals.vms[0].result.free_ranges_invalid == 400);
+  CHECK(totals.vms[0].result.bytes_decommitted == 0);
+  CHECK(totals.committed_bytes_after == 0);
+}
+
+TEST_CASE("RAM a VM gave back serves the next VM: the file does not grow", "[kvm][free]") {
+  REQUIRE_KVM();
+  auto config = parse_run_config(vm({fill("1M", "31M", "address")}), "t");
+  REQUIRE(config);
+  std::vector<guest::Image> images{*guest::build_program(config->vms[0].program, abi::kProgramAddr, abi::kProgramEnd)};
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create();
+  REQUIRE(file);
+  uint64_t size_after_first = 0;
+  for (int lifetime = 0; lifetime < 5; lifetime++) {
+    RunTotals totals = run_vms(*kvm, **file, config->vms, images, nullptr);
+    REQUIRE(totals.exit_code() == 0);
+    CHECK(totals.committed_bytes_after == 0);
+    CHECK(totals.host_committed_bytes_after == 0);
+    // The same slot numbers come back in every lifetime.
+    CHECK(totals.vms[0].memslots == 1);
+    if (lifetime == 0) size_after_first = (*file)->total_size();
+    CHECK((*file)->total_size() == size_after_first);
+  }
 }
