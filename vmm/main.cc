@@ -6,6 +6,8 @@
 
 #include <chrono>
 #include <map>
+#include <optional>
+#include <random>
 #include <mutex>
 #include <cstdio>
 #include <string>
@@ -17,6 +19,7 @@
 #include "memory/memory_file.h"
 #include "vmm/bench_boot.h"
 #include "vmm/runner.h"
+#include "vmm/stress.h"
 #include "vmm/config.h"
 #include "vmm/kvm.h"
 #include "vmm/vm.h"
@@ -143,6 +146,60 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   return totals.exit_code();
 }
 
+struct StressArgs {
+  std::string file;
+  bool json = false;
+  std::optional<uint64_t> rounds, duration_s, seed;
+};
+
+int cmd_stress(const StressArgs& a) {
+  auto config = load_stress_config(a.file);
+  if (!config) return report_error(a.json, kExitUsage, config.error().message);
+  if (a.rounds) config->rounds = *a.rounds;
+  if (a.duration_s) config->duration_s = *a.duration_s;
+  if (a.rounds && !a.duration_s) config->duration_s = 0;  // --rounds alone: exactly that many
+  if (a.duration_s && !a.rounds) config->rounds = 0;
+  if (a.seed) config->seed = *a.seed;
+  if (config->seed == 0) config->seed = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  if (config->rounds == 0 && config->duration_s == 0)
+    return report_error(a.json, kExitUsage, "--rounds 0 with --duration 0 would never end");
+  auto kvm = Kvm::open();
+  if (!kvm) return report_error(a.json, kExitHost, kvm.error().message);
+  auto file = MemoryFile::create();
+  if (!file) return report_error(a.json, kExitHost, file.error().message);
+  const bool tty = isatty(2);
+  uint64_t printed_round = 0;
+  auto progress = [&](const StressProgress& p) {
+    auto gib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 30); };
+    auto mib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 20); };
+    std::string line = fmt::format(
+        "round {}{} | {} VMs | written {:.2f} GiB, freed {:.2f}, reclaimed {:.2f} | commit {:.0f} MiB (peak {:.0f}{}) | {:.0f} s",
+        p.round, config->rounds ? fmt::format("/{}", config->rounds) : std::string(), p.vms_booted,
+        gib(p.bytes_written), gib(p.bytes_freed), gib(p.bytes_reclaimed), mib(p.commit_bytes),
+        mib(p.peak_commit_bytes), config->commit_budget ? fmt::format(" of {:.0f}", mib(config->commit_budget)) : "",
+        p.elapsed_s);
+    if (tty) {
+      std::fprintf(stderr, "\r\033[K%s", line.c_str());
+    } else if (p.round != printed_round) {
+      printed_round = p.round;
+      std::fprintf(stderr, "%s\n", line.c_str());
+    }
+  };
+  if (!a.json || tty)
+    std::fprintf(stderr, "stress: %s, seed %llu (replay with --seed %llu)\n", a.file.c_str(),
+                 static_cast<unsigned long long>(config->seed), static_cast<unsigned long long>(config->seed));
+  auto sum = run_stress(*kvm, **file, *config, progress);
+  if (tty) std::fprintf(stderr, "\n");
+  if (!sum) return report_error(a.json, kExitHost, sum.error().message);
+  if (a.json)
+    std::printf("%s\n", sum->to_json().dump().c_str());
+  else
+    std::printf("%s", sum->to_text().c_str());
+  if (sum->exit_code() != 0 && !a.json)
+    std::fprintf(stderr, "kvmem: stress failed; replay with --seed %llu\n", static_cast<unsigned long long>(sum->seed));
+  return sum->exit_code();
+}
+
 int main_impl(int argc, char** argv) {
   const auto start = Clock::now();
   CLI::App app{"kvmem: a small KVM VMM whose heart is its memory backend.\n"
@@ -160,6 +217,16 @@ int main_impl(int argc, char** argv) {
   auto* validate = app.add_subcommand("validate", "Check a config (and assemble its program) without running it");
   validate->add_option("FILE", validate_file, "the VM config")->required();
   validate->add_flag("--json", validate_json, "print the result as JSON");
+
+  StressArgs stress_args;
+  auto* stress = app.add_subcommand(
+      "stress", "Rounds of VMs that write, free and verify memory at random; nothing may be lost and commit must "
+                "come back down");
+  stress->add_option("FILE", stress_args.file, "the stress config (see docs/config.md)")->required();
+  stress->add_flag("--json", stress_args.json, "print one JSON summary on stdout");
+  stress->add_option("--rounds", stress_args.rounds, "run exactly this many rounds (overrides the config)");
+  stress->add_option("--duration", stress_args.duration_s, "run for about this many seconds (overrides the config)");
+  stress->add_option("--seed", stress_args.seed, "replay a run: the seed it printed");
 
   auto* bench = app.add_subcommand("bench", "Measure kvmem; each benchmark prints a table, or JSON lines with --json");
   bench->require_subcommand(1);
@@ -181,6 +248,7 @@ int main_impl(int argc, char** argv) {
   }
   if (*run) return cmd_run(run_file, run_json, start);
   if (*validate) return cmd_validate(validate_file, validate_json);
+  if (*stress) return cmd_stress(stress_args);
   if (*boot) {
     if (!boot_json) std::fprintf(stderr, "running %s %u times...\n", boot_opts.config.c_str(), boot_opts.runs);
     auto r = run_boot_bench(boot_opts);

@@ -1,0 +1,146 @@
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include <unistd.h>
+
+#include <fstream>
+
+#include "guest/abi.h"
+#include "tests/support.h"
+#include "vmm/stress.h"
+
+using namespace kvmem;
+using json = nlohmann::json;
+
+namespace {
+
+StressConfig small() {
+  StressConfig c;
+  c.rounds = 2;
+  c.duration_s = 0;
+  c.vms_per_round = 2;
+  c.vm_memory = 32ull << 20;
+  c.ram_unit = 2ull << 20;
+  c.regions_per_vm = 3;
+  c.region_min = 2ull << 20;
+  c.region_max = 6ull << 20;
+  c.commit_budget = 64ull << 20;
+  c.slack = 1ull << 20;
+  c.timeout_ms = 60'000;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
+  StressConfig c = small();
+  StressVm a = make_stress_vm(c, 42, 0, 1), b = make_stress_vm(c, 42, 0, 1), other = make_stress_vm(c, 43, 0, 1);
+  auto img = [](const StressVm& v) { return guest::build_program(v.config.program, abi::kProgramAddr, abi::kProgramEnd)->bytes; };
+  CHECK(img(a) == img(b));
+  CHECK(img(a) != img(other));
+  CHECK(a.bytes_written == b.bytes_written);
+  CHECK(a.config.name == "r0-vm1");
+  // Every range a program touches lies in RAM above the boot area's 2 MiB page.
+  for (const auto& s : a.config.program) {
+    CHECK(s.at >= (2u << 20));
+    CHECK(s.at + s.length <= c.vm_memory);
+    if (s.op == guest::Step::Op::kFree) CHECK(s.length % s.granule == 0);
+  }
+}
+
+TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress][kvm]") {
+  if (!test::kvm_available("a short stress run loses nothing")) return;
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create();
+  REQUIRE(file);
+  StressConfig c = small();
+  c.seed = 20261122;
+  auto sum = run_stress(*kvm, **file, c, nullptr);
+  REQUIRE(sum);
+  INFO(sum->to_text());
+  CHECK(sum->exit_code() == 0);
+  CHECK(sum->rounds == 2);
+  CHECK(sum->vms_booted == 4);
+  CHECK(sum->integrity_errors == 0);
+  CHECK(sum->vm_failures == 0);
+  CHECK(sum->commit_leaks == 0);
+  CHECK_FALSE(sum->budget_exceeded);
+  CHECK(sum->bytes_written > 0);
+  CHECK(sum->bytes_reclaimed == sum->bytes_freed);  // every reported byte was punched
+  CHECK(sum->peak_commit_bytes > 0);
+  CHECK(sum->final_commit_bytes == 0);
+}
+
+TEST_CASE("stress catches a guest that reads what it did not write, and names seed, VM and address", "[stress][kvm]") {
+  if (!test::kvm_available("stress catches a guest that reads what it did not write")) return;
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create();
+  REQUIRE(file);
+  StressConfig c = small();
+  c.seed = 7;
+  c.rounds = 1;
+  c.inject_corruption = true;
+  auto sum = run_stress(*kvm, **file, c, nullptr);
+  REQUIRE(sum);
+  CHECK(sum->exit_code() == 1);
+  CHECK(sum->integrity_errors == 1);
+  REQUIRE(sum->problems.size() == 1);
+  CHECK(sum->problems[0].rfind("seed 7 round 0 vm r0-vm0: verify failed at guest-physical 0x", 0) == 0);
+  CHECK(sum->final_commit_bytes == 0);  // the failed VM's memory came back too
+}
+
+TEST_CASE("stress fails a run whose commit passes the budget", "[stress][kvm]") {
+  if (!test::kvm_available("stress fails a run whose commit passes the budget")) return;
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create();
+  REQUIRE(file);
+  StressConfig c = small();
+  c.rounds = 1;
+  c.commit_budget = 1 << 20;  // less than one region
+  auto sum = run_stress(*kvm, **file, c, nullptr);
+  REQUIRE(sum);
+  CHECK(sum->budget_exceeded);
+  CHECK(sum->exit_code() == 1);
+  CHECK(sum->integrity_errors == 0);
+}
+
+TEST_CASE("kvmem stress --json prints the summary keys and replays a seed", "[stress][cli][kvm]") {
+  if (!test::kvm_available("kvmem stress --json")) return;
+  std::vector<json> runs;
+  for (int i = 0; i < 2; i++) {
+    auto r = test::run_command({test::kvmem_binary(), "stress", "configs/stress-quick.json", "--json", "--rounds", "1",
+                                "--seed", "99"});
+    INFO(r.err);
+    REQUIRE(r.exit_code == 0);
+    runs.push_back(json::parse(r.out));
+  }
+  for (const char* key : {"rounds", "vms_booted", "bytes_written", "bytes_freed", "bytes_reclaimed",
+                          "baseline_commit_bytes", "peak_commit_bytes", "final_commit_bytes", "integrity_errors"})
+    CHECK(runs[0].contains(key));
+  CHECK(runs[0]["seed"] == 99);
+  CHECK(runs[0]["rounds"] == 1);
+  CHECK(runs[0]["integrity_errors"] == 0);
+  CHECK(runs[0]["bytes_written"] == runs[1]["bytes_written"]);
+  CHECK(runs[0]["bytes_freed"] == runs[1]["bytes_freed"]);
+}
+
+TEST_CASE("bad stress configs exit 2 with the pointer", "[stress][cli]") {
+  char path[] = "/tmp/kvmem-stress-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::ofstream(path) << R"({"stress": {"vm_memory": "64M", "region_max": "128M"}})";
+  auto r = test::run_command({test::kvmem_binary(), "stress", path});
+  unlink(path);
+  CHECK(r.exit_code == 2);
+  CHECK(r.err.find("/stress/region_max: leaves no room") != std::string::npos);
+  auto bad = parse_stress_config(json{{"stress", {{"vms_per_round", 0}}}});
+  REQUIRE_FALSE(bad);
+  CHECK(bad.error().message.rfind("/stress/vms_per_round: must be 0x1..0x40", 0) == 0);
+  auto unknown = parse_stress_config(json{{"stress", {{"vms", 1}}}});
+  REQUIRE_FALSE(unknown);
+  CHECK(unknown.error().message.rfind("/stress/vms: unknown key", 0) == 0);
+}

@@ -1,0 +1,79 @@
+// `kvmem stress`: rounds of VMs that write, free and verify memory at
+// random, on one shared MemoryFile, checking that nothing is lost and that
+// commit comes back down.
+//
+// Every VM's program is generated on the host from (seed, round, vm). For
+// each of its regions, one after another, the guest fills the region with a
+// seeded pattern, reports a random sub-range free (sync or async, at a
+// random granule), verifies it reads zero, reports it again (reading a hole
+// commits a fresh page), verifies the rest still holds its pattern, and
+// finally reports the whole region free. The guest's own reads are the
+// oracle: a mismatch fails the VM with address, expected and actual.
+//
+// The host samples commit (st_blocks) while VMs run and fails the run if it
+// ever passes the commit budget; after each round, with every VM gone and
+// reclaimed, commit must be back within `slack` of the baseline.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "memory/memory_file.h"
+#include "vmm/config.h"
+#include "vmm/kvm.h"
+
+namespace kvmem {
+
+struct StressProgress {
+  uint64_t round = 0;  // rounds finished
+  uint64_t vms_booted = 0;
+  uint64_t bytes_written = 0, bytes_freed = 0, bytes_reclaimed = 0;
+  uint64_t commit_bytes = 0;  // st_blocks now
+  uint64_t peak_commit_bytes = 0;
+  double elapsed_s = 0;
+};
+
+struct StressSummary {
+  uint64_t seed = 0;
+  uint64_t rounds = 0;
+  uint64_t vms_booted = 0;
+  uint64_t bytes_written = 0;
+  uint64_t bytes_freed = 0;      // bytes the guests reported free
+  uint64_t bytes_reclaimed = 0;  // bytes the VMM punched for those reports
+  uint64_t baseline_commit_bytes = 0;
+  uint64_t peak_commit_bytes = 0;
+  uint64_t final_commit_bytes = 0;
+  uint64_t commit_budget_bytes = 0;
+  uint64_t integrity_errors = 0;  // a guest read something it did not expect
+  uint64_t vm_failures = 0;       // VMs that failed in any other way
+  uint64_t commit_leaks = 0;      // rounds after which commit stayed up
+  bool budget_exceeded = false;
+  double elapsed_s = 0;
+  std::vector<std::string> problems;  // one sentence each: seed, round, VM, what
+
+  int exit_code() const {
+    return integrity_errors || vm_failures || commit_leaks || budget_exceeded ? 1 : 0;
+  }
+  nlohmann::json to_json() const;
+  std::string to_text() const;
+};
+
+// One VM of one round, with what its program will write and free.
+struct StressVm {
+  VmConfig config;
+  uint64_t bytes_written = 0;
+  uint64_t bytes_freed = 0;
+};
+StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index);
+
+// Runs the stress test. `progress` is called from a ticker thread about
+// every 250 ms and once after each round.
+Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressConfig& config,
+                                 const std::function<void(const StressProgress&)>& progress);
+
+}  // namespace kvmem
