@@ -67,6 +67,14 @@ class Emitter {
       case Step::Op::kFault: fault(s.fault); break;
       case Step::Op::kFree: s.mode == Step::FreeMode::kSync ? free_sync(s) : free_async(s); break;
       case Step::Op::kReport: s.mode == Step::FreeMode::kSync ? report_sync(s) : report_async(s); break;
+      case Step::Op::kTimestamp:
+        // rdtsc runs natively at CPL3 (CR4.TSD is clear): no exit.
+        a_.rdtsc();
+        a_.shl(rdx, 32);
+        a_.or_(rax, rdx);
+        a_.mov(r11, abi::kResultsAddr + s.slot * 8);
+        a_.mov(qword_ptr(r11), rax);
+        break;
       case Step::Op::kOut:
         a_.mov(eax, s.value);
         a_.out(imm(s.port), eax);

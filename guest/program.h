@@ -33,7 +33,7 @@ struct Pattern {
 uint64_t seed_mix(uint64_t addr, uint64_t seed);
 
 struct Step {
-  enum class Op { kPrint, kFill, kTouch, kVerify, kLoop, kHypercall, kExit, kFault, kFree, kReport, kOut };
+  enum class Op { kPrint, kFill, kTouch, kVerify, kLoop, kHypercall, kExit, kFault, kFree, kReport, kOut, kTimestamp };
   enum class FreeMode { kSync, kAsync };
   // Deliberate misbehaviour, to see how the VMM reports it.
   enum class Fault { kDivideByZero, kInvalidOpcode, kBreakpoint, kUnmappedRead, kHalt, kUnknownPort, kSpin };
@@ -60,6 +60,7 @@ struct Step {
   uint64_t batch = 64;              // free
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  // report: (gpa, length)
   std::vector<std::optional<int64_t>> expects;        // report: one per range
+  uint64_t slot = 0;         // timestamp: result slot for the TSC value
   uint8_t port = 0;          // out: an 8-bit port
   uint32_t value = 0;        // out: the 32-bit value written
 

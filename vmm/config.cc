@@ -306,6 +306,13 @@ struct StepParser {
           s.expects[i] = *v;
         }
       }
+    } else if (name == "timestamp") {
+      if (auto k = check_keys(j, p, {"op", "slot"}); !k) return std::unexpected(k.error());
+      s.op = Step::Op::kTimestamp;
+      auto slot = required_size(j, p, "slot");
+      if (!slot) return std::unexpected(slot.error());
+      if (*slot >= abi::kResultSlots) return (p / "slot").fail("must be 0..{}, found {}", abi::kResultSlots - 1, *slot);
+      s.slot = *slot;
     } else if (name == "out") {
       if (auto k = check_keys(j, p, {"op", "port", "value"}); !k) return std::unexpected(k.error());
       s.op = Step::Op::kOut;
@@ -334,7 +341,7 @@ struct StepParser {
         return (p / "kind").fail("expected one of: divide-by-zero, invalid-opcode, breakpoint, unmapped-read, "
                                  "halt, unknown-port, spin");
     } else {
-      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, free, report or out)", name);
+      return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, free, report, out or timestamp)", name);
     }
     return s;
   }

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "memory/range.h"
 #include "vmm/guest_memory.h"
@@ -36,16 +37,44 @@ int64_t check_free_range(const GuestMemory& memory, uint64_t gpa, uint64_t lengt
 }
 
 int64_t free_range(GuestMemory& memory, FreeStats& stats, uint64_t gpa, uint64_t length) {
-  stats.ranges.fetch_add(1, std::memory_order_relaxed);
-  int64_t status = check_free_range(memory, gpa, length);
-  if (status != 0) {
-    stats.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
-    return status;
+  FreeBatch batch(memory, stats);
+  int64_t status = 0;
+  batch.add(gpa, length, &status);
+  batch.flush();
+  return status;
+}
+
+FreeBatch::~FreeBatch() { flush(); }
+
+// Longest run punched in one call: shmem serialises fallocate on a file, so
+// one huge punch would hold up every other VM's reports for its length.
+static constexpr uint64_t kMaxRun = 64ull << 20;
+
+void FreeBatch::add(uint64_t gpa, uint64_t length, int64_t* status) {
+  stats_.ranges.fetch_add(1, std::memory_order_relaxed);
+  *status = check_free_range(memory_, gpa, length);
+  if (*status != 0) {
+    stats_.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
+    return;
   }
-  stats.bytes_reported.fetch_add(length, std::memory_order_relaxed);
-  if (auto s = memory.decommit(GuestRange(gpa, gpa + length)); !s) return -(s.error().code ? s.error().code : EIO);
-  stats.bytes_decommitted.fetch_add(length, std::memory_order_relaxed);
-  return 0;
+  stats_.bytes_reported.fetch_add(length, std::memory_order_relaxed);
+  // Ranges that continue the current run join it: one punch for the run.
+  if (run_.empty() || run_.end != gpa || run_.length() >= kMaxRun) flush();
+  if (run_.empty()) run_ = GuestRange(gpa, gpa);
+  run_.end = gpa + length;
+  statuses_.push_back(status);
+}
+
+void FreeBatch::flush() {
+  if (run_.empty()) return;
+  if (auto s = memory_.decommit(run_); !s) {
+    const int64_t err = -(s.error().code ? s.error().code : EIO);
+    for (int64_t* st : statuses_) *st = err;
+  } else {
+    stats_.bytes_decommitted.fetch_add(run_.length(), std::memory_order_relaxed);
+  }
+  run_ = GuestRange();
+  statuses_.clear();
 }
 
 int64_t report_free_list(GuestMemory& memory, FreeStats& stats, uint64_t list_gpa, uint64_t count) {
@@ -55,12 +84,19 @@ int64_t report_free_list(GuestMemory& memory, FreeStats& stats, uint64_t list_gp
   std::span<uint8_t> list = memory.host_span(list_gpa, bytes);
   if (list.empty()) return -EFAULT;
   stats.reports.fetch_add(1, std::memory_order_relaxed);
+  // Statuses are gathered here and written back only once every punch is done.
+  std::vector<int64_t> statuses(count);
+  {
+    FreeBatch batch(memory, stats);
+    for (uint64_t i = 0; i < count; i++) {
+      uint8_t* e = list.data() + i * sizeof(abi::FreeReport);
+      batch.add(load(e), load(e + 8), &statuses[i]);
+    }
+  }
   int64_t done = 0;
   for (uint64_t i = 0; i < count; i++) {
-    uint8_t* e = list.data() + i * sizeof(abi::FreeReport);
-    const int64_t status = free_range(memory, stats, load(e), load(e + 8));
-    store(e + 16, static_cast<uint64_t>(status));
-    done += status == 0;
+    store(list.data() + i * sizeof(abi::FreeReport) + 16, static_cast<uint64_t>(statuses[i]));
+    done += statuses[i] == 0;
   }
   return done;
 }
@@ -138,11 +174,18 @@ void FreeRing::drain() {
     stats_.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
   } else {
     uint8_t* slots = ring_ + sizeof(abi::FreeRingHeader);
-    for (uint64_t i = completed_; i != produced; i++) {
-      uint8_t* e = slots + (i & (entries_ - 1)) * sizeof(abi::FreeReport);
-      const int64_t status = free_range(memory_, stats_, load(e), load(e + 8));
-      store(e + 16, static_cast<uint64_t>(status));
-      invalid += status != 0;
+    statuses_.resize(pending);
+    {
+      FreeBatch batch(memory_, stats_);
+      for (uint64_t i = 0; i < pending; i++) {
+        uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
+        batch.add(load(e), load(e + 8), &statuses_[i]);
+      }
+    }
+    for (uint64_t i = 0; i < pending; i++) {
+      uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
+      store(e + 16, static_cast<uint64_t>(statuses_[i]));
+      invalid += statuses_[i] != 0;
     }
   }
   completed_ = produced;

@@ -19,10 +19,12 @@
 #include <cstdint>
 #include <memory>
 #include <thread>
+#include <vector>
 
 #include "base/error.h"
 #include "base/fd.h"
 #include "guest/abi.h"
+#include "memory/range.h"
 
 namespace kvmem {
 
@@ -40,6 +42,28 @@ struct FreeStats {
 
 // 0, or the negative errno a range [gpa, gpa + length) earns (abi.h lists them).
 int64_t check_free_range(const GuestMemory& memory, uint64_t gpa, uint64_t length);
+
+// Checks ranges one by one and decommits them in runs: a range that starts
+// where the previous accepted one ended joins its run, and each run is one
+// punch (a guest that frees 64 neighbouring pages costs one fallocate, not
+// 64). Each range's status is written through its pointer: the check's
+// errno at once, and for accepted ranges 0, or the punch's errno when the
+// run's punch fails, by the time flush() (or the destructor) returns.
+class FreeBatch {
+ public:
+  FreeBatch(GuestMemory& memory, FreeStats& stats) : memory_(memory), stats_(stats) {}
+  FreeBatch(const FreeBatch&) = delete;
+  FreeBatch& operator=(const FreeBatch&) = delete;
+  ~FreeBatch();
+  void add(uint64_t gpa, uint64_t length, int64_t* status);
+  void flush();
+
+ private:
+  GuestMemory& memory_;
+  FreeStats& stats_;
+  GuestRange run_;                 // accepted ranges not yet punched
+  std::vector<int64_t*> statuses_; // theirs
+};
 
 // Checks and decommits one range; returns its status.
 int64_t free_range(GuestMemory& memory, FreeStats& stats, uint64_t gpa, uint64_t length);
@@ -70,6 +94,7 @@ class FreeRing {
   uint8_t* ring_;      // host address of the FreeRingHeader; slots follow
   uint64_t entries_;
   uint64_t completed_ = 0;  // ours: the guest's copy is never trusted
+  std::vector<int64_t> statuses_;  // scratch for one drain
   Fd doorbell_;        // signalled by the guest's `out` to kDoorbellPort
   Fd stop_;            // signalled by the destructor
   std::thread thread_;

@@ -16,8 +16,10 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "memory/bench_alloc.h"
 #include "memory/memory_file.h"
 #include "vmm/bench_boot.h"
+#include "vmm/bench_reclaim.h"
 #include "vmm/runner.h"
 #include "vmm/stress.h"
 #include "vmm/config.h"
@@ -240,6 +242,20 @@ int main_impl(int argc, char** argv) {
       ->check(CLI::Range(1u, 100000u));
   boot->add_flag("--json", boot_json, "print one JSON object instead of the table");
 
+  AllocBenchOptions alloc_opts;
+  bool alloc_json = false;
+  auto* alloc = bench->add_subcommand(
+      "alloc", "The allocator: Allocate+DecRef pairs/s by live count, decommit vs raw fallocate, usage scans vs mincore");
+  alloc->add_flag("--quick", alloc_opts.quick, "a short run with smaller sizes (a smoke check; not figures to quote)");
+  alloc->add_flag("--json", alloc_json, "print one JSON object per line instead of the table");
+
+  ReclaimBenchOptions reclaim_opts;
+  bool reclaim_json = false;
+  auto* reclaim = bench->add_subcommand(
+      "reclaim", "Free-page reports (sync and async) from report to pages gone, against raw fallocate; and one report's latency");
+  reclaim->add_flag("--quick", reclaim_opts.quick, "a small region (a smoke check; not figures to quote)");
+  reclaim->add_flag("--json", reclaim_json, "print one JSON object per line instead of the table");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -249,6 +265,27 @@ int main_impl(int argc, char** argv) {
   if (*run) return cmd_run(run_file, run_json, start);
   if (*validate) return cmd_validate(validate_file, validate_json);
   if (*stress) return cmd_stress(stress_args);
+  if (*reclaim) {
+    auto rows = run_reclaim_bench(reclaim_opts);
+    if (!rows) return report_error(reclaim_json, kExitHost, rows.error().message);
+    if (reclaim_json)
+      for (const auto& row : *rows) std::printf("%s\n", row.dump().c_str());
+    else
+      std::printf("%s", format_reclaim_bench(*rows).c_str());
+    return kExitOk;
+  }
+  if (*alloc) {
+    std::function<void(const std::string&)> progress;
+    if (!alloc_json) progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    auto rows = run_alloc_bench(alloc_opts, progress);
+    bool failed = false;
+    for (const auto& row : rows) failed = failed || row.contains("error");
+    if (alloc_json)
+      for (const auto& row : rows) std::printf("%s\n", row.dump().c_str());
+    else
+      std::printf("%s", format_alloc_bench_table(rows).c_str());
+    return failed ? kExitFailed : kExitOk;
+  }
   if (*boot) {
     if (!boot_json) std::fprintf(stderr, "running %s %u times...\n", boot_opts.config.c_str(), boot_opts.runs);
     auto r = run_boot_bench(boot_opts);

@@ -40,7 +40,7 @@ TEST_CASE("a program too large for its area is an error, not an overflow", "[gue
   std::vector<Step> steps(12, print);  // ~720 KB of string data
   auto img = guest::build_program(steps, abi::kProgramAddr, abi::kProgramEnd);
   REQUIRE_FALSE(img);
-  CHECK(img.error().message.find("more than the 524288 bytes it may use") != std::string::npos);
+  CHECK(img.error().message.find("more than the 458752 bytes it may use") != std::string::npos);
 }
 
 TEST_CASE("long print text is split into console-sized writes", "[guest]") {

@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
+#include <sstream>
 
 #include "tests/support.h"
 
@@ -185,4 +187,45 @@ TEST_CASE("several VMs share one process: one fails, the others are unaffected",
   CHECK(report["vms"][1]["bytes_decommitted"] == 32 << 20);
   CHECK(report["vms"][2]["exit_code"] == 1);
   CHECK(report["memory"]["committed_bytes_after"] == 0);
+}
+
+TEST_CASE("bench alloc --quick --json prints one row per measurement with the promised keys", "[cli]") {
+  auto r = run_kvmem({"bench", "alloc", "--quick", "--json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  std::map<std::string, int> rows;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    auto row = json::parse(line);
+    rows[row["bench"]]++;
+    if (row["bench"] == "alloc") CHECK(row["pairs_per_s"].get<double>() > 0);
+    if (row["bench"] == "decommit") CHECK(row["ratio_to_raw"].get<double>() > 0);
+    if (row["bench"] == "usage") CHECK(row.contains("speedup_vs_mincore"));
+  }
+  CHECK(rows["alloc"] >= 2);
+  CHECK(rows["decommit"] >= 3);
+  CHECK(rows["usage"] >= 2);
+}
+
+TEST_CASE("bench reclaim --quick measures both modes at every size and sees the pages gone", "[cli][kvm]") {
+  if (!test::kvm_available("bench reclaim --quick")) return;
+  auto r = run_kvmem({"bench", "reclaim", "--quick", "--json"});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  int reclaim = 0, latency = 0;
+  std::istringstream lines(r.out);
+  for (std::string line; std::getline(lines, line);) {
+    auto row = json::parse(line);
+    if (row["bench"] == "reclaim") {
+      reclaim++;
+      CHECK(row["pages_gone"] == true);
+      CHECK(row["ratio_to_raw"].get<double>() > 0);
+      if (row["mode"] == "async") CHECK(row["exits"] == 2);  // the doorbell is no exit
+    } else if (row["bench"] == "reclaim_latency") {
+      latency++;
+      CHECK(row["median_us"].get<double>() > 0);
+    }
+  }
+  CHECK(reclaim == 6);
+  CHECK(latency == 2);
 }

@@ -1,0 +1,213 @@
+#include "vmm/bench_reclaim.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <thread>
+
+#include "guest/abi.h"
+#include "memory/memory_file.h"
+#include "vmm/vm.h"
+
+namespace kvmem {
+namespace {
+
+using guest::Pattern;
+using guest::Step;
+using Clock = std::chrono::steady_clock;
+constexpr uint64_t kRegion = 2ull << 20;  // guest-physical start of the region
+
+// TSC ticks per second, against the monotonic clock over ~50 ms.
+double tsc_hz() {
+  const auto t0 = Clock::now();
+  const uint64_t c0 = __rdtsc();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  const uint64_t c1 = __rdtsc();
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  return static_cast<double>(c1 - c0) / s;
+}
+
+Step step(Step::Op op) {
+  Step s;
+  s.op = op;
+  return s;
+}
+Step timestamp(uint64_t slot) {
+  Step s = step(Step::Op::kTimestamp);
+  s.slot = slot;
+  return s;
+}
+Step fill(uint64_t at, uint64_t length) {
+  Step s = step(Step::Op::kFill);
+  s.at = at;
+  s.length = length;
+  s.pattern = Pattern{Pattern::Kind::kAddress, 0};
+  return s;
+}
+Step free_step(uint64_t at, uint64_t length, uint64_t granule, Step::FreeMode mode, uint64_t batch) {
+  Step s = step(Step::Op::kFree);
+  s.at = at;
+  s.length = length;
+  s.granule = granule;
+  s.mode = mode;
+  s.batch = batch;
+  return s;
+}
+
+uint64_t result_slot(Vm& vm, uint64_t slot) {
+  uint64_t v;
+  std::memcpy(&v, vm.memory().host(abi::kResultsAddr + slot * 8), 8);
+  return v;
+}
+
+struct GuestRun {
+  std::unique_ptr<Vm> vm;
+  RunResult result;
+};
+
+Result<GuestRun> run_program(const Kvm& kvm, MemoryFile& file, uint64_t memory, std::vector<Step> program) {
+  VmConfig c;
+  c.name = "bench";
+  c.memory = memory;
+  c.timeout_ms = 600'000;
+  c.program = std::move(program);
+  auto img = guest::build_program(c.program, abi::kProgramAddr, abi::kProgramEnd);
+  if (!img) return std::unexpected(img.error());
+  auto vm = Vm::create(kvm, file, c, *img);
+  if (!vm) return std::unexpected(vm.error());
+  GuestRun g{std::move(*vm), {}};
+  g.result = g.vm->run(nullptr);
+  if (g.result.outcome != RunResult::Outcome::kExited || g.result.guest_exit_code != 0)
+    return fail("the benchmark guest failed: {}", g.result.message);
+  return g;
+}
+
+// Seconds to punch `count` ranges of `size` bytes, each touched first, in a bare memfd.
+Result<double> raw_punch_seconds(uint64_t size, uint64_t count) {
+  const uint64_t total = size * count;
+  int fd = memfd_create("kvmem-bench-raw", MFD_CLOEXEC);
+  if (fd < 0) return sys_fail("cannot create the raw memfd", "memfd_create", errno);
+  if (ftruncate(fd, static_cast<off_t>(total)) < 0) {
+    close(fd);
+    return sys_fail("cannot size the raw memfd", "ftruncate", errno);
+  }
+  void* p = mmap(nullptr, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    close(fd);
+    return sys_fail("cannot map the raw memfd", "mmap", errno);
+  }
+  std::memset(p, 1, total);
+  const auto t0 = Clock::now();
+  for (uint64_t i = 0; i < count; i++)
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(i * size),
+                  static_cast<off_t>(size)) < 0) {
+      munmap(p, total);
+      close(fd);
+      return sys_fail("cannot punch the raw memfd", "fallocate", errno);
+    }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  munmap(p, total);
+  close(fd);
+  return s;
+}
+
+const char* mode_name(Step::FreeMode m) { return m == Step::FreeMode::kSync ? "sync" : "async"; }
+
+}  // namespace
+
+Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions& o) {
+  auto kvm = Kvm::open();
+  if (!kvm) return std::unexpected(kvm.error());
+  auto file = MemoryFile::create();
+  if (!file) return std::unexpected(file.error());
+  const double hz = tsc_hz();
+  const uint64_t region = o.quick ? (8ull << 20) : (128ull << 20);
+  const uint64_t memory = region + (4ull << 20);
+  std::vector<nlohmann::json> rows;
+
+  for (uint64_t size : {uint64_t{4096}, uint64_t{64} << 10, uint64_t{2} << 20}) {
+    for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
+      auto run = run_program(*kvm, **file, memory,
+                             {fill(kRegion, region), timestamp(0), free_step(kRegion, region, size, mode, 64),
+                              timestamp(1)});
+      if (!run) return std::unexpected(run.error());
+      const double guest_s = static_cast<double>(result_slot(*run->vm, 1) - result_slot(*run->vm, 0)) / hz;
+      // The pages must be gone for the figure to count: the kernel's view.
+      auto held = (*file)->total_usage();
+      if (!held) return std::unexpected(held.error());
+      const bool gone = *held < (1ull << 20);  // what is left is the boot area's few pages
+      auto raw = raw_punch_seconds(size, region / size);
+      if (!raw) return std::unexpected(raw.error());
+      const double gbps = static_cast<double>(region) / guest_s / 1e9;
+      const double raw_gbps = static_cast<double>(region) / *raw / 1e9;
+      rows.push_back({{"bench", "reclaim"},
+                      {"size", size},
+                      {"mode", mode_name(mode)},
+                      {"batch", 64},
+                      {"ranges", region / size},
+                      {"bytes", region},
+                      {"gb_per_s", gbps},
+                      {"raw_gb_per_s", raw_gbps},
+                      {"ratio_to_raw", gbps / raw_gbps},
+                      {"exits", run->result.exits["io"]},
+                      {"pages_gone", gone},
+                      {"host_bytes_after", *held}});
+      run->vm.reset();
+      (*file)->wait_for_reclaim();
+    }
+  }
+
+  // One 4 KiB report at a time, each of a page just written.
+  constexpr uint64_t kReports = 64;
+  for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
+    std::vector<Step> program{fill(kRegion, kReports * 4096)};
+    for (uint64_t i = 0; i < kReports; i++) {
+      program.push_back(timestamp(2 * i));
+      program.push_back(free_step(kRegion + i * 4096, 4096, 4096, mode, 1));
+      program.push_back(timestamp(2 * i + 1));
+    }
+    auto run = run_program(*kvm, **file, 8ull << 20, std::move(program));
+    if (!run) return std::unexpected(run.error());
+    std::vector<double> us;
+    for (uint64_t i = 0; i < kReports; i++)
+      us.push_back(static_cast<double>(result_slot(*run->vm, 2 * i + 1) - result_slot(*run->vm, 2 * i)) / hz * 1e6);
+    std::sort(us.begin(), us.end());
+    rows.push_back({{"bench", "reclaim_latency"},
+                    {"size", 4096},
+                    {"mode", mode_name(mode)},
+                    {"reports", kReports},
+                    {"median_us", us[us.size() / 2]},
+                    {"p10_us", us[us.size() / 10]},
+                    {"p90_us", us[us.size() * 9 / 10]},
+                    {"min_us", us.front()}});
+    run->vm.reset();
+    (*file)->wait_for_reclaim();
+  }
+  return rows;
+}
+
+std::string format_reclaim_bench(const std::vector<nlohmann::json>& rows) {
+  std::string out = "reclaim: report -> pages gone, batches of 64, vs raw fallocate(PUNCH_HOLE)\n";
+  out += fmt::format("  {:>8} {:>6} {:>8} {:>10} {:>10} {:>8} {:>6}\n", "size", "mode", "ranges", "GB/s", "raw GB/s",
+                     "ratio", "exits");
+  for (const auto& r : rows)
+    if (r["bench"] == "reclaim")
+      out += fmt::format("  {:>8} {:>6} {:>8} {:>10.2f} {:>10.2f} {:>8.2f} {:>6}{}\n", r["size"].get<uint64_t>(),
+                         r["mode"].get<std::string>(), r["ranges"].get<uint64_t>(), r["gb_per_s"].get<double>(),
+                         r["raw_gb_per_s"].get<double>(), r["ratio_to_raw"].get<double>(), r["exits"].get<uint64_t>(),
+                         r["pages_gone"].get<bool>() ? "" : "  (pages NOT gone)");
+  out += "one 4 KiB report, guest-side latency\n";
+  for (const auto& r : rows)
+    if (r["bench"] == "reclaim_latency")
+      out += fmt::format("  {:>6}: median {:.1f} us (p10 {:.1f}, p90 {:.1f}, min {:.1f})\n", r["mode"].get<std::string>(),
+                         r["median_us"].get<double>(), r["p10_us"].get<double>(), r["p90_us"].get<double>(),
+                         r["min_us"].get<double>());
+  return out;
+}
+
+}  // namespace kvmem
