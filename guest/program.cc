@@ -337,15 +337,30 @@ class Emitter {
     a_.bind(done);
   }
 
-  // Rings the doorbell, then spins until completed == produced (in rax).
+  // Rings the doorbell, then waits until completed == produced (in rax):
+  // spins a while, then blocks in the VMM (kHcFreeRingWait). rax is kept.
   void ring_and_wait() {
-    Label wait = a_.newLabel(), done = a_.newLabel();
+    Label spin = a_.newLabel(), done = a_.newLabel(), block = a_.newLabel();
     a_.out(imm(abi::kDoorbellPort), eax);
-    a_.bind(wait);
+    a_.mov(ecx, abi::kRingSpinIterations);
+    a_.bind(spin);
     a_.cmp(rax, qword_ptr(r13, 8));
     a_.je(done);
     a_.pause();
-    a_.jmp(wait);
+    a_.dec(ecx);
+    a_.jnz(spin);
+    a_.bind(block);
+    a_.mov(rdi, rax);
+    a_.mov(r11, rax);
+    a_.mov(eax, abi::kHcFreeRingWait);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.test(rax, rax);
+    a_.mov(rax, r11);
+    a_.jz(done);
+    a_.mov(r10, rax);
+    a_.xor_(edx, edx);
+    a_.mov(esi, abi::kHcFreeRingWait);
+    fail_with(abi::kFailHypercallStatus);
     a_.bind(done);
   }
 

@@ -161,7 +161,20 @@ void FreeRing::run() {
   }
 }
 
+int64_t FreeRing::wait(uint64_t target) {
+  // A target beyond what the guest has produced would never complete.
+  const uint64_t produced = load(ring_, std::memory_order_acquire);
+  if (produced - target > entries_) return -EINVAL;
+  // Drain here, on the vCPU's thread, rather than wait for the ring's
+  // thread: the vCPU is out of the guest, so its CPU is free. If the ring's
+  // thread is draining, this waits for it and then takes what is left; on
+  // return every slot up to `produced`, and so `target`, is answered.
+  drain();
+  return 0;
+}
+
 void FreeRing::drain() {
+  std::lock_guard drain_lock(drain_mu_);
   // produced is the guest's word: it may be anything. At most one lap of
   // slots is handled; a guest that claims more is refused once, as a whole.
   const uint64_t produced = load(ring_, std::memory_order_acquire);

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -82,6 +83,11 @@ class FreeRing {
   // Stops the thread (after the slots it has seen) and unbinds the doorbell.
   ~FreeRing();
 
+  // kHcFreeRingWait: drains now, on the caller's thread, so `target` is
+  // completed on return.
+  // Returns 0, or -EINVAL when target lies beyond the guest's `produced`.
+  int64_t wait(uint64_t target);
+
  private:
   FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, uint8_t* ring, uint64_t entries)
       : vm_(vm), memory_(memory), stats_(stats), ring_(ring), entries_(entries) {}
@@ -93,8 +99,11 @@ class FreeRing {
   FreeStats& stats_;
   uint8_t* ring_;      // host address of the FreeRingHeader; slots follow
   uint64_t entries_;
-  uint64_t completed_ = 0;  // ours: the guest's copy is never trusted
-  std::vector<int64_t> statuses_;  // scratch for one drain
+  uint64_t completed_ = 0;  // protected by drain_mu_; ours: the guest's copy is never trusted
+  // One drain at a time: the ring's thread, or a vCPU in kHcFreeRingWait.
+  // It guards completed_ and statuses_.
+  std::mutex drain_mu_;
+  std::vector<int64_t> statuses_;  // protected by drain_mu_: scratch for one drain
   Fd doorbell_;        // signalled by the guest's `out` to kDoorbellPort
   Fd stop_;            // signalled by the destructor
   std::thread thread_;

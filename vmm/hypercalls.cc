@@ -46,8 +46,8 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
 }  // namespace
 
 const char* hypercall_name(uint32_t nr) {
-  static const char* const names[] = {"version", "console_write", "exit", "fail", "exception", "report_free",
-                                      "free_ring_setup"};
+  static const char* const names[] = {"version",     "console_write",   "exit",          "fail",
+                                      "exception",   "report_free",     "free_ring_setup", "free_ring_wait"};
   static_assert(std::size(names) == abi::kHypercallCount);
   return nr < abi::kHypercallCount ? names[nr] : "unknown";
 }
@@ -74,6 +74,11 @@ HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs) {
                           guest::exception_name(regs.rdi), regs.rdi, regs.rsi, regs.rdx, regs.r10)};
     case abi::kHcReportFree: {
       const int64_t r = report_free_list(ctx.memory, ctx.frees, regs.rdi, regs.rsi);
+      if (r < 0) ctx.stats.invalid++;
+      return resume(r);
+    }
+    case abi::kHcFreeRingWait: {
+      const int64_t r = ctx.wait_free_ring ? ctx.wait_free_ring(regs.rdi) : -EINVAL;
       if (r < 0) ctx.stats.invalid++;
       return resume(r);
     }

@@ -44,6 +44,8 @@ struct HypercallContext {
   FreeStats& frees;
   // kHcFreeRingSetup: returns the status for the guest.
   std::function<int64_t(uint64_t ring_gpa, uint64_t entries)> setup_free_ring;
+  // kHcFreeRingWait: returns the status for the guest.
+  std::function<int64_t(uint64_t target)> wait_free_ring;
 };
 
 // "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.

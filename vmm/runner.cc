@@ -58,12 +58,15 @@ nlohmann::json RunTotals::to_json() const {
 
 CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms) : file_(file), period_ms_(period_ms) {
   thread_ = std::thread([this] {
-    while (!stop_.load()) {
+    std::unique_lock lock(mu_);
+    while (!stop_) {
+      lock.unlock();
       if (auto b = file_.total_usage()) {
         current_.store(*b);
         observe(*b);
       }
-      std::this_thread::sleep_for(std::chrono::milliseconds(period_ms_));
+      lock.lock();
+      cv_.wait_for(lock, std::chrono::milliseconds(period_ms_), [this] { return stop_; });
     }
   });
 }
@@ -77,7 +80,11 @@ void CommitSampler::observe(uint64_t bytes) {
 CommitSampler::~CommitSampler() { stop(); }
 
 void CommitSampler::stop() {
-  stop_.store(true);
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
   if (thread_.joinable()) thread_.join();
 }
 

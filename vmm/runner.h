@@ -9,7 +9,11 @@
 #pragma once
 
 #include <cstdint>
+#include <atomic>
+#include <condition_variable>
 #include <functional>
+#include <mutex>
+#include <thread>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -64,7 +68,9 @@ class CommitSampler {
  private:
   MemoryFile& file_;
   std::atomic<uint64_t> peak_{0}, current_{0};
-  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::condition_variable cv_;  // with mu_: wakes the sampler to stop at once
+  bool stop_ = false;           // protected by mu_
   std::thread thread_;
   unsigned period_ms_;
 };

@@ -195,6 +195,9 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
                         int64_t status = 0;
                         free_ring_ = FreeRing::start(*vm_, *memory_, frees_, gpa, entries, &status);
                         return status;
+                      },
+                      [this](uint64_t target) -> int64_t {
+                        return free_ring_ ? free_ring_->wait(target) : -EINVAL;
                       }};
   auto finish = [&](RunResult::Outcome o, std::string message) {
     result.outcome = o;

@@ -220,7 +220,9 @@ TEST_CASE("bench reclaim --quick measures both modes at every size and sees the 
       reclaim++;
       CHECK(row["pages_gone"] == true);
       CHECK(row["ratio_to_raw"].get<double>() > 0);
-      if (row["mode"] == "async") CHECK(row["exits"] == 2);  // the doorbell is no exit
+      // The doorbell is no exit: ring setup, exit, and at most one blocking
+      // wait for the whole step, however many ranges.
+      if (row["mode"] == "async") CHECK(row["exits"].get<int>() <= 3);
     } else if (row["bench"] == "reclaim_latency") {
       latency++;
       CHECK(row["median_us"].get<double>() > 0);
