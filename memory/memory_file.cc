@@ -428,13 +428,12 @@ void MemoryFile::reclaim_loop() {
     // these are the ones the next allocations most likely want.
     batch.clear();
     uint64_t bytes = 0;
-    while (batch.size() < kReclaimRangesPerRound && bytes < reclaim_batch_ &&
-           !reclaimable_.empty()) {
-      FileRange r = reclaimable_.first_segment().range();
-      if (r.length() > reclaim_batch_) r.end = r.start + reclaim_batch_;
-      reclaimable_.remove_range(r);
-      batch.push_back(r);
-      bytes += r.length();
+    for (RangeSet::Seg s = reclaimable_.first_segment();
+         s.ok() && batch.size() < kReclaimRangesPerRound && bytes < reclaim_batch_;) {
+      if (s.range().length() > reclaim_batch_) s = reclaimable_.split(s, s.start() + reclaim_batch_).first;
+      batch.push_back(s.range());
+      bytes += s.range().length();
+      s = reclaimable_.remove(s).next_segment();
     }
     reclaiming_ = true;
     l.unlock();

@@ -188,6 +188,7 @@ class SegmentSet {
     std::swap(spare_, o.spare_);
     std::swap(spare_count_, o.spare_count_);
     std::swap(rng_, o.rng_);
+    std::swap(finger_, o.finger_);
   }
 
   size_t size() const { return size_; }
@@ -196,11 +197,32 @@ class SegmentSet {
     free_subtree(root_);
     root_ = nullptr;
     size_ = 0;
+    finger_ = nullptr;
   }
 
   // ---- lookup ----
 
   Found find(uint64_t k) {
+    if (Node* h = finger_) {
+      // The last segment found, inserted into or removed next to: most
+      // lookups (a free right after its allocation, a reclaim batch walking
+      // upward, appends to a queue) land on it, the gap before it, or the
+      // segment or gap after it. Checking costs two nodes already in cache;
+      // a descent costs one miss per level of a cold path.
+      if (k < h->start) {
+        if (k >= h->start - h->gap_before) return {Seg(), Gap(this, h)};
+      } else if (k < h->end) {
+        return {Seg(this, h), Gap()};
+      } else {
+        Node* s = successor(h);
+        if (!s) return {Seg(), Gap(this, nullptr)};
+        if (k < s->start) return {Seg(), Gap(this, s)};
+        if (k < s->end) {
+          finger_ = s;
+          return {Seg(this, s), Gap()};
+        }
+      }
+    }
     Node* n = root_;
     Node* next = nullptr;  // smallest node with start > k
     while (n) {
@@ -210,9 +232,11 @@ class SegmentSet {
       } else if (k >= n->end) {
         n = n->right;
       } else {
+        finger_ = n;
         return {Seg(this, n), Gap()};
       }
     }
+    if (next) finger_ = next;
     return {Seg(), Gap(this, next)};
   }
   Seg find_segment(uint64_t k) { return find(k).seg; }
@@ -290,28 +314,9 @@ class SegmentSet {
   // Inserts [r) with value v into gap g, merging with the neighbours where
   // the policy allows. Preconditions: g.ok(), r non-empty and inside g.
   Seg insert(Gap g, const Key& r, const V& v) {
-    check_insert(g, r);
-    Seg prev = g.prev_segment();
-    Seg next = g.next_segment();
-    if (prev.ok() && prev.end() == r.start) {
-      if (auto m = Policy::merge(prev.range(), prev.value(), r, v)) {
-        prev.n_->value = std::move(*m);
-        set_end(prev.n_, r.end);
-        if (next.ok() && next.start() == r.end) {
-          Seg merged = merge(prev, next);
-          if (merged.ok()) return merged;
-        }
-        return prev;
-      }
-    }
-    if (next.ok() && next.start() == r.end) {
-      if (auto m = Policy::merge(r, v, next.range(), next.value())) {
-        next.n_->value = std::move(*m);
-        set_start(next.n_, r.start);
-        return next;
-      }
-    }
-    return Seg(this, insert_node(r.start, r.end, v, prev.n_, next.n_));
+    Seg s = insert_merging(g, r, v);
+    finger_ = s.n_;
+    return s;
   }
 
   // Like insert, but never merges.
@@ -341,6 +346,7 @@ class SegmentSet {
     KVMEM_CHECK(s.ok(), "remove of an invalid segment");
     Node* next = successor(s.n_);
     remove_node(s.n_);
+    finger_ = next;
     return Gap(this, next);
   }
 
@@ -366,10 +372,12 @@ class SegmentSet {
     uint64_t old_end = s.n_->end;
     // Shrinking the left part first leaves the successor's gap unchanged:
     // the new right node takes [at, old_end) with an empty gap before it.
-    Node* succ = successor(s.n_);
+    // The successor is needed only to find a free slot: the right part ends
+    // where s ended, so the gap after it keeps its length.
+    Node* succ = s.n_->right ? successor(s.n_) : nullptr;
     s.n_->end = at;
     s.n_->value = std::move(left);
-    Node* r = insert_node(at, old_end, std::move(right), s.n_, succ);
+    Node* r = insert_node(at, old_end, std::move(right), s.n_, succ, /*succ_gap_kept=*/true);
     return {s, Seg(this, r)};
   }
 
@@ -446,9 +454,11 @@ class SegmentSet {
     auto m = Policy::merge(a.range(), a.value(), b.range(), b.value());
     if (!m) return Seg();
     uint64_t end = b.n_->end;
-    remove_node(b.n_);
+    // a takes over b's range, so the gap after b keeps its length: no
+    // successor to find and fix.
+    remove_node(b.n_, /*absorbed=*/true);
     a.n_->value = std::move(*m);
-    set_end(a.n_, end);
+    a.n_->end = end;
     return a;
   }
 
@@ -483,6 +493,12 @@ class SegmentSet {
     Node* prev = nullptr;
     KVMEM_CHECK(!root_ || root_->parent == nullptr, "root has a parent");
     check_node(root_, &count, &prev_end, &prev, merged);
+    if (finger_) {
+      Node* n = root_;
+      while (n && n != finger_) n = finger_->start < n->start ? n->left : n->right;
+      KVMEM_CHECK(n == finger_, "the finger {} is not a segment of the set",
+                  Key(finger_->start, finger_->end).to_string());
+    }
     KVMEM_CHECK(count == size_, "size() is {} but the tree holds {} segments", size_, count);
   }
 
@@ -590,7 +606,10 @@ class SegmentSet {
   // and succ (either may be null), which the callers know already: no
   // descent from the root. One of the two always has a free slot on the
   // side facing the other.
-  Node* insert_node(uint64_t start, uint64_t end, V v, Node* pred, Node* succ) {
+  // succ_gap_kept: the gap after the new node is the one succ already
+  // records (a split), so succ is not touched.
+  Node* insert_node(uint64_t start, uint64_t end, V v, Node* pred, Node* succ,
+                    bool succ_gap_kept = false) {
     Node* n = new_node();
     n->start = start;
     n->end = end;
@@ -615,16 +634,20 @@ class SegmentSet {
     }
     n->gap_before = start - (pred ? pred->end : kMinKey);
     fix_up(n);
-    if (succ) {
+    if (succ && !succ_gap_kept) {
       succ->gap_before = succ->start - end;
       fix_up(succ);
     }
     return n;
   }
 
-  void remove_node(Node* n) {
-    Node* pred = predecessor(n);
-    Node* succ = successor(n);
+  // Unlinks and frees n. Its range joins the gap after it, unless the caller
+  // hands it to the predecessor (absorbed: the caller sets pred->end to
+  // n->end), in which case that gap keeps its length.
+  void remove_node(Node* n, bool absorbed = false) {
+    Node* succ = absorbed ? nullptr : successor(n);
+    // The gap before succ grows by n's range and the gap before n.
+    uint64_t freed = n->gap_before + (n->end - n->start);
     while (n->left && n->right) {
       if (n->left->prio > n->right->prio)
         rotate_right(n);
@@ -638,22 +661,46 @@ class SegmentSet {
     free_node(n);
     size_--;
     if (succ) {
-      succ->gap_before = succ->start - (pred ? pred->end : kMinKey);
+      succ->gap_before += freed;
       fix_up(succ);
     }
   }
 
-  void set_end(Node* n, uint64_t end) {
-    n->end = end;
-    if (Node* s = successor(n)) {
-      s->gap_before = s->start - end;
-      fix_up(s);
-    }
-  }
   void set_start(Node* n, uint64_t start) {
     n->gap_before -= n->start - start;
     n->start = start;
     fix_up(n);
+  }
+
+  // insert without the finger update.
+  Seg insert_merging(Gap g, const Key& r, const V& v) {
+    check_insert(g, r);
+    Seg prev = g.prev_segment();
+
+    Seg next = g.next_segment();
+    if (prev.ok() && prev.end() == r.start) {
+      if (auto m = Policy::merge(prev.range(), prev.value(), r, v)) {
+        prev.n_->value = std::move(*m);
+        prev.n_->end = r.end;  // next, if any, bounds the gap after prev
+        if (next.ok()) {
+          next.n_->gap_before = next.n_->start - r.end;
+          fix_up(next.n_);
+        }
+        if (next.ok() && next.start() == r.end) {
+          Seg merged = merge(prev, next);
+          if (merged.ok()) return merged;
+        }
+        return prev;
+      }
+    }
+    if (next.ok() && next.start() == r.end) {
+      if (auto m = Policy::merge(r, v, next.range(), next.value())) {
+        next.n_->value = std::move(*m);
+        set_start(next.n_, r.start);
+        return next;
+      }
+    }
+    return Seg(this, insert_node(r.start, r.end, v, prev.n_, next.n_));
   }
 
   void check_insert(const Gap& g, const Key& r) {
@@ -737,6 +784,7 @@ class SegmentSet {
     return new Node;
   }
   void free_node(Node* n) {
+    if (finger_ == n) finger_ = nullptr;
     if (spare_count_ >= std::max(kSpareNodes, size_ / 8)) {
       delete n;
       return;
@@ -769,6 +817,10 @@ class SegmentSet {
   Node* spare_ = nullptr;  // free list through right
   size_t spare_count_ = 0;
   uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
+  // A node of the set (never a freed one) that find() tries before
+  // descending; null when unknown. Only a candidate: find checks it against
+  // the node's current bounds, so a mutation that moves them cannot mislead.
+  Node* finger_ = nullptr;
 };
 
 }  // namespace kvmem
