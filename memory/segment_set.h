@@ -11,7 +11,8 @@
 //   SegmentSet<Key, Value, Policy>   Key is a Range<Tag>; Policy says when two
 //                                    touching neighbours merge and how a value
 //                                    splits (MergeEqual: equal values merge)
-//   find(k) find_segment(k) find_gap(k)              O(log n)
+//   find(k) find_segment(k) find_gap(k)              O(log n); O(1) when k
+//                           is in, before or just after the finger (below)
 //   lower_bound_segment(k)  first segment with end > k          O(log n)
 //   upper_bound_segment(k)  last segment with start <= k        O(log n)
 //   lower_bound_gap(k)      first gap with end > k              O(log n)
@@ -37,6 +38,13 @@
 // but fails only because of k or of alignment costs one more O(log n) descent;
 // only one gap can straddle k, so the bound is O(log n * (1 + m)) where m is
 // the number of gaps before the answer whose length lies in [len, len+align).
+//
+// The finger: find() remembers the segment it last found (insert the one it
+// made or merged into, remove the one after the removed range) and tries it,
+// the gap before it and its successor before descending from the root. The
+// allocator's lookups are mostly there: a free right after its allocation,
+// a reclaim batch walking upward. At 10^6 segments a descent is ~30 levels
+// of cache misses; the finger is one or two nodes already in cache.
 //
 // Iterator validity: Seg and Gap are handles. Any mutation invalidates every
 // Gap handle and every Seg handle of a segment that it removes or merges

@@ -276,6 +276,79 @@ TEST_CASE("SegmentSet matches a per-key model over random operations", "[memory]
   }
 }
 
+// find() tries its finger (the last segment it found or inserted, or the one
+// after a removal) and that segment's successor before descending. Walks of
+// neighbouring keys between mutations land on exactly those shortcuts; every
+// answer must still be the segment or gap that holds the key, whole.
+TEST_CASE("find answers through its finger exactly as by descent", "[memory]") {
+  for (uint64_t seed : {11u, 12u, 13u, 14u}) {
+    std::mt19937_64 rng(seed);
+    auto rnd = [&](uint64_t n) { return rng() % n; };
+    Set s(seed);
+    Model m;
+    INFO("seed " << seed);
+    // The whole run or gap of the model that holds k.
+    auto holder = [&](uint64_t k) {
+      uint64_t a = k, b = k + 1;
+      while (a > 0 && m.v[a - 1] == m.v[k]) a--;
+      while (b < Model::kKeys && m.v[b] == m.v[k]) b++;
+      if (m.v[k] == -1 && b == Model::kKeys) b = Set::kMaxKey;
+      return FileRange(a, b);
+    };
+    uint64_t k = 0;
+    for (int step = 0; step < 2000; step++) {
+      uint64_t a = rnd(Model::kKeys), b = std::min<uint64_t>(a + 1 + rnd(8), Model::kKeys);
+      FileRange r(a, b);
+      int val = static_cast<int>(rnd(2));
+      switch (rnd(4)) {
+        case 0:  // insert, as allocate does: into the gap holding a
+          if (m.free(a, b)) {
+            REQUIRE(s.add(r, val));
+            for (uint64_t i = a; i < b; i++) m.v[i] = val;
+          }
+          break;
+        case 1:  // remove, as the reclaimer does: one whole segment
+          if (auto seg = s.find_segment(a); seg.ok()) {
+            for (uint64_t i = seg.start(); i < seg.end(); i++) m.v[i] = -1;
+            s.remove(seg);
+          }
+          break;
+        case 2:  // change values over r and re-merge, as dec_ref does
+          s.apply_and_merge(r, [&](Set::Seg seg) {
+            seg.value() = val;
+            for (uint64_t i = seg.start(); i < seg.end(); i++) m.v[i] = val;
+          });
+          break;
+        case 3:  // split without merging back, then merge
+          if (auto seg = s.find_segment(a); seg.ok() && seg.start() < a) {
+            s.split(seg, a);
+            s.check_invariants(/*merged=*/false);
+            s.merge_range(FileRange(a - 1, a + 1));
+          }
+          break;
+      }
+      s.check_invariants();
+      // A short walk from the last key: the finger and its successor first.
+      for (int j = 0; j < 4; j++) {
+        k = std::min<uint64_t>(k + rnd(6), Model::kKeys - 1);
+        if (rnd(4) == 0) k = rnd(Model::kKeys);
+        auto f = s.find(k);
+        FileRange want = holder(k);
+        if (m.v[k] == -1) {
+          REQUIRE(f.gap.ok());
+          REQUIRE_FALSE(f.seg.ok());
+          REQUIRE(f.gap.range() == want);
+        } else {
+          REQUIRE(f.seg.ok());
+          REQUIRE_FALSE(f.gap.ok());
+          REQUIRE(f.seg.range() == want);
+          REQUIRE(f.seg.value() == m.v[k]);
+        }
+      }
+    }
+  }
+}
+
 TEST_CASE("first_fit over many fragmented segments agrees with a linear scan", "[memory]") {
   Set s(7);
   std::mt19937_64 rng(99);
