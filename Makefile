@@ -4,7 +4,8 @@
 #   make run        install missing Debian packages, build, boot configs/hello.json
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make sanitize   the same tests under ASan + UBSan (build-asan/)
-#   make tsan       the memory tests under ThreadSanitizer (build-tsan/)
+#   make tsan       the threaded tests (allocator, free-page reports, stress) under
+#                   ThreadSanitizer (build-tsan/)
 #   make clean
 
 CXX      ?= g++
@@ -64,8 +65,9 @@ sanitize:
 
 tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
-	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem-tests
-	TSAN_OPTIONS=halt_on_error=1 build-tsan/kvmem-tests "[threads]"
+	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem build-tsan/kvmem-tests
+	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
+	    build-tsan/kvmem-tests "[threads],[free],[stress]"
 
 CXXFLAGS += $(CXXFLAGS_EXTRA)
 

@@ -12,6 +12,7 @@
 
 #include "guest/abi.h"
 #include "memory/memory_file.h"
+#include "vmm/runner.h"
 #include "vmm/vm.h"
 
 namespace kvmem {
@@ -123,11 +124,11 @@ const char* mode_name(Step::FreeMode m) { return m == Step::FreeMode::kSync ? "s
 Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions& o) {
   auto kvm = Kvm::open();
   if (!kvm) return std::unexpected(kvm.error());
-  auto file = MemoryFile::create();
-  if (!file) return std::unexpected(file.error());
-  const double hz = tsc_hz();
   const uint64_t region = o.quick ? (8ull << 20) : (128ull << 20);
   const uint64_t memory = region + (4ull << 20);
+  auto file = MemoryFile::create(memory_file_options_for(memory));
+  if (!file) return std::unexpected(file.error());
+  const double hz = tsc_hz();
   std::vector<nlohmann::json> rows;
 
   for (uint64_t size : {uint64_t{4096}, uint64_t{64} << 10, uint64_t{2} << 20}) {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <algorithm>
 #include <cstring>
 
 #include "base/check.h"
@@ -49,6 +50,8 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint6
     const bool added = m->map_.add(GuestRange(gpa, gpa + length), Backing{r->start});
     KVMEM_CHECK(added, "guest range [{:#x}, {:#x}) already mapped", gpa, gpa + length);
   }
+  for (auto seg = m->map_.first_segment(); seg.ok(); seg = seg.next_segment())
+    m->segments_.push_back(Segment{seg.range(), seg.value().file_start});
   return m;
 }
 
@@ -65,14 +68,14 @@ Status GuestMemory::register_with(KvmVm& vm, SlotAllocator& slots) {
       slots.release(s.slot);
     }
   };
-  for (auto seg = map_.first_segment(); seg.ok(); seg = seg.next_segment()) {
+  for (const Segment& seg : segments_) {
     auto slot = slots.acquire();
     if (!slot) {
       undo();
       return std::unexpected(slot.error());
     }
-    const GuestRange g = seg.range();
-    const FileRange f(seg.value().file_start, seg.value().file_start + g.length());
+    const GuestRange g = seg.guest;
+    const FileRange f(seg.file_start, seg.file_start + g.length());
     if (auto s = vm.set_memory_region(*slot, 0, g.start, g.length(), file_.base() + f.start); !s) {
       slots.release(*slot);
       undo();
@@ -85,10 +88,16 @@ Status GuestMemory::register_with(KvmVm& vm, SlotAllocator& slots) {
   return {};
 }
 
+const GuestMemory::Segment& GuestMemory::segment_at(uint64_t gpa) const {
+  KVMEM_CHECK(gpa < size_, "guest-physical {:#x} is not RAM", gpa);
+  auto it = std::upper_bound(segments_.begin(), segments_.end(), gpa,
+                             [](uint64_t a, const Segment& s) { return a < s.guest.start; });
+  return *(it - 1);  // RAM is [0, size_) without holes, so gpa's segment starts at or before it
+}
+
 uint64_t GuestMemory::file_offset(uint64_t gpa) const {
-  auto seg = map_.find_segment(gpa);
-  KVMEM_CHECK(seg.ok(), "guest-physical {:#x} is not RAM", gpa);
-  return seg.value().file_start + (gpa - seg.start());
+  const Segment& seg = segment_at(gpa);
+  return seg.file_start + (gpa - seg.guest.start);
 }
 
 uint8_t* GuestMemory::host(uint64_t gpa) const { return file_.base() + file_offset(gpa); }
@@ -98,8 +107,7 @@ std::string GuestMemory::read(uint64_t gpa, uint64_t length) const {
   std::string out;
   out.reserve(length);
   while (length > 0) {
-    auto seg = map_.find_segment(gpa);
-    const uint64_t n = std::min(length, seg.end() - gpa);
+    const uint64_t n = std::min(length, segment_at(gpa).guest.end - gpa);
     out.append(reinterpret_cast<const char*>(host(gpa)), n);
     gpa += n;
     length -= n;
@@ -109,14 +117,12 @@ std::string GuestMemory::read(uint64_t gpa, uint64_t length) const {
 
 std::span<uint8_t> GuestMemory::host_span(uint64_t gpa, uint64_t length) const {
   if (length == 0 || !contains(gpa, length)) return {};
-  auto seg = map_.find_segment(gpa);
-  if (length > seg.end() - gpa) return {};
+  if (length > segment_at(gpa).guest.end - gpa) return {};
   return {host(gpa), length};
 }
 
 std::span<uint8_t> GuestMemory::boot_area() const {
-  auto seg = map_.find_segment(0);
-  KVMEM_CHECK(seg.ok() && seg.end() >= abi::kBootAreaEnd, "boot area not in one segment");
+  KVMEM_CHECK(segment_at(0).guest.end >= abi::kBootAreaEnd, "boot area not in one segment");
   return {host(0), abi::kBootAreaEnd};
 }
 
@@ -124,9 +130,9 @@ Status GuestMemory::decommit(GuestRange r) {
   KVMEM_CHECK(contains(r.start, r.length()) && r.is_page_aligned(), "decommit of {} outside RAM", r);
   uint64_t gpa = r.start;
   while (gpa < r.end) {
-    auto seg = map_.find_segment(gpa);
-    const uint64_t end = std::min(r.end, seg.end());
-    const uint64_t f = seg.value().file_start + (gpa - seg.start());
+    const Segment& seg = segment_at(gpa);
+    const uint64_t end = std::min(r.end, seg.guest.end);
+    const uint64_t f = seg.file_start + (gpa - seg.guest.start);
     if (auto s = file_.decommit(FileRange(f, f + (end - gpa))); !s)
       return std::unexpected(s.error().context(fmt::format("cannot decommit guest-physical {}", r)));
     gpa = end;
@@ -136,8 +142,7 @@ Status GuestMemory::decommit(GuestRange r) {
 
 std::vector<FileRange> GuestMemory::file_ranges() const {
   std::vector<FileRange> out;
-  for (auto seg = map_.first_segment(); seg.ok(); seg = seg.next_segment())
-    out.emplace_back(seg.value().file_start, seg.value().file_start + seg.range().length());
+  for (const Segment& seg : segments_) out.emplace_back(seg.file_start, seg.file_start + seg.guest.length());
   return out;
 }
 

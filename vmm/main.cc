@@ -4,6 +4,7 @@
 // 2 bad usage or config · 3 the host cannot run it.
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <optional>
@@ -122,7 +123,9 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   if (!p) return report_error(as_json, kExitUsage, p.error().message);
   auto kvm = Kvm::open();
   if (!kvm) return report_error(as_json, kExitHost, kvm.error().message);
-  auto file = MemoryFile::create();
+  uint64_t guest_bytes = 0;
+  for (const VmConfig& vm : p->config.vms) guest_bytes += vm.memory;
+  auto file = MemoryFile::create(memory_file_options_for(guest_bytes));
   if (!file) return report_error(as_json, kExitHost, file.error().message);
   ConsoleEcho console(p->config.vms.size() > 1);
   std::function<void(std::string_view, std::string_view)> echo;
@@ -167,7 +170,7 @@ int cmd_stress(const StressArgs& a) {
     return report_error(a.json, kExitUsage, "--rounds 0 with --duration 0 would never end");
   auto kvm = Kvm::open();
   if (!kvm) return report_error(a.json, kExitHost, kvm.error().message);
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(config->vms_per_round * config->vm_memory));
   if (!file) return report_error(a.json, kExitHost, file.error().message);
   const bool tty = isatty(2);
   uint64_t printed_round = 0;
@@ -181,7 +184,12 @@ int cmd_stress(const StressArgs& a) {
         mib(p.peak_commit_bytes), config->commit_budget ? fmt::format(" of {:.0f}", mib(config->commit_budget)) : "",
         p.elapsed_s);
     if (tty) {
-      std::fprintf(stderr, "\r\033[K%s", line.c_str());
+      // The bar fills with rounds done, or with time when only a duration bounds the run.
+      const double frac = std::min(1.0, config->rounds ? static_cast<double>(p.round) / static_cast<double>(config->rounds)
+                                                       : p.elapsed_s / static_cast<double>(config->duration_s));
+      const int filled = static_cast<int>(frac * 20);
+      std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(static_cast<size_t>(filled), '#').c_str(),
+                   std::string(static_cast<size_t>(20 - filled), '.').c_str(), line.c_str());
     } else if (p.round != printed_round) {
       printed_round = p.round;
       std::fprintf(stderr, "%s\n", line.c_str());

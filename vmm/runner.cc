@@ -1,9 +1,18 @@
 #include "vmm/runner.h"
 
+#include <algorithm>
+#include <bit>
 #include <chrono>
 #include <thread>
 
 namespace kvmem {
+
+MemoryFileOptions memory_file_options_for(uint64_t guest_bytes) {
+  MemoryFileOptions o;
+  const uint64_t want = guest_bytes > (1ull << 40) ? (1ull << 42) : std::max<uint64_t>(guest_bytes * 4, 1ull << 30);
+  o.reservation = std::bit_ceil(want);
+  return o;
+}
 
 nlohmann::json VmOutcome::to_json() const {
   nlohmann::json j{{"name", name}, {"exit_code", exit_code()}, {"memory_bytes", memory_bytes}};

@@ -75,6 +75,12 @@ class CommitSampler {
   unsigned period_ms_;
 };
 
+// Options for the MemoryFile behind VMs whose RAM adds up to guest_bytes at
+// once: a reservation of four times that (room for fragmentation and for
+// RAM still waiting to be reclaimed), a power of two, at least 1 GiB. The
+// reservation costs no memory, but sanitizers cannot place a 1 TiB one.
+MemoryFileOptions memory_file_options_for(uint64_t guest_bytes);
+
 // Runs every VM of `vms` (with its assembled `images`) concurrently. `echo`
 // (may be empty) receives (vm name, console text) as guests write.
 RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,

@@ -213,7 +213,7 @@ TEST_CASE("a VM cannot free another VM's memory: its addresses name only its own
   for (const auto& c : config->vms) images.push_back(*guest::build_program(c.program, abi::kProgramAddr, abi::kProgramEnd));
   auto kvm = Kvm::open();
   REQUIRE(kvm);
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
   REQUIRE(file);
   RunTotals totals = run_vms(*kvm, **file, config->vms, images, nullptr);
   for (const auto& v : totals.vms) {
@@ -232,7 +232,7 @@ TEST_CASE("RAM a VM gave back serves the next VM: the file does not grow", "[kvm
   std::vector<guest::Image> images{*guest::build_program(config->vms[0].program, abi::kProgramAddr, abi::kProgramEnd)};
   auto kvm = Kvm::open();
   REQUIRE(kvm);
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
   REQUIRE(file);
   uint64_t size_after_first = 0;
   for (int lifetime = 0; lifetime < 5; lifetime++) {

@@ -1,6 +1,7 @@
 #include "tests/vmm/guest_runner.h"
 
 #include "guest/abi.h"
+#include "vmm/runner.h"
 
 namespace kvmem::test {
 
@@ -21,7 +22,7 @@ GuestRun run_guest(const nlohmann::json& config) {
     out.setup_error = kvm.error().message;
     return out;
   }
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(c->memory));
   if (!file) {
     out.setup_error = file.error().message;
     return out;

@@ -7,6 +7,7 @@
 
 #include "guest/abi.h"
 #include "tests/support.h"
+#include "vmm/runner.h"
 #include "vmm/stress.h"
 
 using namespace kvmem;
@@ -52,7 +53,7 @@ TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress
   if (!test::kvm_available("a short stress run loses nothing")) return;
   auto kvm = Kvm::open();
   REQUIRE(kvm);
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
   REQUIRE(file);
   StressConfig c = small();
   c.seed = 20261122;
@@ -76,7 +77,7 @@ TEST_CASE("stress catches a guest that reads what it did not write, and names se
   if (!test::kvm_available("stress catches a guest that reads what it did not write")) return;
   auto kvm = Kvm::open();
   REQUIRE(kvm);
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
   REQUIRE(file);
   StressConfig c = small();
   c.seed = 7;
@@ -95,7 +96,7 @@ TEST_CASE("stress fails a run whose commit passes the budget", "[stress][kvm]") 
   if (!test::kvm_available("stress fails a run whose commit passes the budget")) return;
   auto kvm = Kvm::open();
   REQUIRE(kvm);
-  auto file = MemoryFile::create();
+  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
   REQUIRE(file);
   StressConfig c = small();
   c.rounds = 1;

@@ -118,6 +118,7 @@ TEST_CASE("the exit code reaches the result; a program without exit ends with 0"
   CHECK(seven.result.process_exit_code() == 1);
   CHECK(seven.result.console == "");
   auto empty = test::run_guest(config_with(json::array()));
+  REQUIRE(empty.setup_error == "");
   CHECK(empty.result.outcome == Outcome::kExited);
   CHECK(empty.result.guest_exit_code == 0);
 }
