@@ -500,6 +500,33 @@ const char* fault_name(Step::Fault f) {
   return "?";
 }
 
+Step Step::range(Op op, uint64_t at, uint64_t length, Pattern pattern) {
+  Step s;
+  s.op = op;
+  s.at = at;
+  s.length = length;
+  s.pattern = pattern;
+  return s;
+}
+
+Step Step::free(uint64_t at, uint64_t length, uint64_t granule, FreeMode mode, uint64_t batch) {
+  Step s;
+  s.op = Op::kFree;
+  s.at = at;
+  s.length = length;
+  s.granule = granule;
+  s.mode = mode;
+  s.batch = batch;
+  return s;
+}
+
+Step Step::timestamp(uint64_t slot) {
+  Step s;
+  s.op = Op::kTimestamp;
+  s.slot = slot;
+  return s;
+}
+
 bool Step::uses_free_ring() const {
   if ((op == Op::kFree || op == Op::kReport) && mode == FreeMode::kAsync) return true;
   for (const Step& s : body)

@@ -66,6 +66,11 @@ struct Step {
 
   // True when this step or one inside it uses the asynchronous free ring.
   bool uses_free_ring() const;
+
+  // Builders for programs made on the host (stress, benchmarks).
+  static Step range(Op op, uint64_t at, uint64_t length, Pattern pattern);  // fill, touch, verify
+  static Step free(uint64_t at, uint64_t length, uint64_t granule, FreeMode mode, uint64_t batch);
+  static Step timestamp(uint64_t slot);
 };
 
 inline constexpr uint64_t kMaxReportRanges = 64;  // ranges in one `report` step

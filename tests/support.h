@@ -29,3 +29,8 @@ struct CommandResult {
 CommandResult run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
 
 }  // namespace kvmem::test
+
+// Ends the current test early, with one loud line, when KVM is unusable.
+#define REQUIRE_KVM()                                                                           \
+  if (!::kvmem::test::kvm_available(Catch::getResultCapture().getCurrentTestName().c_str())) \
+  return

@@ -33,31 +33,8 @@ double tsc_hz() {
   return static_cast<double>(c1 - c0) / s;
 }
 
-Step step(Step::Op op) {
-  Step s;
-  s.op = op;
-  return s;
-}
-Step timestamp(uint64_t slot) {
-  Step s = step(Step::Op::kTimestamp);
-  s.slot = slot;
-  return s;
-}
 Step fill(uint64_t at, uint64_t length) {
-  Step s = step(Step::Op::kFill);
-  s.at = at;
-  s.length = length;
-  s.pattern = Pattern{Pattern::Kind::kAddress, 0};
-  return s;
-}
-Step free_step(uint64_t at, uint64_t length, uint64_t granule, Step::FreeMode mode, uint64_t batch) {
-  Step s = step(Step::Op::kFree);
-  s.at = at;
-  s.length = length;
-  s.granule = granule;
-  s.mode = mode;
-  s.batch = batch;
-  return s;
+  return Step::range(Step::Op::kFill, at, length, Pattern{Pattern::Kind::kAddress, 0});
 }
 
 uint64_t result_slot(Vm& vm, uint64_t slot) {
@@ -134,8 +111,8 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
   for (uint64_t size : {uint64_t{4096}, uint64_t{64} << 10, uint64_t{2} << 20}) {
     for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
       auto run = run_program(*kvm, **file, memory,
-                             {fill(kRegion, region), timestamp(0), free_step(kRegion, region, size, mode, 64),
-                              timestamp(1)});
+                             {fill(kRegion, region), Step::timestamp(0), Step::free(kRegion, region, size, mode, 64),
+                              Step::timestamp(1)});
       if (!run) return std::unexpected(run.error());
       const double guest_s = static_cast<double>(result_slot(*run->vm, 1) - result_slot(*run->vm, 0)) / hz;
       // The pages must be gone for the figure to count: the kernel's view.
@@ -168,9 +145,9 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
   for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
     std::vector<Step> program{fill(kRegion, kReports * 4096)};
     for (uint64_t i = 0; i < kReports; i++) {
-      program.push_back(timestamp(2 * i));
-      program.push_back(free_step(kRegion + i * 4096, 4096, 4096, mode, 1));
-      program.push_back(timestamp(2 * i + 1));
+      program.push_back(Step::timestamp(2 * i));
+      program.push_back(Step::free(kRegion + i * 4096, 4096, 4096, mode, 1));
+      program.push_back(Step::timestamp(2 * i + 1));
     }
     auto run = run_program(*kvm, **file, 8ull << 20, std::move(program));
     if (!run) return std::unexpected(run.error());

@@ -145,6 +145,17 @@ struct StepParser {
     return {};
   }
 
+  // Reads "at" and "length" into s and checks the range they make.
+  Status at_length(const json& j, const Ptr& p, uint64_t align, Step* s) {
+    auto at = required_size(j, p, "at");
+    if (!at) return std::unexpected(at.error());
+    auto length = required_size(j, p, "length");
+    if (!length) return std::unexpected(length.error());
+    s->at = *at;
+    s->length = *length;
+    return check_range(j, p, s->at, s->length, align);
+  }
+
   Result<std::vector<Step>> list(const json& j, const Ptr& p, unsigned depth) {
     if (!j.is_array()) return p.fail("expected an array of steps, found {}", type_name(j));
     std::vector<Step> out;
@@ -176,13 +187,7 @@ struct StepParser {
                      : check_keys(j, p, {"op", "at", "length", "pattern"});
       if (!k) return std::unexpected(k.error());
       s.op = name == "fill" ? Step::Op::kFill : touch ? Step::Op::kTouch : Step::Op::kVerify;
-      auto at = required_size(j, p, "at");
-      if (!at) return std::unexpected(at.error());
-      auto length = required_size(j, p, "length");
-      if (!length) return std::unexpected(length.error());
-      s.at = *at;
-      s.length = *length;
-      if (auto r = check_range(j, p, s.at, s.length, 8); !r) return std::unexpected(r.error());
+      if (auto r = at_length(j, p, 8, &s); !r) return std::unexpected(r.error());
       if (j.contains("pattern")) {
         auto pat = pattern_value(j.at("pattern"), p / "pattern");
         if (!pat) return std::unexpected(pat.error());
@@ -255,13 +260,7 @@ struct StepParser {
         return std::unexpected(k.error());
       s.op = Step::Op::kFree;
       if (auto m = free_mode(j, p, &s); !m) return std::unexpected(m.error());
-      auto at = required_size(j, p, "at");
-      if (!at) return std::unexpected(at.error());
-      auto length = required_size(j, p, "length");
-      if (!length) return std::unexpected(length.error());
-      s.at = *at;
-      s.length = *length;
-      if (auto r = check_range(j, p, s.at, s.length, 4096); !r) return std::unexpected(r.error());
+      if (auto r = at_length(j, p, 4096, &s); !r) return std::unexpected(r.error());
       if (j.contains("granule")) {
         auto g = size_value(j.at("granule"), p / "granule");
         if (!g) return std::unexpected(g.error());

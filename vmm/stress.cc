@@ -21,26 +21,6 @@ uint64_t pick(std::mt19937_64& rng, uint64_t lo, uint64_t hi) {  // uniform in [
   return std::uniform_int_distribution<uint64_t>(lo, hi)(rng);
 }
 
-Step range_step(Step::Op op, uint64_t at, uint64_t length, Pattern p) {
-  Step s;
-  s.op = op;
-  s.at = at;
-  s.length = length;
-  s.pattern = p;
-  return s;
-}
-
-Step free_step(uint64_t at, uint64_t length, uint64_t granule, Step::FreeMode mode, uint64_t batch) {
-  Step s;
-  s.op = Step::Op::kFree;
-  s.at = at;
-  s.length = length;
-  s.granule = granule;
-  s.mode = mode;
-  s.batch = batch;
-  return s;
-}
-
 double gib(uint64_t b) { return static_cast<double>(b) / (1ull << 30); }
 double mib(uint64_t b) { return static_cast<double>(b) / (1ull << 20); }
 
@@ -70,20 +50,20 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
     const uint64_t free_len = free_units * granule;
 
     auto& p = vm.config.program;
-    p.push_back(range_step(Step::Op::kFill, at, length, pattern));
-    p.push_back(free_step(free_at, free_len, granule, mode, batch));
-    p.push_back(range_step(Step::Op::kVerify, free_at, free_len, Pattern{}));
+    p.push_back(Step::range(Step::Op::kFill, at, length, pattern));
+    p.push_back(Step::free(free_at, free_len, granule, mode, batch));
+    p.push_back(Step::range(Step::Op::kVerify, free_at, free_len, Pattern{}));
     // Reading the holes committed fresh zero pages: hand them back again.
-    p.push_back(free_step(free_at, free_len, granule, mode, batch));
+    p.push_back(Step::free(free_at, free_len, granule, mode, batch));
     if (c.inject_corruption && index == 0 && r == 0) {
       // Fault injection: a pattern this region never held.
-      p.push_back(range_step(Step::Op::kVerify, at, length, Pattern{Pattern::Kind::kSeed, pattern.arg + 1}));
+      p.push_back(Step::range(Step::Op::kVerify, at, length, Pattern{Pattern::Kind::kSeed, pattern.arg + 1}));
     }
-    if (free_at > at) p.push_back(range_step(Step::Op::kVerify, at, free_at - at, pattern));
+    if (free_at > at) p.push_back(Step::range(Step::Op::kVerify, at, free_at - at, pattern));
     if (free_at + free_len < at + length)
-      p.push_back(range_step(Step::Op::kVerify, free_at + free_len, at + length - free_at - free_len, pattern));
+      p.push_back(Step::range(Step::Op::kVerify, free_at + free_len, at + length - free_at - free_len, pattern));
     // Done with the region: all of it goes back, so a VM's commit stays small.
-    p.push_back(free_step(at, length, k2M, rng() % 2 ? Step::FreeMode::kSync : Step::FreeMode::kAsync, 64));
+    p.push_back(Step::free(at, length, k2M, rng() % 2 ? Step::FreeMode::kSync : Step::FreeMode::kAsync, 64));
     vm.bytes_written += length;
     vm.bytes_freed += 2 * free_len + length;
   }

@@ -98,7 +98,7 @@ TEST_CASE("a missing file and broken JSON exit 2 with a sentence", "[cli]") {
 }
 
 TEST_CASE("run prints the guest's console and exits 0", "[cli][kvm]") {
-  if (!test::kvm_available("run prints the guest's console and exits 0")) return;
+  REQUIRE_KVM();
   auto r = run_kvmem({"run", "configs/hello.json"});
   INFO(r.err);
   CHECK(r.exit_code == 0);
@@ -107,7 +107,7 @@ TEST_CASE("run prints the guest's console and exits 0", "[cli][kvm]") {
 }
 
 TEST_CASE("run --json prints one report with outcome, console, exits and times", "[cli][kvm]") {
-  if (!test::kvm_available("run --json prints one report")) return;
+  REQUIRE_KVM();
   auto r = run_kvmem({"run", "--json", "configs/hello.json"});
   CHECK(r.exit_code == 0);
   auto report = json::parse(r.out);
@@ -131,7 +131,7 @@ TEST_CASE("run --json prints one report with outcome, console, exits and times",
 }
 
 TEST_CASE("a failing guest exits 1 and says why on stderr", "[cli][kvm]") {
-  if (!test::kvm_available("a failing guest exits 1")) return;
+  REQUIRE_KVM();
   auto r = run_kvmem({"run", "configs/faults/divide-by-zero.json"});
   CHECK(r.exit_code == 1);
   CHECK(r.err.find("guest exception #DE divide error (vector 0)") != std::string::npos);
@@ -155,7 +155,7 @@ TEST_CASE("a host without KVM exits 3 with what to do", "[cli]") {
 }
 
 TEST_CASE("bench boot measures real runs and reports them as JSON", "[cli][kvm]") {
-  if (!test::kvm_available("bench boot measures real runs")) return;
+  REQUIRE_KVM();
   auto r = run_kvmem({"bench", "boot", "--runs", "3", "--json"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);
@@ -171,7 +171,7 @@ TEST_CASE("bench boot measures real runs and reports them as JSON", "[cli][kvm]"
 }
 
 TEST_CASE("several VMs share one process: one fails, the others are unaffected", "[cli][kvm]") {
-  if (!test::kvm_available("several VMs share one process")) return;
+  REQUIRE_KVM();
   auto r = run_kvmem({"run", "configs/many-vms.json"});
   CHECK(r.exit_code == 1);
   CHECK(r.out.find("[writer] wrote 32 MiB, gave 16 MiB back synchronously\n") != std::string::npos);
@@ -208,7 +208,7 @@ TEST_CASE("bench alloc --quick --json prints one row per measurement with the pr
 }
 
 TEST_CASE("bench reclaim --quick measures both modes at every size and sees the pages gone", "[cli][kvm]") {
-  if (!test::kvm_available("bench reclaim --quick")) return;
+  REQUIRE_KVM();
   auto r = run_kvmem({"bench", "reclaim", "--quick", "--json"});
   INFO(r.err);
   REQUIRE(r.exit_code == 0);

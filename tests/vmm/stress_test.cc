@@ -50,7 +50,7 @@ TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
 }
 
 TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress][kvm]") {
-  if (!test::kvm_available("a short stress run loses nothing")) return;
+  REQUIRE_KVM();
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
@@ -74,7 +74,7 @@ TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress
 }
 
 TEST_CASE("stress catches a guest that reads what it did not write, and names seed, VM and address", "[stress][kvm]") {
-  if (!test::kvm_available("stress catches a guest that reads what it did not write")) return;
+  REQUIRE_KVM();
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
@@ -93,7 +93,7 @@ TEST_CASE("stress catches a guest that reads what it did not write, and names se
 }
 
 TEST_CASE("stress fails a run whose commit passes the budget", "[stress][kvm]") {
-  if (!test::kvm_available("stress fails a run whose commit passes the budget")) return;
+  REQUIRE_KVM();
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
@@ -109,7 +109,7 @@ TEST_CASE("stress fails a run whose commit passes the budget", "[stress][kvm]") 
 }
 
 TEST_CASE("kvmem stress --json prints the summary keys and replays a seed", "[stress][cli][kvm]") {
-  if (!test::kvm_available("kvmem stress --json")) return;
+  REQUIRE_KVM();
   std::vector<json> runs;
   for (int i = 0; i < 2; i++) {
     auto r = test::run_command({test::kvmem_binary(), "stress", "configs/stress-quick.json", "--json", "--rounds", "1",

@@ -13,9 +13,6 @@ using namespace kvmem;
 using json = nlohmann::json;
 using Outcome = RunResult::Outcome;
 
-#define REQUIRE_KVM() \
-  if (!test::kvm_available(Catch::getResultCapture().getCurrentTestName().c_str())) return
-
 namespace {
 
 json config_with(json program, const char* memory = "8M") {
