@@ -39,12 +39,16 @@
 // only one gap can straddle k, so the bound is O(log n * (1 + m)) where m is
 // the number of gaps before the answer whose length lies in [len, len+align).
 //
-// The finger: find() remembers the segment it last found (insert the one it
-// made or merged into, remove the one after the removed range) and tries it,
-// the gap before it and its successor before descending from the root. The
+// The finger: mutators leave it on the segment they last worked on (insert:
+// the one it made or merged into; remove: the one after the removed range;
+// apply_contiguous: the first segment it visited), and find() tries it, the
+// gap before it and its successor before descending from the root. The
 // allocator's lookups are mostly there: a free right after its allocation,
-// a reclaim batch walking upward. At 10^6 segments a descent is ~30 levels
-// of cache misses; the finger is one or two nodes already in cache.
+// a reclaim batch walking upward, appends to a queue. At 10^6 segments a
+// descent is ~30 levels of cache misses; the finger is one or two nodes
+// already in cache. Lookups only read the finger, never move it: any number
+// of threads may look up a set no thread is changing (guest memory's map
+// is read by the vCPU and the free ring's thread without a lock).
 //
 // Iterator validity: Seg and Gap are handles. Any mutation invalidates every
 // Gap handle and every Seg handle of a segment that it removes or merges
@@ -53,7 +57,9 @@
 // through Seg::value(); changing one may leave neighbours mergeable, so call
 // merge_range/merge_adjacent afterwards if maximal merging matters.
 //
-// Not thread-safe: the owner's lock guards it.
+// Not thread-safe for writers: the owner's lock guards mutations. Lookups
+// and iteration write nothing, so concurrent readers of an unchanging set
+// need no lock.
 #pragma once
 
 #include <algorithm>
@@ -225,10 +231,7 @@ class SegmentSet {
         Node* s = successor(h);
         if (!s) return {Seg(), Gap(this, nullptr)};
         if (k < s->start) return {Seg(), Gap(this, s)};
-        if (k < s->end) {
-          finger_ = s;
-          return {Seg(this, s), Gap()};
-        }
+        if (k < s->end) return {Seg(this, s), Gap()};
       }
     }
     Node* n = root_;
@@ -240,11 +243,9 @@ class SegmentSet {
       } else if (k >= n->end) {
         n = n->right;
       } else {
-        finger_ = n;
         return {Seg(this, n), Gap()};
       }
     }
-    if (next) finger_ = next;
     return {Seg(), Gap(this, next)};
   }
   Seg find_segment(uint64_t k) { return find(k).seg; }
@@ -408,6 +409,7 @@ class SegmentSet {
     Found f = find(r.start);
     if (!f.seg.ok()) return f.gap;
     Seg s = f.seg;
+    finger_ = s.n_;  // a mutator may move it; find never does
     for (;;) {
       s = isolate(s, r);
       fn(s);
@@ -826,8 +828,9 @@ class SegmentSet {
   size_t spare_count_ = 0;
   uint64_t rng_ = 0x9E3779B97F4A7C15ULL;
   // A node of the set (never a freed one) that find() tries before
-  // descending; null when unknown. Only a candidate: find checks it against
-  // the node's current bounds, so a mutation that moves them cannot mislead.
+  // descending; null when unknown. Only mutators write it. Only a
+  // candidate: find checks it against the node's current bounds, so a
+  // mutation that moves them cannot mislead.
   Node* finger_ = nullptr;
 };
 
