@@ -545,6 +545,8 @@ Result<StressConfig> parse_stress_config(const json& j) {
   return c;
 }
 
+Result<json> read_config_json(const std::string& path) { return read_json(path); }
+
 Result<StressConfig> load_stress_config(const std::string& path) {
   auto j = read_json(path);
   if (!j) return std::unexpected(j.error());

@@ -10,7 +10,7 @@
 #include <string_view>
 #include <vector>
 
-#include <nlohmann/json_fwd.hpp>
+#include <nlohmann/json.hpp>
 
 #include "base/error.h"
 #include "guest/boot.h"
@@ -65,6 +65,8 @@ struct StressConfig {
   bool inject_corruption = false;
 };
 Result<StressConfig> load_stress_config(const std::string& path);
+// The JSON of a config file, for a caller that must look before it parses.
+Result<nlohmann::json> read_config_json(const std::string& path);
 Result<StressConfig> parse_stress_config(const nlohmann::json& j);
 
 // Parses either form: one VM's config, or {"vms": [VM config, ...]} whose

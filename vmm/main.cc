@@ -67,7 +67,33 @@ Result<Prepared> prepare(const std::string& path) {
   return p;
 }
 
+// A stress config validates as one, with what a round will run.
+int validate_stress(const std::string& path, bool as_json) {
+  auto c = load_stress_config(path);
+  if (!c) return report_error(as_json, kExitUsage, c.error().message);
+  // Assemble one VM's program to be sure a round can be built.
+  StressVm vm = make_stress_vm(*c, c->seed ? c->seed : 1, 0, 0);
+  auto img = guest::build_program(vm.config.program, abi::kProgramAddr, abi::kProgramEnd);
+  if (!img) return report_error(as_json, kExitUsage, img.error().context(path).message);
+  if (as_json) {
+    std::printf("%s\n", json{{"exit_code", 0},
+                             {"stress", {{"vms_per_round", c->vms_per_round},
+                                         {"vm_memory_bytes", c->vm_memory},
+                                         {"rounds", c->rounds},
+                                         {"duration_s", c->duration_s},
+                                         {"commit_budget_bytes", c->commit_budget}}}}
+                            .dump()
+                            .c_str());
+  } else {
+    std::printf("%s: ok (stress: %llu VMs of %llu MiB per round, %s)\n", path.c_str(),
+                static_cast<unsigned long long>(c->vms_per_round), static_cast<unsigned long long>(c->vm_memory >> 20),
+                c->rounds ? fmt::format("{} rounds", c->rounds).c_str() : fmt::format("{} s", c->duration_s).c_str());
+  }
+  return kExitOk;
+}
+
 int cmd_validate(const std::string& path, bool as_json) {
+  if (auto j = read_config_json(path); j && j->is_object() && j->contains("stress")) return validate_stress(path, as_json);
   auto p = prepare(path);
   if (!p) return report_error(as_json, kExitUsage, p.error().message);
   json vms = json::array();
