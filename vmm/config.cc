@@ -3,98 +3,20 @@
 #include <cerrno>
 #include <charconv>
 #include <cstring>
-#include <fstream>
-#include <set>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "vmm/json_fields.h"
 
 namespace kvmem {
 namespace {
 
+using namespace json_fields;
+
 using json = nlohmann::json;
 using guest::Pattern;
 using guest::Step;
-
-// A JSON pointer under construction, and errors that start with it.
-class Ptr {
- public:
-  Ptr() = default;
-  Ptr operator/(std::string_view key) const { return Ptr(path_ + "/" + std::string(key)); }
-  Ptr operator/(size_t index) const { return Ptr(path_ + "/" + std::to_string(index)); }
-  template <class... Args>
-  std::unexpected<Error> fail(fmt::format_string<Args...> f, Args&&... args) const {
-    return std::unexpected(Error{0, fmt::format("{}: {}", path_.empty() ? "/" : path_,
-                                                fmt::format(f, std::forward<Args>(args)...))});
-  }
-
- private:
-  explicit Ptr(std::string p) : path_(std::move(p)) {}
-  std::string path_;
-};
-
-const char* type_name(const json& j) { return j.type_name(); }
-
-Status check_keys(const json& j, const Ptr& p, std::initializer_list<const char*> allowed) {
-  if (!j.is_object()) return p.fail("expected an object, found {}", type_name(j));
-  for (auto it = j.begin(); it != j.end(); ++it) {
-    bool ok = false;
-    for (const char* a : allowed) ok = ok || it.key() == a;
-    if (!ok) {
-      std::string list;
-      for (const char* a : allowed) list += fmt::format("{}{}", list.empty() ? "" : ", ", a);
-      return (p / it.key()).fail("unknown key (expected one of: {})", list);
-    }
-  }
-  return {};
-}
-
-Result<uint64_t> size_value(const json& j, const Ptr& p) {
-  if (j.is_number_unsigned()) return j.get<uint64_t>();
-  if (j.is_number_integer()) {
-    const int64_t v = j.get<int64_t>();
-    if (v < 0) return p.fail("must not be negative, found {}", v);
-    return static_cast<uint64_t>(v);
-  }
-  if (j.is_string()) {
-    auto r = parse_size_string(j.get<std::string>());
-    if (!r) return p.fail("{}", r.error().message);
-    return *r;
-  }
-  return p.fail("expected a size (an integer, or a string like \"64M\" or \"0x200000\"), found {}",
-                type_name(j));
-}
-
-Result<uint64_t> required_size(const json& obj, const Ptr& p, const char* key) {
-  if (!obj.contains(key)) return p.fail("missing required key \"{}\"", key);
-  return size_value(obj.at(key), p / key);
-}
-
-Result<int64_t> signed_value(const json& j, const Ptr& p) {
-  if (j.is_number_unsigned()) {
-    uint64_t v = j.get<uint64_t>();
-    if (v > static_cast<uint64_t>(INT64_MAX)) return p.fail("{} does not fit in a signed 64-bit value", v);
-    return static_cast<int64_t>(v);
-  }
-  if (j.is_number_integer()) return j.get<int64_t>();
-  if (j.is_string()) {
-    // "-EINVAL", "EFAULT", or a number.
-    std::string s = j.get<std::string>();
-    bool neg = !s.empty() && s[0] == '-';
-    std::string name = neg ? s.substr(1) : s;
-    for (int e = 1; e < 134; e++) {
-      const char* n = strerrorname_np(e);
-      if (n && name == n) return neg ? -e : e;
-    }
-    auto r = parse_size_string(name);
-    if (!r || *r > static_cast<uint64_t>(INT64_MAX))
-      return p.fail("expected an integer or an errno name like \"-EINVAL\", found \"{}\"", s);
-    return neg ? -static_cast<int64_t>(*r) : static_cast<int64_t>(*r);
-  }
-  return p.fail("expected an integer, found {}", type_name(j));
-}
 
 Result<Pattern> pattern_value(const json& j, const Ptr& p) {
   if (j.is_string()) {
@@ -157,7 +79,7 @@ struct StepParser {
   }
 
   Result<std::vector<Step>> list(const json& j, const Ptr& p, unsigned depth) {
-    if (!j.is_array()) return p.fail("expected an array of steps, found {}", type_name(j));
+    if (!j.is_array()) return p.fail("expected an array of steps, found {}", j.type_name());
     std::vector<Step> out;
     for (size_t i = 0; i < j.size(); i++) {
       auto s = step(j[i], p / i, depth);
@@ -169,10 +91,10 @@ struct StepParser {
 
   Result<Step> step(const json& j, const Ptr& p, unsigned depth) {
     if (++steps > kMaxSteps) return p.fail("too many steps (at most {})", kMaxSteps);
-    if (!j.is_object()) return p.fail("expected a step object, found {}", type_name(j));
+    if (!j.is_object()) return p.fail("expected a step object, found {}", j.type_name());
     if (!j.contains("op")) return p.fail("missing required key \"op\"");
     const json& op = j.at("op");
-    if (!op.is_string()) return (p / "op").fail("expected a string, found {}", type_name(op));
+    if (!op.is_string()) return (p / "op").fail("expected a string, found {}", op.type_name());
     const std::string name = op.get<std::string>();
     Step s;
     if (name == "print") {
@@ -228,7 +150,7 @@ struct StepParser {
       s.nr = static_cast<uint32_t>(*nr);
       if (j.contains("args")) {
         const json& args = j.at("args");
-        if (!args.is_array()) return (p / "args").fail("expected an array, found {}", type_name(args));
+        if (!args.is_array()) return (p / "args").fail("expected an array, found {}", args.type_name());
         if (args.size() > 6) return (p / "args").fail("at most 6 arguments, found {}", args.size());
         for (size_t i = 0; i < args.size(); i++) {
           // Negative integers are allowed here: they travel as their two's complement.
@@ -438,21 +360,6 @@ Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view de
   return c;
 }
 
-Result<json> read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return sys_fail(fmt::format("cannot read config {}", path), "open", errno);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  try {
-    return json::parse(ss.str());
-  } catch (const json::parse_error& e) {
-    // e.what() reads "[json.exception.parse_error.101] parse error at line 3, column 16: ...".
-    std::string_view what = e.what();
-    if (auto close = what.find("] "); close != std::string_view::npos) what.remove_prefix(close + 2);
-    return fail("{}: not valid JSON: {}", path, what);
-  }
-}
-
 std::string stem_of(const std::string& path) {
   std::string stem = path.substr(path.find_last_of('/') + 1);
   if (auto dot = stem.rfind('.'); dot != std::string::npos && dot > 0) stem.resize(dot);
@@ -492,65 +399,6 @@ Result<RunConfig> load_run_config(const std::string& path) {
   auto j = read_json(path);
   if (!j) return std::unexpected(j.error());
   auto c = parse_run_config(*j, stem_of(path));
-  if (!c) return std::unexpected(c.error().context(path));
-  return c;
-}
-
-Result<StressConfig> parse_stress_config(const json& j) {
-  Ptr root;
-  if (auto k = check_keys(j, root, {"stress"}); !k) return std::unexpected(k.error());
-  if (!j.contains("stress")) return root.fail("missing required key \"stress\"");
-  const json& s = j.at("stress");
-  const Ptr p = root / "stress";
-  if (auto k = check_keys(s, p, {"seed", "rounds", "duration_s", "vms_per_round", "vm_memory", "ram_unit",
-                                 "regions_per_vm", "region_min", "region_max", "commit_budget", "slack", "timeout_ms",
-                                 "inject_corruption"});
-      !k)
-    return std::unexpected(k.error());
-  StressConfig c;
-  struct Field {
-    const char* key;
-    uint64_t* out;
-    uint64_t min, max;
-  } fields[] = {{"seed", &c.seed, 0, UINT64_MAX},
-                {"rounds", &c.rounds, 0, 1'000'000},
-                {"duration_s", &c.duration_s, 0, 86'400},
-                {"vms_per_round", &c.vms_per_round, 1, kMaxVms},
-                {"vm_memory", &c.vm_memory, 4ull << 20, guest::kMaxRamBytes},
-                {"ram_unit", &c.ram_unit, 2ull << 20, guest::kMaxRamBytes},
-                {"regions_per_vm", &c.regions_per_vm, 1, 1000},
-                {"region_min", &c.region_min, 2ull << 20, guest::kMaxRamBytes},
-                {"region_max", &c.region_max, 2ull << 20, guest::kMaxRamBytes},
-                {"commit_budget", &c.commit_budget, 0, UINT64_MAX},
-                {"slack", &c.slack, 0, UINT64_MAX},
-                {"timeout_ms", &c.timeout_ms, 1, kMaxTimeoutMs}};
-  if (s.contains("inject_corruption")) {
-    if (!s.at("inject_corruption").is_boolean()) return (p / "inject_corruption").fail("expected true or false");
-    c.inject_corruption = s.at("inject_corruption").get<bool>();
-  }
-  for (const Field& f : fields) {
-    if (!s.contains(f.key)) continue;
-    auto v = size_value(s.at(f.key), p / f.key);
-    if (!v) return std::unexpected(v.error());
-    if (*v < f.min || *v > f.max) return (p / f.key).fail("must be {:#x}..{:#x}, found {:#x}", f.min, f.max, *v);
-    *f.out = *v;
-  }
-  for (auto [key, v] : {std::pair{"vm_memory", c.vm_memory}, std::pair{"ram_unit", c.ram_unit},
-                        std::pair{"region_min", c.region_min}, std::pair{"region_max", c.region_max}})
-    if (v % (2ull << 20) != 0) return (p / key).fail("{:#x} is not a multiple of 2M", v);
-  if (c.region_min > c.region_max) return (p / "region_min").fail("is larger than region_max");
-  if (c.region_max > c.vm_memory - (2ull << 20))
-    return (p / "region_max").fail("leaves no room: a VM has {:#x} bytes and the first 2M are not used", c.vm_memory);
-  if (c.rounds == 0 && c.duration_s == 0) return p.fail("rounds and duration_s cannot both be 0 (unlimited)");
-  return c;
-}
-
-Result<json> read_config_json(const std::string& path) { return read_json(path); }
-
-Result<StressConfig> load_stress_config(const std::string& path) {
-  auto j = read_json(path);
-  if (!j) return std::unexpected(j.error());
-  auto c = parse_stress_config(*j);
   if (!c) return std::unexpected(c.error().context(path));
   return c;
 }

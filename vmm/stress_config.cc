@@ -1,0 +1,68 @@
+// Parsing of `kvmem stress` configs: {"stress": {...}}.
+#include "vmm/config.h"
+#include "vmm/json_fields.h"
+
+namespace kvmem {
+
+using namespace json_fields;
+
+Result<StressConfig> parse_stress_config(const json& j) {
+  Ptr root;
+  if (auto k = check_keys(j, root, {"stress"}); !k) return std::unexpected(k.error());
+  if (!j.contains("stress")) return root.fail("missing required key \"stress\"");
+  const json& s = j.at("stress");
+  const Ptr p = root / "stress";
+  if (auto k = check_keys(s, p, {"seed", "rounds", "duration_s", "vms_per_round", "vm_memory", "ram_unit",
+                                 "regions_per_vm", "region_min", "region_max", "commit_budget", "slack", "timeout_ms",
+                                 "inject_corruption"});
+      !k)
+    return std::unexpected(k.error());
+  StressConfig c;
+  struct Field {
+    const char* key;
+    uint64_t* out;
+    uint64_t min, max;
+  } fields[] = {{"seed", &c.seed, 0, UINT64_MAX},
+                {"rounds", &c.rounds, 0, 1'000'000},
+                {"duration_s", &c.duration_s, 0, 86'400},
+                {"vms_per_round", &c.vms_per_round, 1, kMaxVms},
+                {"vm_memory", &c.vm_memory, 4ull << 20, guest::kMaxRamBytes},
+                {"ram_unit", &c.ram_unit, 2ull << 20, guest::kMaxRamBytes},
+                {"regions_per_vm", &c.regions_per_vm, 1, 1000},
+                {"region_min", &c.region_min, 2ull << 20, guest::kMaxRamBytes},
+                {"region_max", &c.region_max, 2ull << 20, guest::kMaxRamBytes},
+                {"commit_budget", &c.commit_budget, 0, UINT64_MAX},
+                {"slack", &c.slack, 0, UINT64_MAX},
+                {"timeout_ms", &c.timeout_ms, 1, kMaxTimeoutMs}};
+  if (s.contains("inject_corruption")) {
+    if (!s.at("inject_corruption").is_boolean()) return (p / "inject_corruption").fail("expected true or false");
+    c.inject_corruption = s.at("inject_corruption").get<bool>();
+  }
+  for (const Field& f : fields) {
+    if (!s.contains(f.key)) continue;
+    auto v = size_value(s.at(f.key), p / f.key);
+    if (!v) return std::unexpected(v.error());
+    if (*v < f.min || *v > f.max) return (p / f.key).fail("must be {:#x}..{:#x}, found {:#x}", f.min, f.max, *v);
+    *f.out = *v;
+  }
+  for (auto [key, v] : {std::pair{"vm_memory", c.vm_memory}, std::pair{"ram_unit", c.ram_unit},
+                        std::pair{"region_min", c.region_min}, std::pair{"region_max", c.region_max}})
+    if (v % (2ull << 20) != 0) return (p / key).fail("{:#x} is not a multiple of 2M", v);
+  if (c.region_min > c.region_max) return (p / "region_min").fail("is larger than region_max");
+  if (c.region_max > c.vm_memory - (2ull << 20))
+    return (p / "region_max").fail("leaves no room: a VM has {:#x} bytes and the first 2M are not used", c.vm_memory);
+  if (c.rounds == 0 && c.duration_s == 0) return p.fail("rounds and duration_s cannot both be 0 (unlimited)");
+  return c;
+}
+
+Result<json> read_config_json(const std::string& path) { return read_json(path); }
+
+Result<StressConfig> load_stress_config(const std::string& path) {
+  auto j = read_json(path);
+  if (!j) return std::unexpected(j.error());
+  auto c = parse_stress_config(*j);
+  if (!c) return std::unexpected(c.error().context(path));
+  return c;
+}
+
+}  // namespace kvmem
