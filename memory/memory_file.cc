@@ -534,6 +534,14 @@ void MemoryFile::finish_reclaim_locked(const Reclaim& rec) {
   stats_.reclaim_fallbacks.fetch_add(1, std::memory_order_relaxed);
 }
 
+uint64_t MemoryFile::committed_in(FileRange r) {
+  std::lock_guard lock(mu_);
+  uint64_t bytes = 0;
+  for (auto seg = usage_.lower_bound_segment(r.start); seg.ok() && seg.start() < r.end; seg = seg.next_segment())
+    if (seg.value().known_committed) bytes += seg.range().intersect(r).length();
+  return bytes;
+}
+
 MemoryFile::Stats MemoryFile::stats() const {
   Stats s;
   s.scans = stats_.scans.load(std::memory_order_relaxed);

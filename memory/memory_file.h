@@ -177,6 +177,9 @@ class MemoryFile {
   Status update_usage();
 
   UsageSnapshot usage() const { return counters_.snapshot(); }
+  // Bytes of r known committed: exact right after update_usage() when
+  // nothing has written to r since (one VM's share of usage(), say).
+  uint64_t committed_in(FileRange r);
   // Bytes the host holds for the file, from st_blocks (one fstat).
   Result<uint64_t> total_usage() const;
   // The file's current size; grows by doubling, never shrinks.

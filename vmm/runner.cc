@@ -33,6 +33,7 @@ nlohmann::json VmOutcome::to_json() const {
             {"hypercalls_invalid", r.hypercalls.invalid},
             {"memslots", memslots},
             {"committed_bytes", committed_bytes},
+            {"host_committed_bytes", host_committed_bytes},
             {"free_reports", r.free_reports},
             {"free_ranges", r.free_ranges},
             {"free_ranges_invalid", r.free_ranges_invalid},
@@ -119,7 +120,9 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
       if (echo) vm_echo = [&echo, name = vms[i].name](std::string_view text) { echo(name, text); };
       out.result = (*vm)->run(vm_echo);
       out.memslots = (*vm)->memory().memslots().size();
-      if (auto resident = (*vm)->memory().resident_bytes()) out.committed_bytes = *resident;
+      if (auto resident = (*vm)->memory().resident_bytes()) out.host_committed_bytes = *resident;
+      if (file.update_usage())
+        for (const FileRange& r : (*vm)->memory().file_ranges()) out.committed_bytes += file.committed_in(r);
       if (auto b = file.total_usage()) sampler.observe(*b);
       // The Vm goes here, on its own thread: its RAM goes back to the file.
     });

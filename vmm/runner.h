@@ -34,7 +34,11 @@ struct VmOutcome {
   RunResult result;
   uint64_t memory_bytes = 0;
   size_t memslots = 0;
-  uint64_t committed_bytes = 0;  // RAM the host held for this VM when it ended (mincore)
+  // RAM committed for this VM when it ended: by the allocator's count
+  // (update_usage, then its share of the file) and by the kernel's (mincore
+  // over its RAM).
+  uint64_t committed_bytes = 0;
+  uint64_t host_committed_bytes = 0;
 
   // 0 exited with 0 · 1 failed · 3 could not be created.
   int exit_code() const { return setup_error.empty() ? result.process_exit_code() : 3; }

@@ -124,6 +124,7 @@ TEST_CASE("run --json prints one report with outcome, console, exits and times",
   CHECK(vm["run_ms"].get<double>() > 0);
   CHECK(vm["memslots"] == 1);
   CHECK(vm["committed_bytes"].get<uint64_t>() >= 256 * 1024);
+  CHECK(vm["committed_bytes"] == vm["host_committed_bytes"]);  // our count and the kernel's agree
   // Everything the guest held is punched once it is gone.
   CHECK(report["memory"]["committed_bytes_after"] == 0);
   CHECK(report["memory"]["host_committed_bytes_after"] == 0);

@@ -142,3 +142,18 @@ TEST_CASE("memory slot numbers are the lowest free ones", "[free]") {
   CHECK(full.error().message == "all 4 KVM memory slots are in use");
   CHECK(slots.in_use() == 4);
 }
+
+TEST_CASE("a guest's share of commit, by the allocator's count, matches the kernel's", "[free]") {
+  Guest g = make_guest(16 << 20, 2 << 20);
+  write_pages(*g.memory, 2 << 20, 6 << 20);
+  FreeStats stats;
+  REQUIRE(free_range(*g.memory, stats, 3 << 20, 1 << 20) == 0);
+  REQUIRE(g.file->update_usage());
+  uint64_t ours = 0;
+  for (const FileRange& r : g.memory->file_ranges()) ours += g.file->committed_in(r);
+  auto kernel = g.memory->resident_bytes();
+  REQUIRE(kernel);
+  CHECK(ours == 5 << 20);
+  CHECK(*kernel == ours);
+  CHECK(g.file->committed_in(FileRange(0, 1 << 20)) == 0);  // nothing written there
+}
