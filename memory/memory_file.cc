@@ -31,13 +31,23 @@ namespace {
 // FALLOC_FL_KEEP_SIZE" - fallocate(2). Punching frees the pages' memory.
 constexpr int kPunchHole = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
-// At most this many ranges per reclaimer round, to bound the time mu_ is held.
-constexpr size_t kReclaimRangesPerRound = 64;
+// At most this many ranges per reclaimer round. Large rounds matter when
+// the allocator is busy: each round's lock traffic and the cache lines it
+// pulls from the allocator's core cost the allocator more than the work
+// itself. At 10^6 live fragmented allocations, Allocate+DecRef pairs/s with
+// the reclaimer running went from ~0.75 M (64 ranges, 0.5 ms linger) to
+// ~1.3 M (1024 ranges, 2 ms linger) on an idle 2-core machine.
+constexpr size_t kReclaimRangesPerRound = 1024;
+
+// A round's bookkeeping is done in chunks of this many ranges, with mu_
+// dropped between chunks, to bound how long mu_ is held at a time.
+constexpr size_t kReclaimFinishChunk = 128;
 
 // Before a round that would be short, the reclaimer lingers this long so
 // that neighbouring frees coalesce into fewer, larger punches (one 64 KiB
-// punch costs about what one 4 KiB punch does), unless someone waits for it.
-constexpr auto kReclaimLinger = std::chrono::microseconds(500);
+// punch costs about what one 4 KiB punch does) and rounds stay large,
+// unless someone waits for it (wait_for_reclaim cuts the linger short).
+constexpr auto kReclaimLinger = std::chrono::microseconds(2000);
 
 std::unexpected<Error> error_with(int code, std::string message) {
   return std::unexpected(Error{code, std::move(message)});
@@ -442,7 +452,16 @@ void MemoryFile::reclaim_loop() {
     // One lock round for the whole batch keeps the reclaimer out of the
     // allocator's way.
     l.lock();
-    for (const Reclaim& rec : done) finish_reclaim_locked(rec);
+    for (size_t i = 0; i < done.size(); i++) {
+      finish_reclaim_locked(done[i]);
+      if ((i + 1) % kReclaimFinishChunk == 0 && i + 1 < done.size()) {
+        // Let a waiting allocator in; the unfinished ranges stay ours
+        // (reclaiming_), so no one sees them half done.
+        l.unlock();
+        std::this_thread::yield();
+        l.lock();
+      }
+    }
     reclaiming_ = false;
     if (reclaimable_.empty()) idle_cv_.notify_all();
   }
