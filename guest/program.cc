@@ -222,6 +222,21 @@ class Emitter {
     a_.bind(ok);
   }
 
+  // Makes hypercall nr (arguments already loaded); a status other than 0
+  // fails the run with fail(kFailHypercallStatus, nr, 0, status).
+  void call_expecting_zero(uint32_t nr) {
+    Label ok = a_.newLabel();
+    a_.mov(eax, nr);
+    a_.out(imm(abi::kHypercallPort), eax);
+    a_.test(rax, rax);
+    a_.jz(ok);
+    a_.mov(r10, rax);
+    a_.xor_(edx, edx);
+    a_.mov(esi, nr);
+    fail_with(abi::kFailHypercallStatus);
+    a_.bind(ok);
+  }
+
   // fail(reason, rsi, rdx, r10) with the registers already loaded.
   void fail_with(uint64_t reason) {
     a_.mov(edi, reason);
@@ -233,18 +248,9 @@ class Emitter {
  public:
   // Registers the program's free ring; a refusal fails the run.
   void setup_free_ring() {
-    Label ok = a_.newLabel();
     a_.mov(rdi, abi::kFreeRingAddr);
     a_.mov(rsi, abi::kFreeRingEntries);
-    a_.mov(eax, abi::kHcFreeRingSetup);
-    a_.out(imm(abi::kHypercallPort), eax);
-    a_.test(rax, rax);
-    a_.jz(ok);
-    a_.mov(r10, rax);
-    a_.xor_(edx, edx);
-    a_.mov(esi, abi::kHcFreeRingSetup);
-    fail_with(abi::kFailHypercallStatus);
-    a_.bind(ok);
+    call_expecting_zero(abi::kHcFreeRingSetup);
   }
 
  private:
@@ -351,16 +357,9 @@ class Emitter {
     a_.jnz(spin);
     a_.bind(block);
     a_.mov(rdi, rax);
-    a_.mov(r11, rax);
-    a_.mov(eax, abi::kHcFreeRingWait);
-    a_.out(imm(abi::kHypercallPort), eax);
-    a_.test(rax, rax);
-    a_.mov(rax, r11);
-    a_.jz(done);
-    a_.mov(r10, rax);
-    a_.xor_(edx, edx);
-    a_.mov(esi, abi::kHcFreeRingWait);
-    fail_with(abi::kFailHypercallStatus);
+    a_.push(rax);
+    call_expecting_zero(abi::kHcFreeRingWait);
+    a_.pop(rax);
     a_.bind(done);
   }
 

@@ -403,12 +403,4 @@ Result<RunConfig> load_run_config(const std::string& path) {
   return c;
 }
 
-Result<VmConfig> load_config(const std::string& path) {
-  auto j = read_json(path);
-  if (!j) return std::unexpected(j.error());
-  auto c = parse_vm_config(*j, stem_of(path));
-  if (!c) return std::unexpected(c.error().context(path));
-  return c;
-}
-
 }  // namespace kvmem

@@ -74,8 +74,7 @@ Result<StressConfig> parse_stress_config(const nlohmann::json& j);
 // must differ.
 Result<RunConfig> parse_run_config(const nlohmann::json& j, std::string_view default_name);
 
-// Reads and parses a config file. Errors start with the path.
-Result<VmConfig> load_config(const std::string& path);
+// Reads and parses a config file (either form). Errors start with the path.
 Result<RunConfig> load_run_config(const std::string& path);
 
 }  // namespace kvmem

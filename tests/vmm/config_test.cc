@@ -177,8 +177,8 @@ TEST_CASE("the step count is bounded", "[config]") {
   CHECK(r.error().message.rfind("/program/10000: too many steps", 0) == 0);
 }
 
-TEST_CASE("load_config names the file, and the line and column of a JSON syntax error", "[config]") {
-  auto missing = load_config("/nonexistent/kvmem.json");
+TEST_CASE("loading a config names the file, and the line and column of a JSON syntax error", "[config]") {
+  auto missing = load_run_config("/nonexistent/kvmem.json");
   REQUIRE_FALSE(missing);
   CHECK(missing.error().message.rfind("cannot read config /nonexistent/kvmem.json: open: ENOENT", 0) == 0);
 
@@ -188,7 +188,7 @@ TEST_CASE("load_config names the file, and the line and column of a JSON syntax 
   const char text[] = "{\n  \"memory\": \"4M\",\n  \"program\": [ , ]\n}\n";
   REQUIRE(write(fd, text, sizeof text - 1) == static_cast<ssize_t>(sizeof text - 1));
   close(fd);
-  auto bad = load_config(path);
+  auto bad = load_run_config(path);
   unlink(path);
   REQUIRE_FALSE(bad);
   INFO(bad.error().message);

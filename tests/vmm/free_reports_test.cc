@@ -144,13 +144,16 @@ TEST_CASE("hostile report_free and ring-setup calls are refused as a whole", "[k
       hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, abi::kRingMaxEntries * 2}, "-EINVAL"),
       hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr + 8, 16}, "-EINVAL"),             // unaligned
       hc(abi::kHcFreeRingSetup, {"0x1ffff00", 1024}, "-EFAULT"),                      // past RAM
+      hc(abi::kHcFreeRingWait, {0}, "-EINVAL"),                                       // no ring yet
       hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 16}, 0),
       hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 16}, "-EBUSY"),                  // only once
+      hc(abi::kHcFreeRingWait, {0}, 0),                                               // nothing produced: done
+      hc(abi::kHcFreeRingWait, {5}, "-EINVAL"),                                       // never produced
   }));
   REQUIRE(run.setup_error == "");
   INFO(run.result.message);
   CHECK(run.result.outcome == Outcome::kExited);
-  CHECK(run.result.hypercalls.invalid == 11);
+  CHECK(run.result.hypercalls.invalid == 13);
   CHECK(run.result.bytes_decommitted == 0);
 }
 

@@ -31,6 +31,15 @@ StressConfig small() {
   return c;
 }
 
+// Runs stress with c on a fresh KVM handle and memory file.
+Result<StressSummary> stress(const StressConfig& c) {
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create(memory_file_options_for(c.vms_per_round * c.vm_memory));
+  REQUIRE(file);
+  return run_stress(*kvm, **file, c, nullptr);
+}
+
 }  // namespace
 
 TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
@@ -51,13 +60,9 @@ TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
 
 TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress][kvm]") {
   REQUIRE_KVM();
-  auto kvm = Kvm::open();
-  REQUIRE(kvm);
-  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
-  REQUIRE(file);
   StressConfig c = small();
   c.seed = 20261122;
-  auto sum = run_stress(*kvm, **file, c, nullptr);
+  auto sum = stress(c);
   REQUIRE(sum);
   INFO(sum->to_text());
   CHECK(sum->exit_code() == 0);
@@ -75,15 +80,11 @@ TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress
 
 TEST_CASE("stress catches a guest that reads what it did not write, and names seed, VM and address", "[stress][kvm]") {
   REQUIRE_KVM();
-  auto kvm = Kvm::open();
-  REQUIRE(kvm);
-  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
-  REQUIRE(file);
   StressConfig c = small();
   c.seed = 7;
   c.rounds = 1;
   c.inject_corruption = true;
-  auto sum = run_stress(*kvm, **file, c, nullptr);
+  auto sum = stress(c);
   REQUIRE(sum);
   CHECK(sum->exit_code() == 1);
   CHECK(sum->integrity_errors == 1);
@@ -94,14 +95,10 @@ TEST_CASE("stress catches a guest that reads what it did not write, and names se
 
 TEST_CASE("stress fails a run whose commit passes the budget", "[stress][kvm]") {
   REQUIRE_KVM();
-  auto kvm = Kvm::open();
-  REQUIRE(kvm);
-  auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
-  REQUIRE(file);
   StressConfig c = small();
   c.rounds = 1;
   c.commit_budget = 1 << 20;  // less than one region
-  auto sum = run_stress(*kvm, **file, c, nullptr);
+  auto sum = stress(c);
   REQUIRE(sum);
   CHECK(sum->budget_exceeded);
   CHECK(sum->exit_code() == 1);
