@@ -290,13 +290,14 @@ class Emitter {
     a_.mov(r8, s.at);
     a_.mov(r9, s.at + s.length);
     a_.mov(r11, s.granule);
+    a_.mov(r14, s.stride_or_granule());
     a_.bind(outer);
     a_.mov(r13, abi::kReportListAddr);
     a_.xor_(r12d, r12d);
     a_.bind(inner);
     put_entry(r13, r8, r11);
     a_.add(r13, 32);
-    a_.add(r8, r11);
+    a_.add(r8, r14);
     a_.inc(r12);
     a_.cmp(r8, r9);
     a_.jae(flush);
@@ -372,6 +373,7 @@ class Emitter {
     a_.mov(r8, s.at);
     a_.mov(r9, s.at + s.length);
     a_.mov(r11, s.granule);
+    a_.mov(rsi, s.stride_or_granule());
     a_.xor_(r12d, r12d);
     a_.bind(loop);
     a_.mov(rax, qword_ptr(r13));
@@ -380,7 +382,7 @@ class Emitter {
     put_entry(rdx, r8, r11);
     a_.inc(rax);
     a_.mov(qword_ptr(r13), rax);
-    a_.add(r8, r11);
+    a_.add(r8, rsi);
     a_.inc(r12);
     a_.cmp(r8, r9);
     a_.jae(last);
@@ -518,6 +520,8 @@ Step Step::free(uint64_t at, uint64_t length, uint64_t granule, FreeMode mode, u
   s.batch = batch;
   return s;
 }
+
+uint64_t Step::stride_or_granule() const { return stride_bytes ? stride_bytes : granule; }
 
 Step Step::timestamp(uint64_t slot) {
   Step s;

@@ -52,11 +52,13 @@ struct Step {
   std::optional<int64_t> expect;   // hypercall: status the guest demands
   uint64_t code = 0;         // exit: exit code
   Fault fault = Fault::kSpin;  // fault
-  // free: [at, at + length) in `granule`-sized ranges, `batch` per report.
+  // free: [at, at + length) in `granule`-sized ranges every `stride_bytes`
+  // (default: back to back), `batch` per report.
   // report: the literal `ranges`, each status checked against `expects`
   // where one is given.
   FreeMode mode = FreeMode::kSync;  // free, report
   uint64_t granule = 4096;          // free
+  uint64_t stride_bytes = 0;        // free: start-to-start distance of ranges; 0 = granule (contiguous)
   uint64_t batch = 64;              // free
   std::vector<std::pair<uint64_t, uint64_t>> ranges;  // report: (gpa, length)
   std::vector<std::optional<int64_t>> expects;        // report: one per range
@@ -64,6 +66,7 @@ struct Step {
   uint8_t port = 0;          // out: an 8-bit port
   uint32_t value = 0;        // out: the 32-bit value written
 
+  uint64_t stride_or_granule() const;
   // True when this step or one inside it uses the asynchronous free ring.
   bool uses_free_ring() const;
 

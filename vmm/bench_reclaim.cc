@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <string_view>
 #include <thread>
 
 #include "guest/abi.h"
@@ -65,9 +66,10 @@ Result<GuestRun> run_program(const Kvm& kvm, MemoryFile& file, uint64_t memory, 
   return g;
 }
 
-// Seconds to punch `count` ranges of `size` bytes, each touched first, in a bare memfd.
-Result<double> raw_punch_seconds(uint64_t size, uint64_t count) {
-  const uint64_t total = size * count;
+// Seconds to punch `count` ranges of `size` bytes, `stride` apart, each
+// touched first, in a bare memfd.
+Result<double> raw_punch_seconds(uint64_t size, uint64_t count, uint64_t stride) {
+  const uint64_t total = stride * count;
   int fd = memfd_create("kvmem-bench-raw", MFD_CLOEXEC);
   if (fd < 0) return sys_fail("cannot create the raw memfd", "memfd_create", errno);
   if (ftruncate(fd, static_cast<off_t>(total)) < 0) {
@@ -82,7 +84,7 @@ Result<double> raw_punch_seconds(uint64_t size, uint64_t count) {
   std::memset(p, 1, total);
   const auto t0 = Clock::now();
   for (uint64_t i = 0; i < count; i++)
-    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(i * size),
+    if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(i * stride),
                   static_cast<off_t>(size)) < 0) {
       munmap(p, total);
       close(fd);
@@ -108,35 +110,43 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
   const double hz = tsc_hz();
   std::vector<nlohmann::json> rows;
 
-  for (uint64_t size : {uint64_t{4096}, uint64_t{64} << 10, uint64_t{2} << 20}) {
-    for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
-      auto run = run_program(*kvm, **file, memory,
-                             {fill(kRegion, region), Step::timestamp(0), Step::free(kRegion, region, size, mode, 64),
-                              Step::timestamp(1)});
-      if (!run) return std::unexpected(run.error());
-      const double guest_s = static_cast<double>(result_slot(*run->vm, 1) - result_slot(*run->vm, 0)) / hz;
-      // The pages must be gone for the figure to count: the kernel's view.
-      auto held = (*file)->total_usage();
-      if (!held) return std::unexpected(held.error());
-      const bool gone = *held < (1ull << 20);  // what is left is the boot area's few pages
-      auto raw = raw_punch_seconds(size, region / size);
-      if (!raw) return std::unexpected(raw.error());
-      const double gbps = static_cast<double>(region) / guest_s / 1e9;
-      const double raw_gbps = static_cast<double>(region) / *raw / 1e9;
-      rows.push_back({{"bench", "reclaim"},
-                      {"size", size},
-                      {"mode", mode_name(mode)},
-                      {"batch", 64},
-                      {"ranges", region / size},
-                      {"bytes", region},
-                      {"gb_per_s", gbps},
-                      {"raw_gb_per_s", raw_gbps},
-                      {"ratio_to_raw", gbps / raw_gbps},
-                      {"exits", run->result.exits["io"]},
-                      {"pages_gone", gone},
-                      {"host_bytes_after", *held}});
-      run->vm.reset();
-      (*file)->wait_for_reclaim();
+  // Contiguous ranges (neighbours coalesce into one punch), then scattered
+  // ones (every other range: one punch each, as raw does).
+  for (const char* layout : {"contiguous", "scattered"}) {
+    const bool scattered = std::string_view(layout) == "scattered";
+    for (uint64_t size : {uint64_t{4096}, uint64_t{64} << 10, uint64_t{2} << 20}) {
+      const uint64_t stride = scattered ? 2 * size : size;
+      const uint64_t ranges = region / stride, bytes = ranges * size;
+      for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
+        Step free = Step::free(kRegion, region, size, mode, 64);
+        free.stride_bytes = stride;
+        auto run = run_program(*kvm, **file, memory, {fill(kRegion, region), Step::timestamp(0), free, Step::timestamp(1)});
+        if (!run) return std::unexpected(run.error());
+        const double guest_s = static_cast<double>(result_slot(*run->vm, 1) - result_slot(*run->vm, 0)) / hz;
+        // The pages must be gone for the figure to count: the kernel's view.
+        auto held = (*file)->total_usage();
+        if (!held) return std::unexpected(held.error());
+        const bool gone = *held <= region - bytes + (1ull << 20);  // what is left: the rest, and boot pages
+        auto raw = raw_punch_seconds(size, ranges, stride);
+        if (!raw) return std::unexpected(raw.error());
+        const double gbps = static_cast<double>(bytes) / guest_s / 1e9;
+        const double raw_gbps = static_cast<double>(bytes) / *raw / 1e9;
+        rows.push_back({{"bench", "reclaim"},
+                        {"layout", layout},
+                        {"size", size},
+                        {"mode", mode_name(mode)},
+                        {"batch", 64},
+                        {"ranges", ranges},
+                        {"bytes", bytes},
+                        {"gb_per_s", gbps},
+                        {"raw_gb_per_s", raw_gbps},
+                        {"ratio_to_raw", gbps / raw_gbps},
+                        {"exits", run->result.exits["io"]},
+                        {"pages_gone", gone},
+                        {"host_bytes_after", *held}});
+        run->vm.reset();
+        (*file)->wait_for_reclaim();
+      }
     }
   }
 
@@ -171,11 +181,12 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
 
 std::string format_reclaim_bench(const std::vector<nlohmann::json>& rows) {
   std::string out = "reclaim: report -> pages gone, batches of 64, vs raw fallocate(PUNCH_HOLE)\n";
-  out += fmt::format("  {:>8} {:>6} {:>8} {:>10} {:>10} {:>8} {:>6}\n", "size", "mode", "ranges", "GB/s", "raw GB/s",
-                     "ratio", "exits");
+  out += fmt::format("  {:>10} {:>8} {:>6} {:>8} {:>10} {:>10} {:>8} {:>6}\n", "layout", "size", "mode", "ranges", "GB/s",
+                     "raw GB/s", "ratio", "exits");
   for (const auto& r : rows)
     if (r["bench"] == "reclaim")
-      out += fmt::format("  {:>8} {:>6} {:>8} {:>10.2f} {:>10.2f} {:>8.2f} {:>6}{}\n", r["size"].get<uint64_t>(),
+      out += fmt::format("  {:>10} {:>8} {:>6} {:>8} {:>10.2f} {:>10.2f} {:>8.2f} {:>6}{}\n",
+                         r["layout"].get<std::string>(), r["size"].get<uint64_t>(),
                          r["mode"].get<std::string>(), r["ranges"].get<uint64_t>(), r["gb_per_s"].get<double>(),
                          r["raw_gb_per_s"].get<double>(), r["ratio_to_raw"].get<double>(), r["exits"].get<uint64_t>(),
                          r["pages_gone"].get<bool>() ? "" : "  (pages NOT gone)");

@@ -10,7 +10,9 @@
 // first report to the last page gone, exits and doorbells included. After
 // the run, st_blocks confirms the pages are gone. The raw figure punches the
 // same number of ranges of the same size in a bare memfd whose pages were
-// all touched first, in the same run.
+// all touched first, in the same run. Two layouts: contiguous ranges (which
+// the VMM punches as runs) and scattered ones, every other range, which it
+// must punch one by one as raw does.
 //
 // A second measurement: the guest-side latency of one 4 KiB report in each
 // mode, as the median over 64 reports each of a page the guest had just

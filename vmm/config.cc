@@ -178,7 +178,7 @@ struct StepParser {
         s.code = *c;
       }
     } else if (name == "free") {
-      if (auto k = check_keys(j, p, {"op", "at", "length", "granule", "batch", "mode"}); !k)
+      if (auto k = check_keys(j, p, {"op", "at", "length", "granule", "stride", "batch", "mode"}); !k)
         return std::unexpected(k.error());
       s.op = Step::Op::kFree;
       if (auto m = free_mode(j, p, &s); !m) return std::unexpected(m.error());
@@ -189,8 +189,16 @@ struct StepParser {
         if (*g == 0 || *g % 4096 != 0) return (p / "granule").fail("must be a non-zero multiple of 4K");
         s.granule = *g;
       }
-      if (s.length % s.granule != 0)
-        return (p / "length").fail("{:#x} is not a multiple of the granule ({:#x})", s.length, s.granule);
+      if (j.contains("stride")) {
+        auto st = size_value(j.at("stride"), p / "stride");
+        if (!st) return std::unexpected(st.error());
+        if (*st < s.granule || *st % 4096 != 0)
+          return (p / "stride").fail("must be a multiple of 4K no smaller than the granule ({:#x})", s.granule);
+        s.stride_bytes = *st;
+      }
+      if (s.length % s.stride_or_granule() != 0)
+        return (p / "length").fail("{:#x} is not a multiple of the {} ({:#x})", s.length,
+                                   s.stride_bytes ? "stride" : "granule", s.stride_or_granule());
       const uint64_t max_batch = s.mode == Step::FreeMode::kSync ? abi::kReportMax : abi::kFreeRingEntries;
       if (j.contains("batch")) {
         auto b = size_value(j.at("batch"), p / "batch");

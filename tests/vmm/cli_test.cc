@@ -229,6 +229,6 @@ TEST_CASE("bench reclaim --quick measures both modes at every size and sees the 
       CHECK(row["median_us"].get<double>() > 0);
     }
   }
-  CHECK(reclaim == 6);
+  CHECK(reclaim == 12);  // 2 layouts x 3 sizes x 2 modes
   CHECK(latency == 2);
 }

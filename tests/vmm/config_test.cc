@@ -236,6 +236,8 @@ TEST_CASE("free and report steps are checked like the others", "[config]") {
       {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"granule", 100}}, "/program/0/granule: must be a non-zero multiple of 4K"},
       {json{{"op", "free"}, {"at", "1M"}, {"length", "12K"}, {"granule", "8K"}}, "/program/0/length: 0x3000 is not a multiple of the granule"},
       {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"batch", 0}}, "/program/0/batch: must be 1..2048"},
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "64K"}, {"granule", "8K"}, {"stride", "4K"}}, "/program/0/stride: must be a multiple of 4K no smaller than the granule"},
+      {json{{"op", "free"}, {"at", "1M"}, {"length", "12K"}, {"stride", "8K"}}, "/program/0/length: 0x3000 is not a multiple of the stride"},
       {json{{"op", "free"}, {"at", "1M"}, {"length", "8K"}, {"mode", "async"}, {"batch", 2048}}, "/program/0/batch: must be 1..1024"},
       {json{{"op", "free"}, {"at", "3M"}, {"length", "2M"}}, "/program/0/length: the range at 0x300000"},
       {json{{"op", "report"}}, "/program/0: missing required key \"ranges\""},

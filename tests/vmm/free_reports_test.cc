@@ -246,3 +246,19 @@ TEST_CASE("RAM a VM gave back serves the next VM: the file does not grow", "[kvm
     CHECK((*file)->total_size() == size_after_first);
   }
 }
+
+TEST_CASE("a free with a stride hands back every other range and leaves the gaps alone", "[kvm][free]") {
+  REQUIRE_KVM();
+  for (const char* mode : {"sync", "async"}) {
+    INFO(mode);
+    json scattered = {{"op", "free"}, {"at", "2M"}, {"length", "1M"}, {"granule", "4K"}, {"stride", "8K"}, {"mode", mode}};
+    auto run = test::run_guest(vm({fill("2M", "1M", {{"seed", 5}}), scattered, verify("2M", "4K", "zero"),
+                                   verify("0x201000", "4K", {{"seed", 5}}), verify("0x2fe000", "4K", "zero"),
+                                   verify("0x2ff000", "4K", {{"seed", 5}})}));
+    REQUIRE(run.setup_error == "");
+    INFO(run.result.message);
+    CHECK(run.result.outcome == Outcome::kExited);
+    CHECK(run.result.free_ranges == 128);
+    CHECK(run.result.bytes_decommitted == 512 << 10);
+  }
+}
