@@ -46,10 +46,10 @@ enum Hypercall : uint32_t {
   // host-contiguous piece), -EBUSY (already set up), or the host's errno
   // when it cannot make the doorbell.
   kHcFreeRingSetup = 6,
-  // (rdi = a value of `produced`) -> 0 once `completed` has reached it. For
-  // a guest that has spun a while on the ring's completion: it drains the
-  // ring (as the doorbell would) and blocks in the VMM, so the vCPU stops
-  // taking a CPU from the host thread that punches. -EINVAL when no ring is
+  // (rdi = a value of `produced`) -> 0 once `completed` has reached it. The
+  // VMM drains the ring on the vCPU's own thread (as the doorbell would have
+  // the ring's thread do), with the vCPU out of the guest: for a guest that
+  // is going to wait anyway, this is cheaper than ringing and spinning. -EINVAL when no ring is
   // set up or the value lies beyond what the guest has produced.
   kHcFreeRingWait = 7,
 };
@@ -88,12 +88,10 @@ struct FreeRingHeader {
 static_assert(sizeof(FreeRingHeader) == 64);
 inline constexpr uint64_t kRingMaxEntries = 4096;
 inline constexpr uint16_t kDoorbellPort = 0xe9;
-// Pause-loop iterations a generated guest spins on `completed` before it
-// blocks with kHcFreeRingWait. Short on purpose: on 2 cores a spinning vCPU
-// keeps a CPU from the thread that punches, and under PVM punching pages
-// while the vCPU runs in the guest costs ~20 us more per punch than while it
-// waits in the VMM (KVM must kick it to drop the pages' shadow entries).
-// 64 gave 2 MiB async reports 0.85-0.88 of raw fallocate; 256 gave 0.68-0.88.
+// Pause-loop iterations a generated guest spins waiting for room in a full
+// ring before it blocks with kHcFreeRingWait. Short on purpose: on 2 cores a
+// spinning vCPU keeps a CPU from the thread that punches, and under PVM each
+// punch of pages the vCPU maps while it runs in the guest must kick it.
 inline constexpr uint64_t kRingSpinIterations = 64;
 
 // Reasons for kHcFail.

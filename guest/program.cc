@@ -355,19 +355,16 @@ class Emitter {
     a_.bind(done);
   }
 
-  // Rings the doorbell, then waits until completed == produced (in rax):
-  // spins a while, then blocks in the VMM (kHcFreeRingWait). rax is kept.
+  // Waits until completed == produced (in rax, kept). The guest is about to
+  // wait anyway, so the last slots go over with kHcFreeRingWait instead of a
+  // doorbell: the VMM drains them on the vCPU's own thread, which is out of
+  // the guest, rather than wake the ring's thread and have it kick a vCPU
+  // that spins (2 MiB async ranges measured 0.50-0.91 of raw fallocate that
+  // way, against ~0.9 for sync).
   void ring_and_wait() {
-    Label spin = a_.newLabel(), done = a_.newLabel(), block = a_.newLabel();
-    a_.out(imm(abi::kDoorbellPort), eax);
-    a_.mov(ecx, abi::kRingSpinIterations);
-    a_.bind(spin);
+    Label done = a_.newLabel();
     a_.cmp(rax, qword_ptr(r13, 8));
     a_.je(done);
-    a_.pause();
-    a_.dec(ecx);
-    a_.jnz(spin);
-    a_.bind(block);
     a_.mov(rdi, rax);
     a_.push(rax);
     call_expecting_zero(abi::kHcFreeRingWait);

@@ -101,8 +101,8 @@ int64_t report_free_list(GuestMemory& memory, FreeStats& stats, uint64_t list_gp
   return done;
 }
 
-std::unique_ptr<FreeRing> FreeRing::start(KvmVm& vm, GuestMemory& memory, FreeStats& stats, uint64_t ring_gpa,
-                                          uint64_t entries, int64_t* status) {
+std::unique_ptr<FreeRing> FreeRing::start(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser,
+                                          uint64_t ring_gpa, uint64_t entries, int64_t* status) {
   if (entries == 0 || entries > abi::kRingMaxEntries || (entries & (entries - 1)) != 0 || ring_gpa % 64 != 0) {
     *status = -EINVAL;
     return nullptr;
@@ -112,7 +112,7 @@ std::unique_ptr<FreeRing> FreeRing::start(KvmVm& vm, GuestMemory& memory, FreeSt
     *status = -EFAULT;
     return nullptr;
   }
-  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, ring.data(), entries));
+  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, pauser, ring.data(), entries));
   r->completed_ = load(ring.data());  // start where the guest's producer stands
   store(ring.data() + 8, r->completed_, std::memory_order_release);
   int door = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), stop = eventfd(0, EFD_CLOEXEC);
@@ -188,6 +188,23 @@ void FreeRing::drain() {
   } else {
     uint8_t* slots = ring_ + sizeof(abi::FreeRingHeader);
     statuses_.resize(pending);
+    // On the ring's own thread the vCPU may be running, and then every punch
+    // kicks it. Parking it costs one kick, so it pays when the slots make
+    // more than one punch (more than one run of neighbouring ranges).
+    // Scattered 4 KiB ranges went from 0.04 to ~0.5 of raw fallocate. A
+    // drain from kHcFreeRingWait runs on the vCPU's thread: no need.
+    bool park = false;
+    if (pauser_ && std::this_thread::get_id() == thread_.get_id()) {
+      uint64_t runs = 0, end = 0;
+      for (uint64_t i = 0; i < pending && runs < 2; i++) {
+        uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
+        const uint64_t gpa = load(e);
+        if (i == 0 || gpa != end) runs++;
+        end = gpa + load(e + 8);
+      }
+      park = runs > 1;
+    }
+    if (park) pauser_->pause();
     {
       FreeBatch batch(memory_, stats_);
       for (uint64_t i = 0; i < pending; i++) {
@@ -195,6 +212,7 @@ void FreeRing::drain() {
         batch.add(load(e), load(e + 8), &statuses_[i]);
       }
     }
+    if (park) pauser_->resume();
     for (uint64_t i = 0; i < pending; i++) {
       uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
       store(e + 16, static_cast<uint64_t>(statuses_[i]));

@@ -28,6 +28,13 @@ void on_kick(int) {
   if (t_run) t_run->immediate_exit = 1;
 }
 
+// The free ring's thread sends kPauseSignal to get the vCPU out of the
+// guest for a moment: the same immediate_exit, without the timeout.
+constexpr int kPauseSignal = SIGUSR2;
+void on_pause(int) {
+  if (t_run) t_run->immediate_exit = 1;
+}
+
 Status install_kick_handler() {
   static std::once_flag once;
   static int err = 0;
@@ -36,6 +43,8 @@ Status install_kick_handler() {
     sa.sa_handler = on_kick;  // no SA_RESTART: KVM_RUN must return EINTR
     sigemptyset(&sa.sa_mask);
     if (sigaction(kKickSignal, &sa, nullptr) < 0) err = errno;
+    sa.sa_handler = on_pause;
+    if (sigaction(kPauseSignal, &sa, nullptr) < 0) err = errno;
   });
   if (err) return sys_fail("cannot install the watchdog's signal handler", "sigaction", err);
   return {};
@@ -165,6 +174,40 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   return v;
 }
 
+void Vm::pause() {
+  pause_requested_.store(true);
+  if (in_guest_.load()) pthread_kill(vcpu_thread_, kPauseSignal);
+  std::unique_lock lock(pause_mu_);
+  pause_cv_.wait(lock, [this] { return !in_guest_.load(); });
+}
+
+void Vm::resume() {
+  {
+    std::lock_guard lock(pause_mu_);
+    pause_requested_.store(false);
+  }
+  pause_cv_.notify_all();
+}
+
+bool Vm::enter_guest() {
+  if (pause_requested_.load()) {
+    std::unique_lock lock(pause_mu_);
+    pause_cv_.wait(lock, [this] { return !pause_requested_.load(); });
+  }
+  in_guest_.store(true);
+  if (!pause_requested_.load()) return true;
+  left_guest();
+  return false;
+}
+
+void Vm::left_guest() {
+  {
+    std::lock_guard lock(pause_mu_);
+    in_guest_.store(false);
+  }
+  pause_cv_.notify_all();
+}
+
 Result<kvm_regs> Vm::regs_at_exit() const {
   if (sync_regs_) return vcpu_->run_struct()->s.regs.regs;
   return vcpu_->get_regs();
@@ -193,7 +236,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
                       [this](uint64_t gpa, uint64_t entries) -> int64_t {
                         if (free_ring_) return -EBUSY;
                         int64_t status = 0;
-                        free_ring_ = FreeRing::start(*vm_, *memory_, frees_, gpa, entries, &status);
+                        free_ring_ = FreeRing::start(*vm_, *memory_, frees_, this, gpa, entries, &status);
                         return status;
                       },
                       [this](uint64_t target) -> int64_t {
@@ -210,6 +253,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   kvm_run* run = vcpu_->run_struct();
   t_run = run;
   t_kicked = 0;
+  vcpu_thread_ = pthread_self();
   auto watchdog = Watchdog::arm(config_.timeout_ms);
   if (!watchdog) {
     t_run = nullptr;
@@ -218,13 +262,18 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   }
   const auto start = std::chrono::steady_clock::now();
   for (bool done = false; !done;) {
+    if (!enter_guest()) continue;
     auto entered = vcpu_->run();
+    left_guest();
     if (!entered) {
       finish(RunResult::Outcome::kFailed, entered.error().message);
       break;
     }
-    if (!*entered) {  // EINTR: the watchdog, or a stray signal
+    if (!*entered) {  // EINTR: the watchdog, a pause, or a stray signal
       result.exits["intr"]++;
+      // Clear first, then look: a watchdog kick landing after the clear sets
+      // immediate_exit again, so it cannot be lost.
+      run->immediate_exit = 0;
       if (t_kicked) {
         auto regs = vcpu_->get_regs();
         finish(RunResult::Outcome::kTimeout,

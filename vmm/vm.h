@@ -12,7 +12,12 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
 #include <optional>
+
+#include <pthread.h>
 #include <string_view>
 
 #include "base/error.h"
@@ -46,7 +51,7 @@ struct RunResult {
   const char* outcome_name() const;
 };
 
-class Vm {
+class Vm : private VcpuPauser {
  public:
   // Guest RAM comes from `file`, which several VMs may share; it must
   // outlive the Vm.
@@ -63,6 +68,14 @@ class Vm {
  private:
   explicit Vm(VmConfig config) : config_(std::move(config)) {}
 
+  // VcpuPauser, for the free ring's thread.
+  void pause() override;
+  void resume() override;
+  // Before each KVM_RUN: waits out a pause, then marks the vCPU in the
+  // guest. False when a pause began meanwhile (the caller tries again).
+  bool enter_guest();
+  void left_guest();
+
   Result<kvm_regs> regs_at_exit() const;
   Status set_status(const kvm_regs& regs, int64_t status);
 
@@ -75,6 +88,15 @@ class Vm {
   std::optional<KvmVcpu> vcpu_;
   FreeStats frees_;
   std::unique_ptr<FreeRing> free_ring_;  // first to go: its thread touches RAM
+
+  // The pause protocol (Dekker-style, seq_cst): pause() sets
+  // pause_requested_ and then reads in_guest_; enter_guest() sets in_guest_
+  // and then reads pause_requested_, so at least one of them sees the other.
+  std::atomic<bool> pause_requested_{false};
+  std::atomic<bool> in_guest_{false};
+  std::mutex pause_mu_;
+  std::condition_variable pause_cv_;  // with pause_mu_: either flag fell
+  pthread_t vcpu_thread_{};           // set by run()
   bool sync_regs_ = false;  // kvm_run carries the registers at every exit
 };
 
