@@ -152,10 +152,10 @@ void FreeRing::run() {
     if (fds[0].revents & POLLIN) {
       uint64_t n;
       (void)!read(doorbell_.get(), &n, sizeof n);
-      drain();
+      drain(true);
     }
     if (fds[1].revents & POLLIN) {
-      drain();  // slots rung for before the stop still get their answer
+      drain(true);  // slots rung for before the stop still get their answer
       return;
     }
   }
@@ -169,11 +169,11 @@ int64_t FreeRing::wait(uint64_t target) {
   // thread: the vCPU is out of the guest, so its CPU is free. If the ring's
   // thread is draining, this waits for it and then takes what is left; on
   // return every slot up to `produced`, and so `target`, is answered.
-  drain();
+  drain(false);
   return 0;
 }
 
-void FreeRing::drain() {
+void FreeRing::drain(bool on_ring_thread) {
   std::lock_guard drain_lock(drain_mu_);
   // produced is the guest's word: it may be anything. At most one lap of
   // slots is handled; a guest that claims more is refused once, as a whole.
@@ -194,7 +194,7 @@ void FreeRing::drain() {
     // Scattered 4 KiB ranges went from 0.04 to ~0.5 of raw fallocate. A
     // drain from kHcFreeRingWait runs on the vCPU's thread: no need.
     bool park = false;
-    if (pauser_ && std::this_thread::get_id() == thread_.get_id()) {
+    if (pauser_ && on_ring_thread) {
       uint64_t runs = 0, end = 0;
       for (uint64_t i = 0; i < pending && runs < 2; i++) {
         uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);

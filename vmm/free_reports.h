@@ -108,7 +108,9 @@ class FreeRing {
            uint64_t entries)
       : vm_(vm), memory_(memory), stats_(stats), pauser_(pauser), ring_(ring), entries_(entries) {}
   void run();
-  void drain();
+  // Answers every slot up to the guest's `produced`. on_ring_thread: called
+  // by the ring's own thread, with the vCPU perhaps in the guest.
+  void drain(bool on_ring_thread);
 
   KvmVm& vm_;
   GuestMemory& memory_;
