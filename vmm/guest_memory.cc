@@ -39,6 +39,7 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint6
   KVMEM_CHECK(size > 0 && size % kHugePageSize == 0 && unit >= kHugePageSize && unit % kHugePageSize == 0,
               "guest RAM of {:#x} bytes in units of {:#x}", size, unit);
   std::unique_ptr<GuestMemory> m(new GuestMemory(file, size));
+  Map map;
   for (uint64_t gpa = 0; gpa < size; gpa += unit) {
     const uint64_t length = std::min(unit, size - gpa);
     auto r = file.allocate(length, UsageKind::Anonymous);
@@ -47,10 +48,10 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint6
     // Make the chunks behind the range accessible before KVM sees them.
     if (auto span = file.map_internal(*r); !span)
       return std::unexpected(span.error().context("cannot map guest RAM"));
-    const bool added = m->map_.add(GuestRange(gpa, gpa + length), Backing{r->start});
+    const bool added = map.add(GuestRange(gpa, gpa + length), Backing{r->start});
     KVMEM_CHECK(added, "guest range [{:#x}, {:#x}) already mapped", gpa, gpa + length);
   }
-  for (auto seg = m->map_.first_segment(); seg.ok(); seg = seg.next_segment())
+  for (auto seg = map.first_segment(); seg.ok(); seg = seg.next_segment())
     m->segments_.push_back(Segment{seg.range(), seg.value().file_start});
   return m;
 }

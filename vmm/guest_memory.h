@@ -12,10 +12,9 @@
 // memory is several allocations: freeing and reallocation across VM
 // lifetimes get exercised, and a fragmented file still serves a large guest.
 //
-// The map is built once, in create(), and is immutable afterwards. Lookups
-// go to a sorted array made from it (SegmentSet's lookups move its search
-// finger, so they are not safe from two threads at once), so translation
-// from the vCPU's thread and the free ring's thread takes no lock. Every address that comes from a guest is
+// The map is built once, in create(), and kept as the sorted array of its
+// segments, immutable afterwards: translation from the vCPU's thread and
+// the free ring's thread takes no lock. Every address that comes from a guest is
 // checked with contains() before the VMM touches memory through it: a guest
 // can only ever name its own RAM.
 //
@@ -132,7 +131,6 @@ class GuestMemory {
   // The segment holding gpa. Precondition: gpa < size_.
   const Segment& segment_at(uint64_t gpa) const;
 
-  Map map_;                        // built in create(), then left alone
   std::vector<Segment> segments_;  // the map's segments in order, for lookups
   std::vector<FileRange> allocations_;  // each holds one reference of ours
   std::vector<MemSlot> memslots_;
