@@ -247,10 +247,10 @@ int main_impl(int argc, char** argv) {
 
   std::string run_file, validate_file;
   bool run_json = false, validate_json = false;
-  auto* run = app.add_subcommand("run", "Boot the guest a JSON config describes and run it to its end");
-  run->add_option("FILE", run_file, "the VM config (see docs/config.md)")->required();
+  auto* run = app.add_subcommand("run", "Boot the VM (or VMs) a JSON config describes and run them to their end");
+  run->add_option("FILE", run_file, "the config: one VM, or {\"vms\": [...]} (see docs/config.md)")->required();
   run->add_flag("--json", run_json, "print one JSON report on stdout instead of the console text");
-  auto* validate = app.add_subcommand("validate", "Check a config (and assemble its program) without running it");
+  auto* validate = app.add_subcommand("validate", "Check a VM, many-VM or stress config (and assemble its programs) without running it");
   validate->add_option("FILE", validate_file, "the VM config")->required();
   validate->add_flag("--json", validate_json, "print the result as JSON");
 
