@@ -8,7 +8,6 @@
 #include <chrono>
 #include <map>
 #include <optional>
-#include <random>
 #include <mutex>
 #include <cstdio>
 #include <string>
@@ -191,7 +190,7 @@ int cmd_stress(const StressArgs& a) {
   if (a.rounds && !a.duration_s) config->duration_s = 0;  // --rounds alone: exactly that many
   if (a.duration_s && !a.rounds) config->rounds = 0;
   if (a.seed) config->seed = *a.seed;
-  if (config->seed == 0) config->seed = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  if (config->seed == 0) config->seed = random_stress_seed();
   if (config->rounds == 0 && config->duration_s == 0)
     return report_error(a.json, kExitUsage, "--rounds 0 with --duration 0 would never end");
   auto kvm = Kvm::open();

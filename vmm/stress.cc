@@ -26,6 +26,12 @@ double mib(uint64_t b) { return static_cast<double>(b) / (1ull << 20); }
 
 }  // namespace
 
+uint64_t random_stress_seed() {
+  std::random_device rd;
+  const uint64_t seed = (uint64_t{rd()} << 32) | rd();
+  return seed ? seed : 1;
+}
+
 StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index) {
   std::seed_seq seq{seed, round, index};
   std::mt19937_64 rng(seq);
@@ -112,7 +118,7 @@ std::string StressSummary::to_text() const {
 Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressConfig& config,
                                  const std::function<void(const StressProgress&)>& progress) {
   StressSummary sum;
-  sum.seed = config.seed ? config.seed : std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  sum.seed = config.seed ? config.seed : random_stress_seed();
   sum.commit_budget_bytes = config.commit_budget;
   if (auto s = file.update_usage(); !s) return std::unexpected(s.error());
   auto base = file.total_usage();

@@ -71,8 +71,12 @@ struct StressVm {
 };
 StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index);
 
-// Runs the stress test. `progress` is called from a ticker thread about
-// every 250 ms and once after each round.
+// A random non-zero seed, for a config that names none.
+uint64_t random_stress_seed();
+
+// Runs the stress test; a config seed of 0 means random_stress_seed().
+// `progress` is called from a ticker thread about every 250 ms and once
+// after each round.
 Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressConfig& config,
                                  const std::function<void(const StressProgress&)>& progress);
 
