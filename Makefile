@@ -19,33 +19,48 @@ LDLIBS   += -lasmjit -lfmt -pthread
 DEBIAN_PACKAGES := g++ make linux-libc-dev libasmjit-dev catch2 nlohmann-json3-dev \
                    libcli11-dev libfmt-dev
 
-LIB_SRCS  := $(sort $(wildcard base/*.cc memory/*.cc memory/*/*.cc guest/*.cc vmm/*.cc))
-LIB_SRCS  := $(filter-out vmm/main.cc,$(LIB_SRCS))
-MAIN_SRCS := vmm/main.cc
+# One folder per concern; docs/design.md, "Layers", has their order and
+# tools/check-layers enforces it.
+LIB_DIRS  := base memory memory/tmpfs guest vmm/kvm vmm/memory vmm/devices vmm config harness bench
+LIB_SRCS  := $(sort $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cc)))
+MAIN_SRCS := $(sort $(wildcard cli/*.cc))
 TEST_SRCS := $(sort $(wildcard tests/*.cc tests/*/*.cc tests/*/*/*.cc))
 
 LIB_OBJS  := $(LIB_SRCS:%.cc=$(BUILD)/%.o)
 MAIN_OBJS := $(MAIN_SRCS:%.cc=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.cc=$(BUILD)/%.o)
 
-.PHONY: all run test sanitize tsan deps clean
+.PHONY: all run test layers sanitize tsan deps clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/kvmem
 
+# Quiet by default: one short line per step; V=1 shows the commands.
+ifeq ($(V),1)
+  Q :=
+  say = @true
+else
+  Q := @
+  say = @printf '  %-5s %s\n'
+endif
+
 $(BUILD)/libkvmem.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
-	$(AR) rcs $@ $^
+	$(say) AR $@
+	$(Q)$(AR) rcs $@ $^
 
 $(BUILD)/kvmem: $(MAIN_OBJS) $(BUILD)/libkvmem.a
-	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
+	$(say) LINK $@
+	$(Q)$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/kvmem-tests: $(TEST_OBJS) $(BUILD)/libkvmem.a
-	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
+	$(say) LINK $@
+	$(Q)$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
 
 $(BUILD)/%.o: %.cc
 	@mkdir -p $(@D)
-	$(CXX) $(CXXFLAGS) -c -o $@ $<
+	$(say) CXX $<
+	$(Q)$(CXX) $(CXXFLAGS) -c -o $@ $<
 
 # Installs only what is missing; prints the command instead when not root.
 deps:
@@ -55,7 +70,11 @@ run: deps
 	@$(MAKE) --no-print-directory all
 	$(BUILD)/kvmem run configs/hello.json
 
-test: $(BUILD)/kvmem $(BUILD)/kvmem-tests
+# No file includes from a folder above its own (docs/design.md, "Layers").
+layers:
+	@./tools/check-layers
+
+test: layers $(BUILD)/kvmem $(BUILD)/kvmem-tests
 	@./tools/run-tests $(BUILD)
 
 sanitize:

@@ -6,8 +6,8 @@
 #include <fmt/format.h>
 
 #include "guest/boot.h"
-#include "vmm/free_reports.h"
-#include "vmm/guest_memory.h"
+#include "vmm/devices/free_reports.h"
+#include "vmm/memory/guest_memory.h"
 
 namespace kvmem {
 namespace {

@@ -22,11 +22,11 @@
 
 #include "base/error.h"
 #include "guest/program.h"
-#include "vmm/config.h"
-#include "vmm/free_reports.h"
-#include "vmm/guest_memory.h"
+#include "vmm/vm_config.h"
+#include "vmm/devices/free_reports.h"
+#include "vmm/memory/guest_memory.h"
 #include "vmm/hypercalls.h"
-#include "vmm/kvm.h"
+#include "vmm/kvm/kvm.h"
 
 namespace kvmem {
 

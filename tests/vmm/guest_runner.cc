@@ -1,7 +1,8 @@
 #include "tests/vmm/guest_runner.h"
 
 #include "guest/abi.h"
-#include "vmm/runner.h"
+#include "config/vm_config.h"
+#include "harness/runner.h"
 
 namespace kvmem::test {
 

@@ -6,6 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "config/vm_config.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
 

@@ -6,7 +6,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
-#include "vmm/config.h"
+#include "config/vm_config.h"
 
 using namespace kvmem;
 using json = nlohmann::json;

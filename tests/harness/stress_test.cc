@@ -7,8 +7,8 @@
 
 #include "guest/abi.h"
 #include "tests/support.h"
-#include "vmm/runner.h"
-#include "vmm/stress.h"
+#include "harness/runner.h"
+#include "harness/stress.h"
 
 using namespace kvmem;
 using json = nlohmann::json;

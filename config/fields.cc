@@ -1,11 +1,11 @@
-#include "vmm/json_fields.h"
+#include "config/fields.h"
 
 #include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <sstream>
 
-#include "vmm/config.h"
+#include "config/vm_config.h"
 
 namespace kvmem::json_fields {
 Status check_keys(const json& j, const Ptr& p, std::initializer_list<const char*> allowed) {

@@ -1,6 +1,6 @@
 // Parsing of `kvmem stress` configs: {"stress": {...}}.
-#include "vmm/config.h"
-#include "vmm/json_fields.h"
+#include "config/stress_config.h"
+#include "config/fields.h"
 
 namespace kvmem {
 

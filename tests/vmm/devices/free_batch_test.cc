@@ -6,8 +6,8 @@
 #include <catch2/catch.hpp>
 
 #include "guest/abi.h"
-#include "vmm/free_reports.h"
-#include "vmm/guest_memory.h"
+#include "vmm/devices/free_reports.h"
+#include "vmm/memory/guest_memory.h"
 
 using namespace kvmem;
 

@@ -1,4 +1,4 @@
-#include "vmm/kvm.h"
+#include "vmm/kvm/kvm.h"
 
 #include <fcntl.h>
 #include <sys/ioctl.h>

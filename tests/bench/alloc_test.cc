@@ -2,7 +2,7 @@
 
 #include <catch2/catch.hpp>
 
-#include "memory/bench_alloc.h"
+#include "bench/alloc.h"
 
 using namespace kvmem;
 

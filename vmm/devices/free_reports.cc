@@ -1,4 +1,4 @@
-#include "vmm/free_reports.h"
+#include "vmm/devices/free_reports.h"
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -10,8 +10,8 @@
 #include <vector>
 
 #include "memory/range.h"
-#include "vmm/guest_memory.h"
-#include "vmm/kvm.h"
+#include "vmm/memory/guest_memory.h"
+#include "vmm/kvm/kvm.h"
 
 namespace kvmem {
 namespace {

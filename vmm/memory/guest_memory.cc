@@ -1,4 +1,4 @@
-#include "vmm/guest_memory.h"
+#include "vmm/memory/guest_memory.h"
 
 #include <sys/mman.h>
 #include <unistd.h>
@@ -9,7 +9,7 @@
 
 #include "base/check.h"
 #include "guest/abi.h"
-#include "vmm/kvm.h"
+#include "vmm/kvm/kvm.h"
 
 namespace kvmem {
 

@@ -1,4 +1,4 @@
-#include "vmm/runner.h"
+#include "harness/runner.h"
 
 #include <algorithm>
 #include <bit>

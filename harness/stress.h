@@ -24,8 +24,8 @@
 #include <nlohmann/json.hpp>
 
 #include "memory/memory_file.h"
-#include "vmm/config.h"
-#include "vmm/kvm.h"
+#include "config/stress_config.h"
+#include "vmm/kvm/kvm.h"
 
 namespace kvmem {
 

@@ -11,7 +11,8 @@
 #include "guest/abi.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
-#include "vmm/runner.h"
+#include "config/vm_config.h"
+#include "harness/runner.h"
 
 using namespace kvmem;
 using json = nlohmann::json;

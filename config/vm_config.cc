@@ -1,4 +1,4 @@
-#include "vmm/config.h"
+#include "config/vm_config.h"
 
 #include <cerrno>
 #include <charconv>
@@ -7,7 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
-#include "vmm/json_fields.h"
+#include "config/fields.h"
 
 namespace kvmem {
 namespace {

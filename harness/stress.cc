@@ -1,4 +1,4 @@
-#include "vmm/stress.h"
+#include "harness/stress.h"
 
 #include <atomic>
 #include <chrono>
@@ -7,7 +7,7 @@
 #include <thread>
 
 #include "guest/abi.h"
-#include "vmm/runner.h"
+#include "harness/runner.h"
 
 namespace kvmem {
 namespace {

@@ -22,8 +22,8 @@
 
 #include "guest/program.h"
 #include "memory/memory_file.h"
-#include "vmm/config.h"
-#include "vmm/kvm.h"
+#include "vmm/vm_config.h"
+#include "vmm/kvm/kvm.h"
 #include "vmm/vm.h"
 
 namespace kvmem {

@@ -16,14 +16,15 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
-#include "memory/bench_alloc.h"
+#include "bench/alloc.h"
 #include "memory/memory_file.h"
-#include "vmm/bench_boot.h"
-#include "vmm/bench_reclaim.h"
-#include "vmm/runner.h"
-#include "vmm/stress.h"
-#include "vmm/config.h"
-#include "vmm/kvm.h"
+#include "bench/boot.h"
+#include "bench/reclaim.h"
+#include "harness/runner.h"
+#include "harness/stress.h"
+#include "config/stress_config.h"
+#include "config/vm_config.h"
+#include "vmm/kvm/kvm.h"
 #include "vmm/vm.h"
 
 namespace kvmem {

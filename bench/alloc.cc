@@ -1,4 +1,4 @@
-#include "memory/bench_alloc.h"
+#include "bench/alloc.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

@@ -1,4 +1,4 @@
-#include "vmm/bench_reclaim.h"
+#include "bench/reclaim.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -13,7 +13,7 @@
 
 #include "guest/abi.h"
 #include "memory/memory_file.h"
-#include "vmm/runner.h"
+#include "harness/runner.h"
 #include "vmm/vm.h"
 
 namespace kvmem {

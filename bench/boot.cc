@@ -1,4 +1,4 @@
-#include "vmm/bench_boot.h"
+#include "bench/boot.h"
 
 #include <fcntl.h>
 #include <spawn.h>

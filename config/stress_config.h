@@ -1,0 +1,37 @@
+// `kvmem stress` configs: {"stress": {...}} (docs/config.md).
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "config/vm_config.h"
+
+namespace kvmem {
+
+// `kvmem stress`: rounds of VMs that write, free and verify at random.
+struct StressConfig {
+  uint64_t seed = 0;            // 0: pick one at random (and print it)
+  uint64_t rounds = 0;          // 0: no limit; the run ends at duration_s
+  uint64_t duration_s = 60;     // 0: no limit; the run ends after `rounds`
+  uint64_t vms_per_round = 4;   // run concurrently
+  uint64_t vm_memory = 256ull << 20;
+  uint64_t ram_unit = 16ull << 20;
+  uint64_t regions_per_vm = 6;  // written, partly freed and verified one after another
+  uint64_t region_min = 2ull << 20;
+  uint64_t region_max = 16ull << 20;
+  uint64_t commit_budget = 0;   // 0: none; else measured commit may never pass it
+  uint64_t slack = 16ull << 20; // commit after a round may exceed the baseline by this
+  uint64_t timeout_ms = 120'000;
+  // Fault injection, to prove the checker: the first VM of every round
+  // verifies its first region against a pattern it never wrote.
+  bool inject_corruption = false;
+};
+Result<StressConfig> load_stress_config(const std::string& path);
+// The JSON of a config file, for a caller that must look before it parses.
+Result<nlohmann::json> read_config_json(const std::string& path);
+Result<StressConfig> parse_stress_config(const nlohmann::json& j);
+
+}  // namespace kvmem

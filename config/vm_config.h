@@ -1,0 +1,46 @@
+// VM and run configs, parsed from untrusted JSON into vmm::VmConfig.
+//
+// Everything in a config is untrusted. Each rejection names the JSON pointer
+// of the bad value and why: "/program/3/length: must be a multiple of 8".
+// docs/config.md documents every key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "vmm/vm_config.h"
+
+namespace kvmem {
+
+// What one `kvmem run` boots: one VM, or several sharing one MemoryFile.
+struct RunConfig {
+  std::vector<VmConfig> vms;
+};
+
+inline constexpr uint64_t kMaxTimeoutMs = 3'600'000;
+inline constexpr size_t kMaxVms = 64;
+inline constexpr size_t kMaxSteps = 10'000;
+inline constexpr unsigned kMaxLoopDepth = 8;
+
+// Parses a size: a non-negative integer, or a string holding a decimal or
+// 0x-hex number with an optional K, M, G or T suffix (powers of 1024):
+// "4K", "64M", "0x200000". Returns an error sentence (no pointer) on failure.
+Result<uint64_t> parse_size_string(std::string_view s);
+
+// Parses one VM's config. `default_name` is used when the config has no "name".
+Result<VmConfig> parse_vm_config(const nlohmann::json& j, std::string_view default_name);
+
+// Parses either form: one VM's config, or {"vms": [VM config, ...]} whose
+// VMs are named "<default_name>-<index>" unless they say otherwise. Names
+// must differ.
+Result<RunConfig> parse_run_config(const nlohmann::json& j, std::string_view default_name);
+
+// Reads and parses a config file (either form). Errors start with the path.
+Result<RunConfig> load_run_config(const std::string& path);
+
+}  // namespace kvmem
