@@ -26,6 +26,7 @@ nlohmann::json VmOutcome::to_json() const {
   for (uint32_t i = 0; i < abi::kHypercallCount; i++)
     if (r.hypercalls.calls[i]) hc[hypercall_name(i)] = r.hypercalls.calls[i];
   j.update({{"outcome", r.outcome_name()},
+            {"failure", failure_kind_name(r.failure)},
             {"console", r.console},
             {"exits", r.exits},
             {"hypercalls", hc},

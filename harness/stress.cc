@@ -174,7 +174,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
         continue;
       }
       const std::string& why = v.setup_error.empty() ? v.result.message : v.setup_error;
-      const bool integrity = why.rfind("verify failed", 0) == 0 || why.rfind("free report", 0) == 0;
+      const bool integrity = v.setup_error.empty() && v.result.failure == FailureKind::kIntegrity;
       (integrity ? sum.integrity_errors : sum.vm_failures)++;
       sum.problems.push_back(fmt::format("seed {} round {} vm {}: {}", sum.seed, round, v.name, why));
     }

@@ -12,7 +12,19 @@
 namespace kvmem {
 namespace {
 
-HypercallOutcome resume(int64_t status) { return {HypercallOutcome::Action::kResume, status, 0, {}}; }
+HypercallOutcome resume(int64_t status) { return {HypercallOutcome::Action::kResume, status, 0, {}, FailureKind::kNone}; }
+
+HypercallOutcome guest_failed(FailureKind kind, std::string message) {
+  return {HypercallOutcome::Action::kFail, 0, 0, std::move(message), kind};
+}
+
+// A verify that read the wrong data, or a free report answered unexpectedly,
+// means memory was lost or corrupted; any other failure the guest reports is
+// its own.
+FailureKind fail_kind(uint64_t reason) {
+  return reason == abi::kFailVerify || reason == abi::kFailReportStatus ? FailureKind::kIntegrity
+                                                                         : FailureKind::kGuest;
+}
 
 HypercallOutcome refuse(HypercallContext& ctx, int err) {
   ctx.stats.invalid++;
@@ -65,13 +77,13 @@ HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs) {
     case abi::kHcConsoleWrite:
       return console_write(ctx, regs.rdi, regs.rsi);
     case abi::kHcExit:
-      return {HypercallOutcome::Action::kExit, 0, regs.rdi, {}};
+      return {HypercallOutcome::Action::kExit, 0, regs.rdi, {}, FailureKind::kNone};
     case abi::kHcFail:
-      return {HypercallOutcome::Action::kFail, 0, 0, fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10)};
+      return guest_failed(fail_kind(regs.rdi), fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10));
     case abi::kHcException:
-      return {HypercallOutcome::Action::kFail, 0, 0,
+      return guest_failed(FailureKind::kGuest,
               fmt::format("guest exception {} (vector {}) at rip {:#x}: error code {:#x}, cr2 {:#x}",
-                          guest::exception_name(regs.rdi), regs.rdi, regs.rsi, regs.rdx, regs.r10)};
+                          guest::exception_name(regs.rdi), regs.rdi, regs.rsi, regs.rdx, regs.r10));
     case abi::kHcReportFree: {
       const int64_t r = report_free_list(ctx.memory, ctx.frees, regs.rdi, regs.rsi);
       if (r < 0) ctx.stats.invalid++;

@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "guest/abi.h"
+#include "vmm/failure.h"
 
 namespace kvmem {
 
@@ -33,6 +34,7 @@ struct HypercallOutcome {
   int64_t status = 0;      // kResume: written to the guest's rax
   uint64_t exit_code = 0;  // kExit
   std::string message;     // kFail: a sentence saying what went wrong
+  FailureKind kind = FailureKind::kNone;  // kFail: whose fault, and what kind
 };
 
 struct FreeStats;

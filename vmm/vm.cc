@@ -114,9 +114,11 @@ const char* RunResult::outcome_name() const {
     case Outcome::kExited: return "exited";
     case Outcome::kFailed: return "failed";
     case Outcome::kTimeout: return "timeout";
+    case Outcome::kStopped: return "stopped";
   }
   return "?";
 }
+
 
 Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const VmConfig& config,
                                        const guest::Image& program) {
@@ -189,13 +191,27 @@ void Vm::resume() {
   pause_cv_.notify_all();
 }
 
+void Vm::stop(FailureKind kind, std::string message) {
+  std::lock_guard lock(pause_mu_);
+  if (stop_requested_.load()) return;  // the first stop wins
+  stop_kind_ = kind;
+  stop_message_ = std::move(message);
+  // Dekker with enter_guest(): set the flag, then look at in_guest_. A vCPU
+  // that entered after this store sees the flag; one already in the guest
+  // is kicked out (the handler sets immediate_exit, so a kick that lands
+  // just before KVM_RUN is not lost). running_ keeps the thread alive while
+  // we signal it: run() clears it under pause_mu_ before it returns.
+  stop_requested_.store(true);
+  if (running_ && in_guest_.load()) pthread_kill(vcpu_thread_, kPauseSignal);
+}
+
 bool Vm::enter_guest() {
   if (pause_requested_.load()) {
     std::unique_lock lock(pause_mu_);
     pause_cv_.wait(lock, [this] { return !pause_requested_.load(); });
   }
   in_guest_.store(true);
-  if (!pause_requested_.load()) return true;
+  if (!pause_requested_.load() && !stop_requested_.load()) return true;
   left_guest();
   return false;
 }
@@ -242,31 +258,41 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
                       [this](uint64_t target) -> int64_t {
                         return free_ring_ ? free_ring_->wait(target) : -EINVAL;
                       }};
-  auto finish = [&](RunResult::Outcome o, std::string message) {
+  auto finish = [&](RunResult::Outcome o, FailureKind kind, std::string message) {
     result.outcome = o;
+    result.failure = kind;
     result.message = std::move(message);
   };
   if (auto s = install_kick_handler(); !s) {
-    finish(RunResult::Outcome::kFailed, s.error().message);
+    finish(RunResult::Outcome::kFailed, FailureKind::kHost, s.error().message);
     return result;
   }
   kvm_run* run = vcpu_->run_struct();
   t_run = run;
   t_kicked = 0;
-  vcpu_thread_ = pthread_self();
   auto watchdog = Watchdog::arm(config_.timeout_ms);
   if (!watchdog) {
     t_run = nullptr;
-    finish(RunResult::Outcome::kFailed, watchdog.error().message);
+    finish(RunResult::Outcome::kFailed, FailureKind::kHost, watchdog.error().message);
     return result;
+  }
+  {
+    std::lock_guard lock(pause_mu_);
+    vcpu_thread_ = pthread_self();
+    running_ = true;
   }
   const auto start = std::chrono::steady_clock::now();
   for (bool done = false; !done;) {
+    if (stop_requested_.load()) {
+      std::lock_guard lock(pause_mu_);
+      finish(RunResult::Outcome::kStopped, stop_kind_, stop_message_);
+      break;
+    }
     if (!enter_guest()) continue;
     auto entered = vcpu_->run();
     left_guest();
     if (!entered) {
-      finish(RunResult::Outcome::kFailed, entered.error().message);
+      finish(RunResult::Outcome::kFailed, FailureKind::kHost, entered.error().message);
       break;
     }
     if (!*entered) {  // EINTR: the watchdog, a pause, or a stray signal
@@ -276,7 +302,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
       run->immediate_exit = 0;
       if (t_kicked) {
         auto regs = vcpu_->get_regs();
-        finish(RunResult::Outcome::kTimeout,
+        finish(RunResult::Outcome::kTimeout, FailureKind::kTimeout,
                regs ? fmt::format("guest did not finish within {} ms; it was at rip {:#x}", config_.timeout_ms,
                                   regs->rip)
                     : fmt::format("guest did not finish within {} ms", config_.timeout_ms));
@@ -290,14 +316,14 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
     switch (run->exit_reason) {
       case KVM_EXIT_IO: {
         if (run->io.port != abi::kHypercallPort || run->io.direction != KVM_EXIT_IO_OUT) {
-          finish(RunResult::Outcome::kFailed,
+          finish(RunResult::Outcome::kFailed, FailureKind::kGuest,
                  fmt::format("guest {} I/O port {:#x}, which has no device (rip {:#x})",
                              run->io.direction == KVM_EXIT_IO_OUT ? "wrote to" : "read from", run->io.port, rip));
           done = true;
           break;
         }
         if (!regs) {
-          finish(RunResult::Outcome::kFailed, regs.error().message);
+          finish(RunResult::Outcome::kFailed, FailureKind::kHost, regs.error().message);
           done = true;
           break;
         }
@@ -305,57 +331,61 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
         switch (o.action) {
           case HypercallOutcome::Action::kResume:
             if (auto s = set_status(*regs, o.status); !s) {
-              finish(RunResult::Outcome::kFailed, s.error().message);
+              finish(RunResult::Outcome::kFailed, FailureKind::kHost, s.error().message);
               done = true;
             }
             break;
           case HypercallOutcome::Action::kExit:
             result.guest_exit_code = o.exit_code;
-            finish(RunResult::Outcome::kExited,
+            finish(RunResult::Outcome::kExited, FailureKind::kNone,
                    o.exit_code ? fmt::format("guest exited with code {}", o.exit_code) : std::string());
             done = true;
             break;
           case HypercallOutcome::Action::kFail:
-            finish(RunResult::Outcome::kFailed, o.message);
+            finish(RunResult::Outcome::kFailed, o.kind, o.message);
             done = true;
             break;
         }
         break;
       }
       case KVM_EXIT_HLT:
-        finish(RunResult::Outcome::kFailed, fmt::format("guest halted without calling exit (rip {:#x})", rip));
+        finish(RunResult::Outcome::kFailed, FailureKind::kGuest, fmt::format("guest halted without calling exit (rip {:#x})", rip));
         done = true;
         break;
       case KVM_EXIT_MMIO:
-        finish(RunResult::Outcome::kFailed,
+        finish(RunResult::Outcome::kFailed, FailureKind::kGuest,
                fmt::format("guest {} guest-physical {:#x}, which is not RAM (rip {:#x})",
                            run->mmio.is_write ? "wrote to" : "read from", run->mmio.phys_addr, rip));
         done = true;
         break;
       case KVM_EXIT_SHUTDOWN:
-        finish(RunResult::Outcome::kFailed,
+        finish(RunResult::Outcome::kFailed, FailureKind::kGuest,
                fmt::format("guest shut down (triple fault) near rip {:#x}", rip));
         done = true;
         break;
       case KVM_EXIT_FAIL_ENTRY:
-        finish(RunResult::Outcome::kFailed,
+        finish(RunResult::Outcome::kFailed, FailureKind::kHost,
                fmt::format("KVM could not enter the guest (hardware reason {:#x})",
                            run->fail_entry.hardware_entry_failure_reason));
         done = true;
         break;
       case KVM_EXIT_INTERNAL_ERROR:
-        finish(RunResult::Outcome::kFailed,
+        finish(RunResult::Outcome::kFailed, FailureKind::kHost,
                fmt::format("KVM internal error (suberror {}) at rip {:#x}", run->internal.suberror, rip));
         done = true;
         break;
       default:
-        finish(RunResult::Outcome::kFailed,
+        finish(RunResult::Outcome::kFailed, FailureKind::kHost,
                fmt::format("unexpected VM exit reason {} at rip {:#x}", run->exit_reason, rip));
         done = true;
         break;
     }
   }
   result.run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  {
+    std::lock_guard lock(pause_mu_);
+    running_ = false;
+  }
   t_run = nullptr;
   free_ring_.reset();  // answers what the guest rang for, then stops
   result.free_reports = frees_.reports.load();

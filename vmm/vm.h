@@ -24,15 +24,18 @@
 #include "guest/program.h"
 #include "vmm/vm_config.h"
 #include "vmm/devices/free_reports.h"
+#include "vmm/failure.h"
 #include "vmm/memory/guest_memory.h"
 #include "vmm/hypercalls.h"
 #include "vmm/kvm/kvm.h"
 
 namespace kvmem {
 
+
 struct RunResult {
-  enum class Outcome { kExited, kFailed, kTimeout };
+  enum class Outcome { kExited, kFailed, kTimeout, kStopped };
   Outcome outcome = Outcome::kFailed;
+  FailureKind failure = FailureKind::kHost;
   uint64_t guest_exit_code = 0;  // kExited
   std::string message;           // kFailed, kTimeout: what happened, as a sentence
   std::string console;           // everything the guest wrote
@@ -46,8 +49,12 @@ struct RunResult {
   uint64_t bytes_decommitted = 0;
   double run_ms = 0;  // wall time from the first KVM_RUN to the end
 
-  // 0 when the guest exited with 0; 1 for any other end (DESIGN.md exit codes).
-  int process_exit_code() const { return outcome == Outcome::kExited && guest_exit_code == 0 ? 0 : 1; }
+  // 0 when the guest exited with 0; 3 when the host could not go on; 1 for
+  // any other end (DESIGN.md exit codes).
+  int process_exit_code() const {
+    if (outcome == Outcome::kExited && guest_exit_code == 0) return 0;
+    return failure == FailureKind::kHost ? 3 : 1;
+  }
   const char* outcome_name() const;
 };
 
@@ -61,6 +68,11 @@ class Vm : private VcpuPauser {
   // Runs the guest to its end. `echo` (may be empty) receives console text as
   // the guest writes it; the result holds all of it too.
   RunResult run(const std::function<void(std::string_view)>& echo);
+
+  // Ends a run from another thread: run() returns soon with outcome
+  // kStopped, this kind and message (the first stop wins). Safe before,
+  // during and after run(); a stop before run() makes it return at once.
+  void stop(FailureKind kind, std::string message);
 
   const VmConfig& config() const { return config_; }
   GuestMemory& memory() { return *memory_; }
@@ -97,6 +109,10 @@ class Vm : private VcpuPauser {
   std::mutex pause_mu_;
   std::condition_variable pause_cv_;  // with pause_mu_: either flag fell
   pthread_t vcpu_thread_{};           // set by run()
+  bool running_ = false;              // protected by pause_mu_: vcpu_thread_ is in run()
+  std::atomic<bool> stop_requested_{false};
+  FailureKind stop_kind_ = FailureKind::kStopped;  // protected by pause_mu_
+  std::string stop_message_;                       // protected by pause_mu_
   bool sync_regs_ = false;  // kvm_run carries the registers at every exit
 };
 

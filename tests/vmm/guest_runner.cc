@@ -6,7 +6,7 @@
 
 namespace kvmem::test {
 
-GuestRun run_guest(const nlohmann::json& config) {
+GuestRun create_guest(const nlohmann::json& config) {
   GuestRun out;
   auto c = parse_vm_config(config, "test");
   if (!c) {
@@ -35,7 +35,12 @@ GuestRun run_guest(const nlohmann::json& config) {
     return out;
   }
   out.vm = std::move(*vm);
-  out.result = out.vm->run(nullptr);
+  return out;
+}
+
+GuestRun run_guest(const nlohmann::json& config) {
+  GuestRun out = create_guest(config);
+  if (out.vm) out.result = out.vm->run(nullptr);
   return out;
 }
 

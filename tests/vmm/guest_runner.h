@@ -19,5 +19,7 @@ struct GuestRun {
 };
 
 GuestRun run_guest(const nlohmann::json& config);
+// The same, without running it: vm is set unless setup_error is.
+GuestRun create_guest(const nlohmann::json& config);
 
 }  // namespace kvmem::test

@@ -1,6 +1,8 @@
 // Guests booted under KVM: every step, every fault, hostile hypercalls.
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -226,4 +228,60 @@ TEST_CASE("booting commits only the pages of the boot structures", "[kvm][vm]") 
   // GDT, IDT, TSS, stubs, a stack page, PML4, PDPT, PD, code: 9 pages at most.
   CHECK(*resident <= 9 * 4096);
   CHECK(*resident >= 4 * 4096);
+}
+
+TEST_CASE("each way a run ends has its failure kind", "[kvm][vm]") {
+  REQUIRE_KVM();
+  struct Case {
+    json step;
+    FailureKind kind;
+  } cases[] = {
+      {{{"op", "exit"}, {"code", 3}}, FailureKind::kNone},
+      {{{"op", "verify"}, {"at", "2M"}, {"length", 64}, {"pattern", "address"}}, FailureKind::kIntegrity},
+      {{{"op", "fault"}, {"kind", "invalid-opcode"}}, FailureKind::kGuest},
+      {{{"op", "fault"}, {"kind", "unknown-port"}}, FailureKind::kGuest},
+      {{{"op", "fault"}, {"kind", "spin"}}, FailureKind::kTimeout},
+  };
+  for (const auto& c : cases) {
+    INFO(c.step.dump());
+    json config = config_with({c.step});
+    config["timeout_ms"] = 200;
+    auto run = test::run_guest(config);
+    REQUIRE(run.setup_error == "");
+    CHECK(run.result.failure == c.kind);
+  }
+}
+
+TEST_CASE("a VM stopped from another thread ends at once with the stop's kind and message", "[kvm][vm][threads]") {
+  REQUIRE_KVM();
+  json config = config_with({{{"op", "fault"}, {"kind", "spin"}}});
+  config["timeout_ms"] = 60'000;
+  auto g = test::create_guest(config);
+  REQUIRE(g.setup_error == "");
+  const auto start = std::chrono::steady_clock::now();
+  std::thread stopper([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    g.vm->stop(FailureKind::kStopped, "stopped by SIGINT");
+    g.vm->stop(FailureKind::kMemoryLimit, "a second stop is ignored");
+  });
+  RunResult r = g.vm->run(nullptr);
+  stopper.join();
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(r.outcome == RunResult::Outcome::kStopped);
+  CHECK(r.failure == FailureKind::kStopped);
+  CHECK(r.message == "stopped by SIGINT");
+  CHECK(r.process_exit_code() == 1);
+  CHECK(s < 10);  // not the 60 s watchdog
+}
+
+TEST_CASE("a VM stopped before it runs does not run", "[kvm][vm]") {
+  REQUIRE_KVM();
+  auto g = test::create_guest(config_with({{{"op", "print"}, {"text", "never"}}}));
+  REQUIRE(g.setup_error == "");
+  g.vm->stop(FailureKind::kMemoryLimit, "over the memory limit");
+  RunResult r = g.vm->run(nullptr);
+  CHECK(r.outcome == RunResult::Outcome::kStopped);
+  CHECK(r.failure == FailureKind::kMemoryLimit);
+  CHECK(r.console == "");
+  g.vm->stop(FailureKind::kStopped, "after the run: harmless");
 }
