@@ -43,3 +43,26 @@ std::unexpected<Error> fail(fmt::format_string<Args...> f, Args&&... args) {
 std::unexpected<Error> sys_fail(std::string_view what, std::string_view call, int err);
 
 }  // namespace kvmem
+
+// Early return for Result/Status: evaluates expr; on failure returns its
+// Error from the enclosing function (which returns a Result or Status), else
+// yields the value (nothing for a Status). Keeps the happy path readable:
+//   auto vm = KVMEM_TRY(kvm.create_vm());
+//   KVMEM_TRY(vm.enable_cap(cap, 1));
+// A GNU statement expression, which g++ and clang both take.
+#define KVMEM_TRY(expr)                                               \
+  ({                                                                  \
+    auto&& kvmem_try_r_ = (expr);                                     \
+    if (!kvmem_try_r_) [[unlikely]]                                   \
+      return ::std::unexpected(::std::move(kvmem_try_r_).error());    \
+    ::std::move(kvmem_try_r_).value();                                \
+  })
+
+// The same, with context prefixed to the error: KVMEM_TRY_CTX(f(), "cannot map RAM").
+#define KVMEM_TRY_CTX(expr, what)                                          \
+  ({                                                                       \
+    auto&& kvmem_try_r_ = (expr);                                          \
+    if (!kvmem_try_r_) [[unlikely]]                                        \
+      return ::std::unexpected(kvmem_try_r_.error().context(what));        \
+    ::std::move(kvmem_try_r_).value();                                     \
+  })

@@ -32,3 +32,40 @@ TEST_CASE("a violated invariant aborts loudly with the expression and the state"
                         "refs is 0", &out));
   CHECK(out.find("refs > 0") != std::string::npos);
 }
+
+namespace {
+
+Result<int> parse_digit(char c) {
+  if (c < '0' || c > '9') return fail("'{}' is not a digit", c);
+  return c - '0';
+}
+Status check_even(int n) {
+  if (n % 2) return fail("{} is odd", n);
+  return {};
+}
+// Uses both forms of the early return; *reached says how far it got.
+Result<int> twice_even_digit(char c, int* reached) {
+  const int d = KVMEM_TRY(parse_digit(c));
+  *reached = 1;
+  KVMEM_TRY_CTX(check_even(d), "cannot double it");
+  *reached = 2;
+  return 2 * d;
+}
+
+}  // namespace
+
+TEST_CASE("KVMEM_TRY returns the first error and yields values on success", "[base]") {
+  int reached = 0;
+  CHECK(twice_even_digit('4', &reached) == 8);
+  CHECK(reached == 2);
+  reached = 0;
+  auto odd = twice_even_digit('3', &reached);
+  REQUIRE(!odd);
+  CHECK(odd.error().message == "cannot double it: 3 is odd");
+  CHECK(reached == 1);
+  reached = 0;
+  auto bad = twice_even_digit('x', &reached);
+  REQUIRE(!bad);
+  CHECK(bad.error().message == "'x' is not a digit");
+  CHECK(reached == 0);
+}
