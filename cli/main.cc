@@ -149,6 +149,10 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   if (!p) return report_error(as_json, kExitUsage, p.error().message);
   auto kvm = Kvm::open();
   if (!kvm) return report_error(as_json, kExitHost, kvm.error().message);
+  // Under a memory cgroup, refuse what cannot fit, and keep the rest under it.
+  auto limit = host_memory_limit();
+  if (!limit) return report_error(as_json, kExitHost, limit.error().message);
+  if (auto s = check_run_fits(*limit, p->config.vms); !s) return report_error(as_json, kExitHost, s.error().message);
   uint64_t guest_bytes = 0;
   for (const VmConfig& vm : p->config.vms) guest_bytes += vm.memory;
   auto file = MemoryFile::create(memory_file_options_for(guest_bytes));
@@ -156,7 +160,7 @@ int cmd_run(const std::string& path, bool as_json, Clock::time_point start) {
   ConsoleEcho console(p->config.vms.size() > 1);
   std::function<void(std::string_view, std::string_view)> echo;
   if (!as_json) echo = [&console](std::string_view vm, std::string_view text) { console(vm, text); };
-  RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo);
+  RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo, RunOptions{*limit});
   totals.wall_ms = ms_since(start);
   if (as_json) {
     std::printf("%s\n", totals.to_json().dump().c_str());

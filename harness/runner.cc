@@ -62,12 +62,17 @@ nlohmann::json RunTotals::to_json() const {
           {"vms", list},
           {"memory",
            {{"peak_host_committed_bytes", peak_committed_bytes},
+            {"limit_bytes", memory_limit.none() ? nlohmann::json(nullptr) : nlohmann::json(memory_limit.tightest().bytes)},
+            {"limit", memory_limit.none() ? nlohmann::json(nullptr) : nlohmann::json(memory_limit.tightest().describe())},
+            {"limit_stops", memory_limit_stops},
+            {"limit_error", memory_limit_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(memory_limit_error)},
             {"committed_bytes_after", committed_bytes_after},
             {"host_committed_bytes_after", host_committed_bytes_after}}},
           {"wall_ms", wall_ms}};
 }
 
-CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms) : file_(file), period_ms_(period_ms) {
+CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* watch)
+    : file_(file), watch_(watch), period_ms_(period_ms) {
   thread_ = std::thread([this] {
     std::unique_lock lock(mu_);
     while (!stop_) {
@@ -76,6 +81,7 @@ CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms) : file_(file)
         current_.store(*b);
         observe(*b);
       }
+      if (watch_) watch_->check();
       lock.lock();
       cv_.wait_for(lock, std::chrono::milliseconds(period_ms_), [this] { return stop_; });
     }
@@ -101,11 +107,13 @@ void CommitSampler::stop() {
 
 RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,
                   const std::vector<guest::Image>& images,
-                  const std::function<void(std::string_view, std::string_view)>& echo) {
+                  const std::function<void(std::string_view, std::string_view)>& echo,
+                  const RunOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   RunTotals totals;
   totals.vms.resize(vms.size());
-  CommitSampler sampler(file, 5);
+  MemoryWatch watch(file, options.memory_limit, vms.size());
+  CommitSampler sampler(file, options.sample_period_ms, watch.active() ? &watch : nullptr);
   std::vector<std::thread> threads;
   for (size_t i = 0; i < vms.size(); i++) {
     threads.emplace_back([&, i] {
@@ -117,6 +125,7 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
         out.setup_error = vm.error().message;
         return;
       }
+      watch.add(i, **vm);
       std::function<void(std::string_view)> vm_echo;
       if (echo) vm_echo = [&echo, name = vms[i].name](std::string_view text) { echo(name, text); };
       out.result = (*vm)->run(vm_echo);
@@ -126,11 +135,21 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
         for (const FileRange& r : (*vm)->memory().file_ranges()) out.committed_bytes += file.committed_in(r);
       if (auto b = file.total_usage()) sampler.observe(*b);
       // The Vm goes here, on its own thread: its RAM goes back to the file.
+      const bool stopped_for_limit = watch.remove(i);
+      vm->reset();
+      if (stopped_for_limit) {
+        // Its RAM counts as gone from now on: make it so before saying so.
+        file.wait_for_reclaim();
+        watch.released(i);
+      }
     });
   }
   for (auto& t : threads) t.join();
   sampler.stop();
   totals.peak_committed_bytes = sampler.peak();
+  totals.memory_limit = options.memory_limit;
+  totals.memory_limit_stops = watch.stops();
+  totals.memory_limit_error = watch.error();
   file.wait_for_reclaim();
   if (file.update_usage()) totals.committed_bytes_after = file.usage().total();
   if (auto b = file.total_usage()) totals.host_committed_bytes_after = *b;

@@ -21,6 +21,8 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/program.h"
+#include "harness/memory_limit.h"
+#include "memory/host_limits.h"
 #include "memory/memory_file.h"
 #include "vmm/vm_config.h"
 #include "vmm/kvm/kvm.h"
@@ -50,6 +52,9 @@ struct RunTotals {
   uint64_t peak_committed_bytes = 0;   // st_blocks, sampled while VMs ran
   uint64_t committed_bytes_after = 0;  // ours (update_usage) once every VM is gone and reclaimed
   uint64_t host_committed_bytes_after = 0;  // the kernel's (st_blocks) at the same moment
+  MemoryLimit memory_limit;     // what the run kept under (none: no bound)
+  uint64_t memory_limit_stops = 0;  // VMs stopped to stay under it
+  std::string memory_limit_error;   // the first failure to read the cgroup while VMs ran
   double wall_ms = 0;
 
   // 3 if any VM could not be created, else 1 if any failed, else 0.
@@ -58,10 +63,11 @@ struct RunTotals {
 };
 
 // Samples the file's st_blocks every `period_ms` on a thread of its own and
-// keeps the peak; the owner reads it after stop().
+// keeps the peak; the owner reads it after stop(). With a watch (may be
+// null; must outlive the sampler) each sample also checks the memory limit.
 class CommitSampler {
  public:
-  CommitSampler(MemoryFile& file, unsigned period_ms);
+  CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* watch = nullptr);
   ~CommitSampler();
   void stop();
   // Counts a reading taken elsewhere (say, just before a VM lets go of its RAM).
@@ -71,6 +77,7 @@ class CommitSampler {
 
  private:
   MemoryFile& file_;
+  MemoryWatch* watch_;
   std::atomic<uint64_t> peak_{0}, current_{0};
   std::mutex mu_;
   std::condition_variable cv_;  // with mu_: wakes the sampler to stop at once
@@ -85,10 +92,18 @@ class CommitSampler {
 // reservation costs no memory, but sanitizers cannot place a 1 TiB one.
 MemoryFileOptions memory_file_options_for(uint64_t guest_bytes);
 
+struct RunOptions {
+  // The memory limit to keep the process under (host_memory_limit() for
+  // this process's own; the default is none).
+  MemoryLimit memory_limit;
+  unsigned sample_period_ms = 5;
+};
+
 // Runs every VM of `vms` (with its assembled `images`) concurrently. `echo`
 // (may be empty) receives (vm name, console text) as guests write.
 RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,
                   const std::vector<guest::Image>& images,
-                  const std::function<void(std::string_view, std::string_view)>& echo);
+                  const std::function<void(std::string_view, std::string_view)>& echo,
+                  const RunOptions& options = {});
 
 }  // namespace kvmem

@@ -116,7 +116,15 @@ std::string StressSummary::to_text() const {
 }
 
 Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressConfig& config,
-                                 const std::function<void(const StressProgress&)>& progress) {
+                                 const std::function<void(const StressProgress&)>& progress,
+                                 std::optional<MemoryLimit> limit) {
+  if (!limit) {
+    auto host = host_memory_limit();
+    if (!host) return std::unexpected(host.error());
+    limit = std::move(*host);
+  }
+  if (auto s = check_stress_fits(*limit, config); !s) return std::unexpected(s.error());
+  const RunOptions run_options{*limit, 5};
   StressSummary sum;
   sum.seed = config.seed ? config.seed : random_stress_seed();
   sum.commit_budget_bytes = config.commit_budget;
@@ -165,7 +173,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
       vms.push_back(std::move(v.config));
       images.push_back(std::move(*img));
     }
-    RunTotals totals = run_vms(kvm, file, vms, images, nullptr);
+    RunTotals totals = run_vms(kvm, file, vms, images, nullptr, run_options);
     sum.rounds++;
     for (const VmOutcome& v : totals.vms) {
       sum.vms_booted += v.setup_error.empty();

@@ -11,18 +11,21 @@
 // oracle: a mismatch fails the VM with address, expected and actual.
 //
 // The host samples commit (st_blocks) while VMs run and fails the run if it
-// ever passes the commit budget; after each round, with every VM gone and
+// ever passes the commit budget, which must fit under the host's memory
+// limit (a VM that would pass the limit is stopped, and counts as a failure); after each round, with every VM gone and
 // reclaimed, commit must be back within `slack` of the baseline.
 #pragma once
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "memory/host_limits.h"
 #include "memory/memory_file.h"
 #include "config/stress_config.h"
 #include "vmm/kvm/kvm.h"
@@ -76,8 +79,11 @@ uint64_t random_stress_seed();
 
 // Runs the stress test; a config seed of 0 means random_stress_seed().
 // `progress` is called from a ticker thread about every 250 ms and once
-// after each round.
+// after each round. Rounds run under `limit` (nullopt: this process's own,
+// host_memory_limit()); a config that cannot fit under it is an error
+// before anything runs (check_stress_fits), as is a limit that cannot be read.
 Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressConfig& config,
-                                 const std::function<void(const StressProgress&)>& progress);
+                                 const std::function<void(const StressProgress&)>& progress,
+                                 std::optional<MemoryLimit> limit = std::nullopt);
 
 }  // namespace kvmem
