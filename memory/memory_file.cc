@@ -191,17 +191,26 @@ void MemoryFile::check_range(FileRange r, const char* op) const {
 Status MemoryFile::map_chunk(uint64_t chunk) {
   std::lock_guard g(mappings_mu_);
   if (chunk_mapped_[chunk].load(std::memory_order_relaxed)) return {};
-  uint64_t off = chunk << kChunkShift;
+  // Map ahead: the unmapped chunks after this one, up to the end of its
+  // group of kMapAheadChunks and of the file, go in the same mmap. A VM's
+  // RAM is mapped a unit at a time, and one mmap per 16 MiB chunk cost
+  // ~9 us each, 19 ms for a 32 GiB guest; mapping costs no memory until
+  // touched, and the pieces merge into one VMA either way.
+  const uint64_t file_chunks = file_size_.load(std::memory_order_acquire) >> kChunkShift;
+  const uint64_t group_end = std::min(align_down(chunk, kMapAheadChunks) + kMapAheadChunks, std::max(file_chunks, chunk + 1));
+  uint64_t end = chunk + 1;
+  while (end < group_end && !chunk_mapped_[end].load(std::memory_order_relaxed)) end++;
+  const FileRange run(chunk << kChunkShift, end << kChunkShift);
   // MAP_SHARED, never MAP_PRIVATE: a private mapping would copy pages on
   // write, so punching the file would free nothing the guest touched.
   void* out = nullptr;
-  if (int err = host_->mmap(base_ + off, kChunkSize, PROT_READ | PROT_WRITE,
-                            MAP_SHARED | MAP_FIXED, fd_, off, &out))
-    return sys_fail(fmt::format("cannot map chunk {} of the memory file",
-                                FileRange(off, off + kChunkSize).to_string()),
+  if (int err = host_->mmap(base_ + run.start, run.length(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_,
+                            run.start, &out))
+    return sys_fail(fmt::format("cannot map chunk{} {} of the memory file", end - chunk > 1 ? "s" : "",
+                                run.to_string()),
                     "mmap", err);
-  if (thp_) madvise(out, kChunkSize, MADV_HUGEPAGE);  // advice; the policy was checked at create
-  chunk_mapped_[chunk].store(true, std::memory_order_release);
+  if (thp_) madvise(out, run.length(), MADV_HUGEPAGE);  // advice; the policy was checked at create
+  for (uint64_t c = chunk; c < end; c++) chunk_mapped_[c].store(true, std::memory_order_release);
   return {};
 }
 

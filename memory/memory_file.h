@@ -9,6 +9,7 @@
 //   update_usage()                           make per-kind committed bytes exact
 //   usage()  total_usage()  total_size()     counters, st_blocks, file size
 //   map_internal(r)                          -> Result<span>: host memory of r
+//   resident_in(r)                           bytes of r the host holds (mincore over data only)
 //   base()                                   host address of file offset 0
 //   wait_for_reclaim()  destroy()  dump_usage()  check_invariants()
 //
@@ -76,6 +77,9 @@ namespace kvmem {
 
 inline constexpr uint64_t kChunkShift = 24;
 inline constexpr uint64_t kChunkSize = uint64_t{1} << kChunkShift;  // 16 MiB
+// A chunk's first mapping maps the unmapped chunks after it in its group of
+// this many (1 GiB), as far as the file reaches, in the same mmap.
+inline constexpr uint64_t kMapAheadChunks = 64;
 
 enum class HugePages {
   None,     // 4 KiB shmem pages
@@ -182,6 +186,13 @@ class MemoryFile {
   uint64_t committed_in(FileRange r);
   // Bytes the host holds for the file, from st_blocks (one fstat).
   Result<uint64_t> total_usage() const;
+  // Bytes of r resident in the host's memory, by the kernel's count: mincore
+  // over the data extents of r only (SEEK_DATA skips holes), so the cost
+  // follows what r holds, not its length (a 32 GiB range whose guest touched
+  // a few MiB: ~0.1 ms, against ~500 ms for a mincore of all of it). Pages
+  // fallocate committed and nobody touched are not resident. Errors: r
+  // outside the file, a failed lseek or mincore.
+  Result<uint64_t> resident_in(FileRange r);
   // The file's current size; grows by doubling, never shrinks.
   uint64_t total_size() const { return file_size_.load(std::memory_order_acquire); }
   uint64_t page_size() const { return page_size_; }

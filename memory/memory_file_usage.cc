@@ -29,6 +29,45 @@ Result<uint64_t> MemoryFile::total_usage() const {
   return static_cast<uint64_t>(st.st_blocks) * 512;
 }
 
+Result<uint64_t> MemoryFile::resident_in(FileRange r) {
+  std::vector<unsigned char> vec;
+  uint64_t pages = 0;
+  for (uint64_t pos = r.start; pos < r.end;) {
+    off_t d = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
+    if (d < 0) {
+      if (errno == ENXIO) break;  // no data at or after pos
+      return sys_fail(fmt::format("cannot count resident pages of {} of the memory file", r.to_string()),
+                      "lseek(SEEK_DATA)", errno);
+    }
+    const uint64_t start = std::max(pos, align_down(static_cast<uint64_t>(d), kPageSize));
+    if (start >= r.end) break;
+    off_t h = lseek(fd_, d, SEEK_HOLE);
+    if (h < 0)
+      return sys_fail(fmt::format("cannot count resident pages of {} of the memory file", r.to_string()),
+                      "lseek(SEEK_HOLE)", errno);
+    uint64_t end = r.end;
+    if (uint64_t up = 0; align_up(static_cast<uint64_t>(h), kPageSize, &up)) end = std::min(end, up);
+    // Punched between the two lseeks: go on after the page.
+    if (end <= start) {
+      pos = start + kPageSize;
+      continue;
+    }
+    for (uint64_t at = start; at < end;) {
+      const FileRange slice(at, std::min(end, at + kMincoreSlice));
+      auto span = map_internal(slice);
+      if (!span) return std::unexpected(span.error().context("cannot count resident pages"));
+      vec.resize(slice.length() / kPageSize);
+      if (mincore(span->data(), span->size(), vec.data()) != 0)
+        return sys_fail(fmt::format("cannot count resident pages of {} of the memory file", slice.to_string()),
+                        "mincore", errno);
+      for (unsigned char v : vec) pages += v & 1;
+      at = slice.end;
+    }
+    pos = end;
+  }
+  return pages * kPageSize;
+}
+
 Status MemoryFile::update_usage() {
   std::lock_guard l(mu_);
   auto kernel = total_usage();

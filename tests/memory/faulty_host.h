@@ -21,6 +21,7 @@ class FaultyHost : public HostOps {
   std::atomic<int> map_errno{0};        // chunk mappings (MAP_FIXED)
   std::atomic<int> reserve_errno{0};    // the address-space reservation
   std::atomic<int> punches{0};
+  std::atomic<int> maps{0};             // chunk mappings made (MAP_FIXED calls)
 
   // While held, punches wait (the reclaimer stalls mid-reclaim).
   void hold_punches() {
@@ -64,6 +65,7 @@ class FaultyHost : public HostOps {
            void** out) override {
     if (flags & MAP_FIXED) {
       if (int e = map_errno.load()) return e;
+      maps++;
     } else if (int e = reserve_errno.load()) {
       return e;
     }

@@ -148,15 +148,16 @@ std::vector<FileRange> GuestMemory::file_ranges() const {
 }
 
 Result<uint64_t> GuestMemory::resident_bytes() const {
-  uint64_t pages = 0;
-  std::vector<unsigned char> vec;
+  // The file counts over its data extents only: the cost follows what the
+  // guest touched, not its size (a mincore of all of a 32 GiB guest took
+  // ~0.5 s).
+  uint64_t bytes = 0;
   for (const FileRange& f : file_ranges()) {
-    vec.resize(f.length() / kPageSize);
-    if (::mincore(file_.base() + f.start, f.length(), vec.data()) < 0)
-      return sys_fail("cannot count resident guest RAM", "mincore", errno);
-    for (unsigned char v : vec) pages += v & 1;
+    auto r = file_.resident_in(f);
+    if (!r) return std::unexpected(r.error().context("cannot count resident guest RAM"));
+    bytes += *r;
   }
-  return pages * kPageSize;
+  return bytes;
 }
 
 }  // namespace kvmem

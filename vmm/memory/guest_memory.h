@@ -99,7 +99,7 @@ class GuestMemory {
   Status decommit(GuestRange r);
   // The file ranges behind RAM, in guest order (for accounting).
   std::vector<FileRange> file_ranges() const;
-  // Bytes of RAM the host holds (mincore over each segment).
+  // Bytes of RAM the host holds (mincore over the data of each segment).
   Result<uint64_t> resident_bytes() const;
 
  private:
