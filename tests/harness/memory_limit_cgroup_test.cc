@@ -67,9 +67,16 @@ class TestCgroup {
   }
   TestCgroup(TestCgroup&& o) noexcept : dir_(std::exchange(o.dir_, {})), v2_(o.v2_) {}
   ~TestCgroup() {
-    // The processes in it have exited; the kernel may take a moment to let go.
-    for (int i = 0; i < 50 && !dir_.empty() && rmdir(dir_.c_str()) != 0 && errno == EBUSY; i++)
+    if (dir_.empty()) return;
+    // The processes in it have exited; the kernel may take a moment to let
+    // go of the cgroup (EBUSY until it has).
+    int err = 0;
+    for (int i = 0; i < 250; i++) {
+      if (rmdir(dir_.c_str()) == 0 || errno == ENOENT) return;
+      err = errno;
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    std::fprintf(stderr, "!!! cannot remove the test's cgroup %s: %s\n", dir_.c_str(), errno_name(err).c_str());
   }
   const std::string& dir() const { return dir_; }
   // Run in a child, before anything else: moves the calling process in.
