@@ -4,9 +4,8 @@
 #   make run        install missing Debian packages, build, boot configs/hello.json
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make sanitize   the same tests under ASan + UBSan (build-asan/)
-#   make tsan       the threaded tests (allocator, free-page reports, stress, guest
-#                   memory regions) under
-#                   ThreadSanitizer (build-tsan/)
+#   make tsan       the threaded tests (allocator, free-page reports, stress,
+#                   guest memory regions) under ThreadSanitizer (build-tsan/)
 #   make clean
 
 CXX      ?= g++
