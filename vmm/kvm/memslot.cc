@@ -65,14 +65,15 @@ Memslot& Memslot::operator=(Memslot&& o) noexcept {
 
 Status Memslot::remove() {
   if (!live_) return {};
-  live_ = false;
   // The VM gone means the kernel dropped the slot with it (memslot.h, "Teardown order").
   std::shared_ptr<kvm_detail::VmShared> vm = vm_.lock();
+  if (vm) {
+    std::lock_guard lock(vm->mu);
+    if (auto s = set_region(vm->fd.get(), slot_, 0, guest_, 0, nullptr); !s) return s;  // still live: KVM has it
+    vm->numbers.release(slot_);
+  }
+  live_ = false;
   vm_.reset();
-  if (!vm) return {};
-  std::lock_guard lock(vm->mu);
-  if (auto s = set_region(vm->fd.get(), slot_, 0, guest_, 0, nullptr); !s) return s;
-  vm->numbers.release(slot_);
   return {};
 }
 

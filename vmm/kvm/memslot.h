@@ -79,8 +79,9 @@ class Memslot {
   MemAccess access() const { return access_; }
 
   // Deletes the slot now (nothing when it is already gone, or when its VM
-  // is). Errors: the ioctl's; the slot number then stays taken, since KVM
-  // still holds the slot.
+  // is). Errors: the ioctl's; the slot then stays registered (its number
+  // taken, the destructor tries again), so its owner must keep the host
+  // memory behind it.
   Status remove();
 
  private:

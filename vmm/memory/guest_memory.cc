@@ -68,13 +68,15 @@ GuestMemory::GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram)
 
 GuestMemory::~GuestMemory() = default;
 
-Result<GuestMemory::Registration> GuestMemory::register_region_locked(const Region& r) const {
-  Registration reg{r.guest(), {}};
-  for (const RegionPiece& p : r.pieces()) {
-    auto slot = vm_->add(p.guest, file_.base() + p.file.value, r.access());
+Result<GuestMemory::Registration> GuestMemory::register_region_locked(std::shared_ptr<const Region> r) const {
+  Registration reg{std::move(r), {}};
+  const Region& region = *reg.region;
+  for (const RegionPiece& p : region.pieces()) {
+    auto slot = vm_->add(p.guest, file_.base() + p.file.value, region.access());
     // Returning drops reg, and with it every slot made so far.
-    if (!slot) return std::unexpected(slot.error().context(fmt::format("cannot register guest {} {}",
-                                                                       region_kind_name(r.kind()), r.guest())));
+    if (!slot)
+      return std::unexpected(slot.error().context(
+          fmt::format("cannot register guest {} {}", region_kind_name(region.kind()), region.guest())));
     reg.slots.push_back(std::move(*slot));
   }
   return reg;
@@ -85,8 +87,9 @@ Status GuestMemory::register_with(const KvmVm& vm) {
   KVMEM_CHECK(!vm_, "guest memory registered twice");
   vm_ = vm.slots();
   std::vector<Registration> made;
-  for (const auto& region : view()->regions()) {
-    auto reg = register_region_locked(*region);
+  const View current = view();
+  for (const auto& region : current->regions()) {
+    auto reg = register_region_locked(region);
     if (!reg) {
       made.clear();  // deletes every slot made so far
       vm_.reset();
@@ -100,13 +103,11 @@ Status GuestMemory::register_with(const KvmVm& vm) {
 }
 
 std::vector<MemslotInfo> GuestMemory::memslots() const {
-  View v = view();
   std::lock_guard lock(mu_);
   std::vector<MemslotInfo> out;
   for (const Registration& reg : slots_)
     for (const Memslot& s : reg.slots) {
-      const auto* region = v->find(s.guest().start_addr());
-      const FileOffset f = region ? (*region)->file_offset(s.guest().start_addr()) : FileOffset();
+      const FileOffset f = reg.region->file_offset(s.guest().start_addr());
       out.push_back(MemslotInfo{s.slot(), s.guest(), FileRange(f.value, f.value + s.guest().length()), s.access()});
     }
   std::sort(out.begin(), out.end(), [](const MemslotInfo& a, const MemslotInfo& b) { return a.guest.start < b.guest.start; });
@@ -132,7 +133,7 @@ Status GuestMemory::add_window(GuestRange guest, FileRange file, MemAccess acces
   if (!current->free(guest))
     return fail("cannot show file {} at guest-physical {}: it overlaps a region already there", file, guest);
   if (vm_) {
-    auto reg = register_region_locked(*region);
+    auto reg = register_region_locked(region);
     if (!reg) return std::unexpected(reg.error());
     slots_.push_back(std::move(*reg));
   }
@@ -151,12 +152,15 @@ Status GuestMemory::remove(GuestRange guest) {
   // Readers first: from here no new View finds the region. Views taken
   // before keep its memory until they go.
   map_.store(std::make_shared<const RegionMap>(std::move(*next)), std::memory_order_release);
-  auto reg = std::find_if(slots_.begin(), slots_.end(), [&](const Registration& r) { return r.guest == guest; });
+  auto reg = std::find_if(slots_.begin(), slots_.end(),
+                         [&](const Registration& r) { return r.region->guest() == guest; });
   if (reg == slots_.end()) return {};  // not registered with KVM
   Status status;
   for (Memslot& s : reg->slots)
     if (auto st = s.remove(); !st && status) status = std::unexpected(st.error());
-  slots_.erase(reg);
+  // A slot KVM would not delete keeps its registration, and so the
+  // region's memory: it must not go back to the pool while a guest maps it.
+  if (status) slots_.erase(reg);
   return status;
 }
 

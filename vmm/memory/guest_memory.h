@@ -109,7 +109,8 @@ class GuestMemory {
   Status add_window(GuestRange guest, FileRange file, MemAccess access);
   // Removes the region that is exactly `guest`. Errors: no such region; RAM
   // (host() hands out unpinned pointers to it); deleting a slot failing
-  // (the region is gone from the map even so).
+  // (the region is gone from the map even so, but its memory stays held
+  // while KVM may still map it, and memslots() still lists the slot).
   Status remove(GuestRange guest);
 
   // The current map. Hold it while using host memory found through it.
@@ -141,13 +142,13 @@ class GuestMemory {
 
  private:
   struct Registration {
-    GuestRange guest;            // the region's
-    std::vector<Memslot> slots;  // one per piece
+    std::shared_ptr<const Region> region;  // pins the memory the slots point at
+    std::vector<Memslot> slots;            // one per piece; declared last: they go first
   };
 
   GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram);
   // Adds one slot per piece of r; all of them or none.
-  Result<Registration> register_region_locked(const Region& r) const;
+  Result<Registration> register_region_locked(std::shared_ptr<const Region> r) const;
 
   MemoryFile& file_;
   std::shared_ptr<const Region> ram_;  // never removed
