@@ -66,6 +66,15 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint6
 GuestMemory::GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram)
     : file_(file), ram_(std::move(ram)), map_(std::make_shared<const RegionMap>(RegionMap().with(ram_))) {}
 
+void GuestMemory::publish_locked(RegionMap next) {
+  std::shared_ptr<const RegionMap> p = std::make_shared<const RegionMap>(std::move(next));
+  {
+    std::lock_guard lock(publish_mu_);
+    map_.swap(p);
+  }
+  // p, the old map, goes here: out of publish_mu_, since a region it frees drops file references.
+}
+
 GuestMemory::~GuestMemory() = default;
 
 Result<GuestMemory::Registration> GuestMemory::register_region_locked(std::shared_ptr<const Region> r) const {
@@ -137,7 +146,7 @@ Status GuestMemory::add_window(GuestRange guest, FileRange file, MemAccess acces
     if (!reg) return std::unexpected(reg.error());
     slots_.push_back(std::move(*reg));
   }
-  map_.store(std::make_shared<const RegionMap>(current->with(std::move(region))), std::memory_order_release);
+  publish_locked(current->with(std::move(region)));
   return {};
 }
 
@@ -151,7 +160,7 @@ Status GuestMemory::remove(GuestRange guest) {
   KVMEM_CHECK(next, "region {} found and not found", guest);
   // Readers first: from here no new View finds the region. Views taken
   // before keep its memory until they go.
-  map_.store(std::make_shared<const RegionMap>(std::move(*next)), std::memory_order_release);
+  publish_locked(std::move(*next));
   auto reg = std::find_if(slots_.begin(), slots_.end(),
                          [&](const Registration& r) { return r.region->guest() == guest; });
   if (reg == slots_.end()) return {};  // not registered with KVM

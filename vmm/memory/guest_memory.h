@@ -21,9 +21,10 @@
 // SegmentSet: it holds a handful of regions, each added and removed whole
 // and never merged with its neighbours or split, and every change copies it
 // (a few shared pointers) into a new immutable map that is then published
-// with one atomic store. Readers (the vCPU's thread, device threads such as
-// the free ring's) take a View, a shared pointer to the current map, and
-// use it without a lock; host memory found through a View stays mapped and
+// under a lock held only for the pointer swap. Readers (the vCPU's thread,
+// device threads such as the free ring's) take a View, a shared pointer to
+// the current map (copied under that same short lock), and use it without
+// a lock; host memory found through a View stays mapped and
 // allocated while the View (or a HostSpan from it) lives, even if its region
 // is removed meanwhile. Writers (add_window, remove, register_with) take mu_.
 // Every address that comes from a guest is checked against a View before
@@ -40,7 +41,8 @@
 //
 // Lock order: GuestMemory::mu_ -> the KVM VM's slot mutex (memslot.h) ->
 // MemoryFile's locks (a region's last reference dropped under mu_ releases
-// its file ranges). Readers take no lock but MemoryFile's, in decommit().
+// its file ranges). publish_mu_ is a leaf: nothing is taken or freed under
+// it. Readers take publish_mu_ for view(), and MemoryFile's in decommit().
 //
 // Lifetime: the MemoryFile outlives the GuestMemory and every View. The
 // owner closes the KVM VM before the GuestMemory goes (memslot.h, "Teardown
@@ -55,7 +57,6 @@
 // proportional to use.
 #pragma once
 
-#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -114,7 +115,10 @@ class GuestMemory {
   Status remove(GuestRange guest);
 
   // The current map. Hold it while using host memory found through it.
-  View view() const { return map_.load(std::memory_order_acquire); }
+  View view() const {
+    std::lock_guard lock(publish_mu_);
+    return map_;
+  }
 
   // One View each (region.h has the semantics).
   bool contains(GuestRange r) const { return view()->contains(r); }
@@ -152,9 +156,16 @@ class GuestMemory {
 
   MemoryFile& file_;
   std::shared_ptr<const Region> ram_;  // never removed
-  std::atomic<std::shared_ptr<const RegionMap>> map_;  // written under mu_, read by anyone
+  // Replaces the published map; the old one is dropped after publish_mu_.
+  void publish_locked(RegionMap next);
 
   mutable std::mutex mu_;  // writers: serialises changes to the map and the slots
+  // Held only to copy or swap map_ (a pointer and a count): readers never
+  // wait for a writer's ioctls. Not std::atomic<std::shared_ptr>: GCC 12's
+  // guards its pointer with a lock bit that ThreadSanitizer cannot see, so
+  // every reader would be reported as racing with every writer.
+  mutable std::mutex publish_mu_;
+  std::shared_ptr<const RegionMap> map_;  // protected by publish_mu_; replaced under mu_ too
   std::optional<VmSlots> vm_;         // protected by mu_: set by register_with
   std::vector<Registration> slots_;   // protected by mu_; declared last: slots go before the regions
 };
