@@ -4,8 +4,8 @@
 #   make run        install missing Debian packages, build, boot configs/hello.json
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make sanitize   the same tests under ASan + UBSan (build-asan/)
-#   make tsan       the threaded tests (allocator, free-page reports, stress, memory limits) under
-#                   ThreadSanitizer (build-tsan/)
+#   make tsan       the threaded tests (allocator, free-page reports, stress, memory
+#                   limits, guest memory regions) under ThreadSanitizer (build-tsan/)
 #   make clean
 
 CXX      ?= g++
@@ -86,7 +86,7 @@ tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
 	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem build-tsan/kvmem-tests
 	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
-	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits]"
+	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits],[regions]"
 
 CXXFLAGS += $(CXXFLAGS_EXTRA)
 

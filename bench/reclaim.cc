@@ -40,7 +40,7 @@ Step fill(uint64_t at, uint64_t length) {
 
 uint64_t result_slot(Vm& vm, uint64_t slot) {
   uint64_t v;
-  std::memcpy(&v, vm.memory().host(abi::kResultsAddr + slot * 8), 8);
+  std::memcpy(&v, vm.memory().host(GuestAddr(abi::kResultsAddr + slot * 8)), 8);
   return v;
 }
 

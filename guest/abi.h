@@ -60,8 +60,8 @@ inline constexpr uint64_t kConsoleMax = 4096;
 // One range a guest hands back. `status` is written by the VMM:
 //   0        decommitted: the range reads as zero from now on
 //   -EINVAL  not page-aligned, empty, or wrapping past 2^64
-//   -EFAULT  not wholly inside this VM's RAM
-//   -EPERM   overlaps the reserved boot area
+//   -EFAULT  not wholly inside this VM's memory (its RAM and windows)
+//   -EPERM   overlaps the reserved boot area, or memory that is not RAM
 struct FreeReport {
   uint64_t gpa;
   uint64_t length;

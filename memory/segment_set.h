@@ -47,8 +47,7 @@
 // a reclaim batch walking upward, appends to a queue. At 10^6 segments a
 // descent is ~30 levels of cache misses; the finger is one or two nodes
 // already in cache. Lookups only read the finger, never move it: any number
-// of threads may look up a set no thread is changing (guest memory's map
-// is read by the vCPU and the free ring's thread without a lock).
+// of threads may look up a set no thread is changing.
 //
 // Iterator validity: Seg and Gap are handles. Any mutation invalidates every
 // Gap handle and every Seg handle of a segment that it removes or merges

@@ -33,8 +33,9 @@ HypercallOutcome refuse(HypercallContext& ctx, int err) {
 
 HypercallOutcome console_write(HypercallContext& ctx, uint64_t gpa, uint64_t length) {
   if (length > abi::kConsoleMax) return refuse(ctx, EINVAL);
-  if (!ctx.memory.contains(gpa, length)) return refuse(ctx, EFAULT);
-  if (length > 0 && ctx.console) ctx.console(ctx.memory.read(gpa, length));
+  auto range = GuestRange::of(gpa, length);  // the registers, checked: from here typed
+  if (!range || !ctx.memory.contains(*range)) return refuse(ctx, EFAULT);
+  if (length > 0 && ctx.console) ctx.console(ctx.memory.read(*range));
   return resume(static_cast<int64_t>(length));
 }
 

@@ -153,9 +153,8 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
     return std::unexpected(s.error());
   if (program.base + program.bytes.size() > abi::kProgramEnd || program.base < abi::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
-  std::memcpy(v->memory_->host(program.base), program.bytes.data(), program.bytes.size());
-  v->slots_ = SlotAllocator(static_cast<uint32_t>(std::max(v->vm_->check_extension(KVM_CAP_NR_MEMSLOTS), 32)));
-  if (auto s = v->memory_->register_with(*v->vm_, v->slots_); !s) return std::unexpected(s.error());
+  std::memcpy(v->memory_->host(GuestAddr(program.base)), program.bytes.data(), program.bytes.size());
+  if (auto s = v->memory_->register_with(*v->vm_); !s) return std::unexpected(s.error());
 
   auto vcpu = v->vm_->create_vcpu(0);
   if (!vcpu) return std::unexpected(vcpu.error());

@@ -92,10 +92,10 @@ class Vm : private VcpuPauser {
   Status set_status(const kvm_regs& regs, int64_t status);
 
   // Declaration order is teardown order reversed: the vCPU and the VM go
-  // before the memory slots' numbers and the RAM behind them.
+  // before the RAM behind them; the memory slots go with the VM, so the
+  // GuestMemory's Memslots find nothing left to delete (vmm/kvm/memslot.h).
   VmConfig config_;
   std::unique_ptr<GuestMemory> memory_;
-  SlotAllocator slots_{0};
   std::optional<KvmVm> vm_;
   std::optional<KvmVcpu> vcpu_;
   FreeStats frees_;

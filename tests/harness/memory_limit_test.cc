@@ -140,8 +140,8 @@ TEST_CASE("the watch stops the VM holding the most RAM, once, and leaves page ca
   REQUIRE(hungry);
   REQUIRE(honest);
   // The hungry VM holds 8 MiB, the honest one 1 MiB (written by the host).
-  for (uint64_t gpa = 4 * kMiB; gpa < 12 * kMiB; gpa += 4096) *(*hungry)->memory().host(gpa) = 1;
-  for (uint64_t gpa = 4 * kMiB; gpa < 5 * kMiB; gpa += 4096) *(*honest)->memory().host(gpa) = 1;
+  for (uint64_t gpa = 4 * kMiB; gpa < 12 * kMiB; gpa += 4096) *(*hungry)->memory().host(GuestAddr(gpa)) = 1;
+  for (uint64_t gpa = 4 * kMiB; gpa < 5 * kMiB; gpa += 4096) *(*honest)->memory().host(GuestAddr(gpa)) = 1;
 
   FakeCgroup cg(256 * kMiB);
   const uint64_t line = keep_under(cg.bound());

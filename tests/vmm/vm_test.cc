@@ -24,7 +24,7 @@ json config_with(json program, const char* memory = "8M") {
 
 uint64_t word_at(Vm& vm, uint64_t gpa) {
   uint64_t w;
-  std::memcpy(&w, vm.memory().host(gpa), 8);
+  std::memcpy(&w, vm.memory().host(GuestAddr(gpa)), 8);
   return w;
 }
 

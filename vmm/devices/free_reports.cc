@@ -31,7 +31,7 @@ void store(uint8_t* p, uint64_t v, std::memory_order order = std::memory_order_r
 int64_t check_free_range(const GuestMemory& memory, uint64_t gpa, uint64_t length) {
   if (length == 0 || gpa % kPageSize != 0 || length % kPageSize != 0) return -EINVAL;
   if (gpa + length < gpa) return -EINVAL;
-  if (!memory.contains(gpa, length)) return -EFAULT;
+  if (int err = memory.reportable(GuestRange(gpa, gpa + length)); err != 0) return err;  // -EFAULT, or -EPERM: not RAM
   if (gpa < abi::kBootAreaEnd) return -EPERM;
   return 0;
 }
@@ -81,7 +81,9 @@ int64_t report_free_list(GuestMemory& memory, FreeStats& stats, uint64_t list_gp
   if (count == 0 || count > abi::kReportMax) return -EINVAL;
   const uint64_t bytes = count * sizeof(abi::FreeReport);
   if (list_gpa % 8 != 0) return -EFAULT;
-  std::span<uint8_t> list = memory.host_span(list_gpa, bytes);
+  auto range = GuestRange::of(list_gpa, bytes);
+  if (!range) return -EFAULT;
+  HostSpan list = memory.host_span(*range);  // pins the list's memory while we use it
   if (list.empty()) return -EFAULT;
   stats.reports.fetch_add(1, std::memory_order_relaxed);
   // Statuses are gathered here and written back only once every punch is done.
@@ -107,12 +109,13 @@ std::unique_ptr<FreeRing> FreeRing::start(KvmVm& vm, GuestMemory& memory, FreeSt
     *status = -EINVAL;
     return nullptr;
   }
-  std::span<uint8_t> ring = memory.host_span(ring_gpa, sizeof(abi::FreeRingHeader) + entries * sizeof(abi::FreeReport));
+  auto range = GuestRange::of(ring_gpa, sizeof(abi::FreeRingHeader) + entries * sizeof(abi::FreeReport));
+  HostSpan ring = range ? memory.host_span(*range) : HostSpan();
   if (ring.empty()) {
     *status = -EFAULT;
     return nullptr;
   }
-  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, pauser, ring.data(), entries));
+  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, pauser, ring, entries));
   r->completed_ = load(ring.data());  // start where the guest's producer stands
   store(ring.data() + 8, r->completed_, std::memory_order_release);
   int door = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK), stop = eventfd(0, EFD_CLOEXEC);

@@ -26,6 +26,7 @@
 #include "base/fd.h"
 #include "guest/abi.h"
 #include "memory/range.h"
+#include "vmm/memory/region.h"
 
 namespace kvmem {
 
@@ -104,9 +105,10 @@ class FreeRing {
   int64_t wait(uint64_t target);
 
  private:
-  FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser, uint8_t* ring,
+  FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser, HostSpan ring,
            uint64_t entries)
-      : vm_(vm), memory_(memory), stats_(stats), pauser_(pauser), ring_(ring), entries_(entries) {}
+      : vm_(vm), memory_(memory), stats_(stats), pauser_(pauser), ring_span_(std::move(ring)),
+        ring_(ring_span_.data()), entries_(entries) {}
   void run();
   // Answers every slot up to the guest's `produced`. on_ring_thread: called
   // by the ring's own thread, with the vCPU perhaps in the guest.
@@ -116,6 +118,7 @@ class FreeRing {
   GuestMemory& memory_;
   FreeStats& stats_;
   VcpuPauser* pauser_;
+  HostSpan ring_span_;  // keeps the ring's memory mapped while we use it
   uint8_t* ring_;      // host address of the FreeRingHeader; slots follow
   uint64_t entries_;
   uint64_t completed_ = 0;  // protected by drain_mu_; ours: the guest's copy is never trusted

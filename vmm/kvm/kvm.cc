@@ -4,6 +4,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -75,34 +76,31 @@ Result<std::vector<kvm_cpuid_entry2>> Kvm::supported_cpuid() const {
 Result<KvmVm> Kvm::create_vm() const {
   auto fd = do_ioctl(fd_.get(), KVM_CREATE_VM, "KVM_CREATE_VM", 0ul);
   if (!fd) return std::unexpected(fd.error().context("cannot create a VM"));
-  return KvmVm(Fd(*fd), vcpu_mmap_size_);
+  Fd owned(*fd);
+  // KVM_CHECK_EXTENSION on the VM fd answers for this VM; a kernel that
+  // cannot answer there (no KVM_CAP_CHECK_EXTENSION_VM) is asked on
+  // /dev/kvm, and one that does not say how many slots it has gets 32.
+  auto vm_cap = [&](long cap) {
+    const int r = ::ioctl(*fd, KVM_CHECK_EXTENSION, cap);
+    return r < 0 ? check_extension(cap) : r;
+  };
+  const int slots = vm_cap(KVM_CAP_NR_MEMSLOTS);
+  const bool readonly = vm_cap(KVM_CAP_READONLY_MEM) > 0;
+  auto shared = std::make_shared<kvm_detail::VmShared>(std::move(owned), static_cast<uint32_t>(std::max(slots, 32)),
+                                                      readonly);
+  return KvmVm(std::move(shared), vcpu_mmap_size_);
 }
 
 int KvmVm::check_extension(long cap) const {
-  int r = ::ioctl(fd_.get(), KVM_CHECK_EXTENSION, cap);
+  int r = ::ioctl(fd(), KVM_CHECK_EXTENSION, cap);
   return r < 0 ? 0 : r;
-}
-
-Status KvmVm::set_memory_region(uint32_t slot, uint32_t flags, uint64_t gpa, uint64_t size,
-                                void* host) {
-  kvm_userspace_memory_region region{};
-  region.slot = slot;
-  region.flags = flags;
-  region.guest_phys_addr = gpa;
-  region.memory_size = size;
-  region.userspace_addr = reinterpret_cast<uint64_t>(host);
-  if (::ioctl(fd_.get(), KVM_SET_USER_MEMORY_REGION, &region) < 0)
-    return sys_fail(fmt::format("cannot {} memory slot {} for guest-physical [{:#x}, {:#x})",
-                                size ? "set" : "delete", slot, gpa, gpa + size),
-                    "KVM_SET_USER_MEMORY_REGION", errno);
-  return {};
 }
 
 Status KvmVm::enable_cap(uint32_t cap, uint64_t arg0) {
   kvm_enable_cap ec{};
   ec.cap = cap;
   ec.args[0] = arg0;
-  if (::ioctl(fd_.get(), KVM_ENABLE_CAP, &ec) < 0)
+  if (::ioctl(fd(), KVM_ENABLE_CAP, &ec) < 0)
     return sys_fail(fmt::format("cannot enable capability {}", cap), "KVM_ENABLE_CAP", errno);
   return {};
 }
@@ -122,15 +120,15 @@ Status pio_eventfd(int vm_fd, uint16_t port, uint32_t len, int eventfd, bool ass
 }  // namespace
 
 Status KvmVm::assign_pio_eventfd(uint16_t port, uint32_t len, int eventfd) {
-  return pio_eventfd(fd_.get(), port, len, eventfd, true);
+  return pio_eventfd(fd(), port, len, eventfd, true);
 }
 
 Status KvmVm::deassign_pio_eventfd(uint16_t port, uint32_t len, int eventfd) {
-  return pio_eventfd(fd_.get(), port, len, eventfd, false);
+  return pio_eventfd(fd(), port, len, eventfd, false);
 }
 
 Result<KvmVcpu> KvmVm::create_vcpu(unsigned id) {
-  auto fd = do_ioctl(fd_.get(), KVM_CREATE_VCPU, "KVM_CREATE_VCPU", static_cast<unsigned long>(id));
+  auto fd = do_ioctl(this->fd(), KVM_CREATE_VCPU, "KVM_CREATE_VCPU", static_cast<unsigned long>(id));
   if (!fd) return std::unexpected(fd.error().context("cannot create a vCPU"));
   Fd owned(*fd);
   void* p = ::mmap(nullptr, vcpu_mmap_size_, PROT_READ | PROT_WRITE, MAP_SHARED, *fd, 0);

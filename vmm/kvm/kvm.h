@@ -1,7 +1,8 @@
 // RAII wrappers for /dev/kvm, a VM and a vCPU.
 //
 // Each kernel object has one owner: Kvm owns the /dev/kvm fd, KvmVm a VM fd,
-// KvmVcpu a vCPU fd and its kvm_run mapping. Every failing ioctl comes back as
+// KvmVcpu a vCPU fd and its kvm_run mapping; memory slots are Memslot
+// registrations (memslot.h) made through KvmVm::slots(). Every failing ioctl comes back as
 // an Error naming the ioctl and its errno ("KVM_CREATE_VM: EINVAL (...)").
 // Nothing here knows about guests or configs.
 #pragma once
@@ -14,6 +15,7 @@
 
 #include "base/error.h"
 #include "base/fd.h"
+#include "vmm/kvm/memslot.h"
 
 namespace kvmem {
 
@@ -46,12 +48,12 @@ class Kvm {
 
 class KvmVm {
  public:
-  int fd() const { return fd_.get(); }
+  int fd() const { return shared_->fd.get(); }
   int check_extension(long cap) const;
 
-  // KVM_SET_USER_MEMORY_REGION. size == 0 deletes the slot.
-  Status set_memory_region(uint32_t slot, uint32_t flags, uint64_t gpa, uint64_t size,
-                           void* host);
+  // Adds memory slots; the handle and the Memslots it makes may outlive
+  // this KvmVm (memslot.h, "Teardown order").
+  VmSlots slots() const { return VmSlots(shared_); }
   Status enable_cap(uint32_t cap, uint64_t arg0);
   // KVM_IOEVENTFD for a port-I/O write of `len` bytes to `port`, any value.
   Status assign_pio_eventfd(uint16_t port, uint32_t len, int eventfd);
@@ -60,8 +62,9 @@ class KvmVm {
 
  private:
   friend class Kvm;
-  KvmVm(Fd fd, size_t vcpu_mmap_size) : fd_(std::move(fd)), vcpu_mmap_size_(vcpu_mmap_size) {}
-  Fd fd_;
+  KvmVm(std::shared_ptr<kvm_detail::VmShared> shared, size_t vcpu_mmap_size)
+      : shared_(std::move(shared)), vcpu_mmap_size_(vcpu_mmap_size) {}
+  std::shared_ptr<kvm_detail::VmShared> shared_;  // never null
   size_t vcpu_mmap_size_;
 };
 

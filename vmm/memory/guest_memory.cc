@@ -1,149 +1,204 @@
 #include "vmm/memory/guest_memory.h"
 
 #include <sys/mman.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <algorithm>
-#include <cstring>
+#include <cerrno>
 
 #include "base/check.h"
 #include "guest/abi.h"
+#include "memory/segment_set.h"
 #include "vmm/kvm/kvm.h"
 
 namespace kvmem {
+namespace {
 
-Result<uint32_t> SlotAllocator::acquire() {
-  for (uint32_t i = 0; i < used_.size(); i++)
-    if (!used_[i]) {
-      used_[i] = true;
-      return i;
-    }
-  if (used_.size() >= limit_) return fail("all {} KVM memory slots are in use", limit_);
-  used_.push_back(true);
-  return static_cast<uint32_t>(used_.size() - 1);
-}
+// RAM's allocations, keyed by guest range: touching ones merge when the
+// file ranges behind them touch too, so each segment is one piece.
+struct Backing {
+  uint64_t file_start = 0;  // file offset of the segment's first byte
+  bool operator==(const Backing&) const = default;
+};
+struct ContiguousPolicy {
+  static std::optional<Backing> merge(const GuestRange& a, const Backing& va, const GuestRange&, const Backing& vb) {
+    if (va.file_start + a.length() == vb.file_start) return va;
+    return std::nullopt;
+  }
+  static std::pair<Backing, Backing> split(const GuestRange& r, const Backing& v, uint64_t at) {
+    return {v, Backing{v.file_start + (at - r.start)}};
+  }
+};
 
-void SlotAllocator::release(uint32_t slot) {
-  KVMEM_CHECK(slot < used_.size() && used_[slot], "releasing memory slot {} that is not in use", slot);
-  used_[slot] = false;
-}
+// Drops the references of a region that was never made.
+struct RefGuard {
+  MemoryFile& file;
+  std::vector<FileRange> refs;
+  ~RefGuard() {
+    for (const FileRange& r : refs) file.dec_ref(r);
+  }
+};
 
-uint32_t SlotAllocator::in_use() const {
-  uint32_t n = 0;
-  for (bool u : used_) n += u;
-  return n;
-}
+}  // namespace
 
 Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint64_t size, uint64_t unit) {
   KVMEM_CHECK(size > 0 && size % kHugePageSize == 0 && unit >= kHugePageSize && unit % kHugePageSize == 0,
               "guest RAM of {:#x} bytes in units of {:#x}", size, unit);
-  std::unique_ptr<GuestMemory> m(new GuestMemory(file, size));
-  Map map;
+  RefGuard allocations{file, {}};
+  SegmentSet<GuestRange, Backing, ContiguousPolicy> map;
   for (uint64_t gpa = 0; gpa < size; gpa += unit) {
     const uint64_t length = std::min(unit, size - gpa);
     auto r = file.allocate(length, UsageKind::Anonymous);
     if (!r) return std::unexpected(r.error().context(fmt::format("cannot allocate {} MiB of guest RAM", size >> 20)));
-    m->allocations_.push_back(*r);
+    allocations.refs.push_back(*r);
     // Make the chunks behind the range accessible before KVM sees them.
-    if (auto span = file.map_internal(*r); !span)
-      return std::unexpected(span.error().context("cannot map guest RAM"));
+    if (auto span = file.map_internal(*r); !span) return std::unexpected(span.error().context("cannot map guest RAM"));
     const bool added = map.add(GuestRange(gpa, gpa + length), Backing{r->start});
     KVMEM_CHECK(added, "guest range [{:#x}, {:#x}) already mapped", gpa, gpa + length);
   }
+  std::vector<RegionPiece> pieces;
   for (auto seg = map.first_segment(); seg.ok(); seg = seg.next_segment())
-    m->segments_.push_back(Segment{seg.range(), seg.value().file_start});
-  return m;
+    pieces.push_back(RegionPiece{seg.range(), FileOffset(seg.value().file_start)});
+  auto ram = std::make_shared<const Region>(file, RegionKind::kRam, MemAccess::kReadWrite, std::move(pieces),
+                                            std::exchange(allocations.refs, {}));
+  return std::unique_ptr<GuestMemory>(new GuestMemory(file, std::move(ram)));
 }
 
-GuestMemory::~GuestMemory() {
-  for (const FileRange& r : allocations_) file_.dec_ref(r);
+GuestMemory::GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram)
+    : file_(file), ram_(std::move(ram)), map_(std::make_shared<const RegionMap>(RegionMap().with(ram_))) {}
+
+void GuestMemory::publish_locked(RegionMap next) {
+  std::shared_ptr<const RegionMap> p = std::make_shared<const RegionMap>(std::move(next));
+  {
+    std::lock_guard lock(publish_mu_);
+    map_.swap(p);
+  }
+  // p, the old map, goes here: out of publish_mu_, since a region it frees drops file references.
 }
 
-Status GuestMemory::register_with(KvmVm& vm, SlotAllocator& slots) {
-  KVMEM_CHECK(memslots_.empty(), "guest memory registered twice");
-  std::vector<MemSlot> made;
-  auto undo = [&] {
-    for (const MemSlot& s : made) {
-      (void)vm.set_memory_region(s.slot, 0, s.guest.start, 0, nullptr);
-      slots.release(s.slot);
+GuestMemory::~GuestMemory() = default;
+
+Result<GuestMemory::Registration> GuestMemory::register_region_locked(std::shared_ptr<const Region> r) const {
+  Registration reg{std::move(r), {}};
+  const Region& region = *reg.region;
+  for (const RegionPiece& p : region.pieces()) {
+    auto slot = vm_->add(p.guest, file_.base() + p.file.value, region.access());
+    // Returning drops reg, and with it every slot made so far.
+    if (!slot)
+      return std::unexpected(slot.error().context(
+          fmt::format("cannot register guest {} {}", region_kind_name(region.kind()), region.guest())));
+    reg.slots.push_back(std::move(*slot));
+  }
+  return reg;
+}
+
+Status GuestMemory::register_with(const KvmVm& vm) {
+  std::lock_guard lock(mu_);
+  KVMEM_CHECK(!vm_, "guest memory registered twice");
+  vm_ = vm.slots();
+  std::vector<Registration> made;
+  const View current = view();
+  for (const auto& region : current->regions()) {
+    auto reg = register_region_locked(region);
+    if (!reg) {
+      made.clear();  // deletes every slot made so far
+      vm_.reset();
+      return std::unexpected(reg.error());
     }
-  };
-  for (const Segment& seg : segments_) {
-    auto slot = slots.acquire();
-    if (!slot) {
-      undo();
-      return std::unexpected(slot.error());
-    }
-    const GuestRange g = seg.guest;
-    const FileRange f(seg.file_start, seg.file_start + g.length());
-    if (auto s = vm.set_memory_region(*slot, 0, g.start, g.length(), file_.base() + f.start); !s) {
-      slots.release(*slot);
-      undo();
-      return s;
-    }
-    made.push_back(MemSlot{*slot, g, f});
+    made.push_back(std::move(*reg));
   }
   // Commit only after every ioctl succeeded.
-  memslots_ = std::move(made);
+  slots_ = std::move(made);
   return {};
 }
 
-const GuestMemory::Segment& GuestMemory::segment_at(uint64_t gpa) const {
-  KVMEM_CHECK(gpa < size_, "guest-physical {:#x} is not RAM", gpa);
-  auto it = std::upper_bound(segments_.begin(), segments_.end(), gpa,
-                             [](uint64_t a, const Segment& s) { return a < s.guest.start; });
-  return *(it - 1);  // RAM is [0, size_) without holes, so gpa's segment starts at or before it
-}
-
-uint64_t GuestMemory::file_offset(uint64_t gpa) const {
-  const Segment& seg = segment_at(gpa);
-  return seg.file_start + (gpa - seg.guest.start);
-}
-
-uint8_t* GuestMemory::host(uint64_t gpa) const { return file_.base() + file_offset(gpa); }
-
-std::string GuestMemory::read(uint64_t gpa, uint64_t length) const {
-  KVMEM_CHECK(contains(gpa, length), "read of [{:#x}, +{:#x}) outside RAM", gpa, length);
-  std::string out;
-  out.reserve(length);
-  while (length > 0) {
-    const uint64_t n = std::min(length, segment_at(gpa).guest.end - gpa);
-    out.append(reinterpret_cast<const char*>(host(gpa)), n);
-    gpa += n;
-    length -= n;
-  }
+std::vector<MemslotInfo> GuestMemory::memslots() const {
+  std::lock_guard lock(mu_);
+  std::vector<MemslotInfo> out;
+  for (const Registration& reg : slots_)
+    for (const Memslot& s : reg.slots) {
+      const FileOffset f = reg.region->file_offset(s.guest().start_addr());
+      out.push_back(MemslotInfo{s.slot(), s.guest(), FileRange(f.value, f.value + s.guest().length()), s.access()});
+    }
+  std::sort(out.begin(), out.end(), [](const MemslotInfo& a, const MemslotInfo& b) { return a.guest.start < b.guest.start; });
   return out;
 }
 
-std::span<uint8_t> GuestMemory::host_span(uint64_t gpa, uint64_t length) const {
-  if (length == 0 || !contains(gpa, length)) return {};
-  if (length > segment_at(gpa).guest.end - gpa) return {};
-  return {host(gpa), length};
+Status GuestMemory::add_window(GuestRange guest, FileRange file, MemAccess access) {
+  const char* bad = !guest.well_formed() || !file.well_formed() || guest.empty() ? "a window is a non-empty range"
+                    : guest.length() != file.length()                           ? "the ranges differ in length"
+                    : !guest.is_page_aligned() || !file.is_page_aligned()       ? "the ranges must be page-aligned"
+                                                                                 : nullptr;
+  if (bad) return fail("cannot show file {} at guest-physical {}: {}", file, guest, bad);
+  // On the side: take our reference and map the chunks behind it.
+  file_.inc_ref(file);
+  RefGuard ref{file_, {file}};
+  if (auto span = file_.map_internal(file); !span)
+    return std::unexpected(span.error().context(fmt::format("cannot show file {} at guest-physical {}", file, guest)));
+  auto region = std::make_shared<const Region>(file_, RegionKind::kFileWindow, access,
+                                               std::vector<RegionPiece>{{guest, file.start_addr()}},
+                                               std::exchange(ref.refs, {}));
+  std::lock_guard lock(mu_);
+  View current = view();
+  if (!current->free(guest))
+    return fail("cannot show file {} at guest-physical {}: it overlaps a region already there", file, guest);
+  if (vm_) {
+    auto reg = register_region_locked(region);
+    if (!reg) return std::unexpected(reg.error());
+    slots_.push_back(std::move(*reg));
+  }
+  publish_locked(current->with(std::move(region)));
+  return {};
+}
+
+Status GuestMemory::remove(GuestRange guest) {
+  std::lock_guard lock(mu_);
+  View current = view();
+  const auto* region = current->find(guest.start_addr());
+  if (!region || (*region)->guest() != guest) return fail("cannot remove guest-physical {}: no region is exactly there", guest);
+  if ((*region)->kind() == RegionKind::kRam) return fail("cannot remove guest-physical {}: RAM stays for the VM's life", guest);
+  std::optional<RegionMap> next = current->without(guest);
+  KVMEM_CHECK(next, "region {} found and not found", guest);
+  // Readers first: from here no new View finds the region. Views taken
+  // before keep its memory until they go.
+  publish_locked(std::move(*next));
+  auto reg = std::find_if(slots_.begin(), slots_.end(),
+                         [&](const Registration& r) { return r.region->guest() == guest; });
+  if (reg == slots_.end()) return {};  // not registered with KVM
+  Status status;
+  for (Memslot& s : reg->slots)
+    if (auto st = s.remove(); !st && status) status = std::unexpected(st.error());
+  // A slot KVM would not delete keeps its registration, and so the
+  // region's memory: it must not go back to the pool while a guest maps it.
+  if (status) slots_.erase(reg);
+  return status;
 }
 
 std::span<uint8_t> GuestMemory::boot_area() const {
-  KVMEM_CHECK(segment_at(0).guest.end >= abi::kBootAreaEnd, "boot area not in one segment");
-  return {host(0), abi::kBootAreaEnd};
+  const RegionPiece& first = ram_->piece_at(GuestAddr(0));
+  KVMEM_CHECK(first.guest.end >= abi::kBootAreaEnd, "boot area not in one piece");
+  return {host(GuestAddr(0)), abi::kBootAreaEnd};
 }
 
 Status GuestMemory::decommit(GuestRange r) {
-  KVMEM_CHECK(contains(r.start, r.length()) && r.is_page_aligned(), "decommit of {} outside RAM", r);
-  uint64_t gpa = r.start;
-  while (gpa < r.end) {
-    const Segment& seg = segment_at(gpa);
-    const uint64_t end = std::min(r.end, seg.guest.end);
-    const uint64_t f = seg.file_start + (gpa - seg.guest.start);
-    if (auto s = file_.decommit(FileRange(f, f + (end - gpa))); !s)
+  KVMEM_CHECK(r.is_page_aligned(), "decommit of {}, which is not page-aligned", r);
+  View v = view();
+  if (int err = v->reportable(r); err != 0)
+    return std::unexpected(Error{-err, fmt::format("cannot decommit guest-physical {}: it is not all RAM", r)});
+  for (uint64_t at = r.start; at < r.end;) {
+    const Region& region = **v->find(GuestAddr(at));
+    const RegionPiece& piece = region.piece_at(GuestAddr(at));
+    const uint64_t end = std::min(r.end, piece.guest.end);
+    const FileOffset f = region.file_offset(GuestAddr(at));
+    if (auto s = file_.decommit(FileRange(f.value, f.value + (end - at))); !s)
       return std::unexpected(s.error().context(fmt::format("cannot decommit guest-physical {}", r)));
-    gpa = end;
+    at = end;
   }
   return {};
 }
 
 std::vector<FileRange> GuestMemory::file_ranges() const {
   std::vector<FileRange> out;
-  for (const Segment& seg : segments_) out.emplace_back(seg.file_start, seg.file_start + seg.guest.length());
+  for (const RegionPiece& p : ram_->pieces()) out.push_back(p.file_range());
   return out;
 }
 

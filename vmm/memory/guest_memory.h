@@ -1,31 +1,64 @@
-// Guest-physical memory of one VM: RAM at [0, size), made of allocations
-// from a shared MemoryFile and registered with KVM as memory slots.
+// Guest-physical memory of one VM: a map of regions, each registered with
+// KVM as memory slots.
 //
-// The guest-physical map is a SegmentSet from guest ranges to the file
-// offset behind them. Neighbouring segments merge when their file ranges are
-// contiguous too, and a contiguous file range is contiguous host memory (the
-// MemoryFile maps its whole file inside one reservation), so each segment of
-// the map is exactly one memory slot: RAM made of 64 allocations that the
-// allocator placed side by side is one slot, not 64.
+// The map (region.h) is keyed by guest-physical range. Today RAM is one
+// region at [0, size), made of allocations from a shared MemoryFile; a file
+// window (a file's pages shown to the guest, maybe read-only) is the second
+// kind, and a lazily restored region (snapshots) will be a third. A region
+// knows its kind, its access, its memory slots and whether a guest may
+// report it free (RAM only: a free report that touches any other region
+// gets -EPERM).
 //
 // RAM is allocated in units (allocation_unit, 2 MiB or more) so that a VM's
 // memory is several allocations: freeing and reallocation across VM
 // lifetimes get exercised, and a fragmented file still serves a large guest.
+// Allocations the allocator placed side by side form one piece, since a
+// contiguous file range is contiguous host memory (the MemoryFile maps its
+// whole file inside one reservation), and each piece is one memory slot:
+// RAM made of 64 neighbouring allocations is one slot, not 64.
 //
-// The map is built once, in create(), and kept as the sorted array of its
-// segments, immutable afterwards: translation from the vCPU's thread and
-// the free ring's thread takes no lock. Every address that comes from a guest is
-// checked with contains() before the VMM touches memory through it: a guest
-// can only ever name its own RAM.
+// Readers and writers. The map is a sorted vector of regions, not a
+// SegmentSet: it holds a handful of regions, each added and removed whole
+// and never merged with its neighbours or split, and every change copies it
+// (a few shared pointers) into a new immutable map that is then published
+// under a lock held only for the pointer swap. Readers (the vCPU's thread,
+// device threads such as the free ring's) take a View, a shared pointer to
+// the current map (copied under that same short lock), and use it without
+// a lock; host memory found through a View stays mapped and
+// allocated while the View (or a HostSpan from it) lives, even if its region
+// is removed meanwhile. Writers (add_window, remove, register_with) take mu_.
+// Every address that comes from a guest is checked against a View before
+// the VMM touches memory through it: a guest can only ever name its own
+// regions.
 //
-// Lifetime: the owner destroys the KVM VM (or stops its vCPUs for good)
-// before its GuestMemory: the destructor drops this VM's reference on every
-// allocation without deleting the memory slots, and the MemoryFile's
-// reclaimer then punches the ranges and returns them to the pool.
+// Commit after success. A region is built on the side (its references
+// taken, its chunks mapped), then its memory slots are added, and only when
+// every ioctl succeeded is it published; on failure the slots made so far
+// are deleted again (Memslot is RAII). Removing a region publishes the map
+// without it, then deletes its slots (Vm::create turned off
+// KVM_X86_QUIRK_SLOT_ZAP_ALL where offered, so a deletion zaps only that
+// slot's shadow pages).
+//
+// Lock order: GuestMemory::mu_ -> the KVM VM's slot mutex (memslot.h) ->
+// MemoryFile's locks (a region's last reference dropped under mu_ releases
+// its file ranges). publish_mu_ is a leaf: nothing is taken or freed under
+// it. Readers take publish_mu_ for view(), and MemoryFile's in decommit().
+//
+// Lifetime: the MemoryFile outlives the GuestMemory and every View. The
+// owner closes the KVM VM before the GuestMemory goes (memslot.h, "Teardown
+// order"): the slots then go with the VM, and the destructor only drops
+// this VM's references; the MemoryFile's reclaimer then punches the ranges
+// and returns them to the pool.
+//
+// Cost: nothing here is proportional to the size of RAM. resident_bytes()
+// asks the kernel (mincore) only about the file's data extents
+// (MemoryFile::resident_in skips holes with SEEK_DATA), so its cost follows
+// what the guest touched. Keep it that way.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -33,34 +66,24 @@
 #include "base/error.h"
 #include "memory/memory_file.h"
 #include "memory/range.h"
-#include "memory/segment_set.h"
+#include "vmm/kvm/memslot.h"
+#include "vmm/memory/region.h"
 
 namespace kvmem {
 
 class KvmVm;
 
-// Lowest-free memory slot numbers, so a removed slot's number is reused.
-class SlotAllocator {
- public:
-  explicit SlotAllocator(uint32_t limit) : limit_(limit) {}
-  Result<uint32_t> acquire();
-  void release(uint32_t slot);
-  uint32_t in_use() const;
-
- private:
-  uint32_t limit_;
-  std::vector<bool> used_;
-};
-
-struct MemSlot {
+struct MemslotInfo {
   uint32_t slot;
   GuestRange guest;
   FileRange file;
+  MemAccess access;
 };
 
 class GuestMemory {
  public:
   static constexpr uint64_t kDefaultUnit = 16ull << 20;
+  using View = std::shared_ptr<const RegionMap>;
 
   // Allocates `size` bytes of RAM (kind Anonymous) in `unit`-sized pieces.
   // Preconditions: size and unit are multiples of 2 MiB, unit >= 2 MiB.
@@ -71,69 +94,79 @@ class GuestMemory {
   GuestMemory& operator=(const GuestMemory&) = delete;
   ~GuestMemory();
 
-  // Registers one memory slot per segment of the map, numbered from `slots`.
-  // On failure the slots made so far are deleted again; on success the
-  // slots are committed to memslots() at once.
-  Status register_with(KvmVm& vm, SlotAllocator& slots);
-  const std::vector<MemSlot>& memslots() const { return memslots_; }
+  // Registers every region's slots with `vm`; afterwards add_window() and
+  // remove() keep the VM in step. On failure no slot is left registered.
+  Status register_with(const KvmVm& vm);
+  // Every registered slot, in guest order.
+  std::vector<MemslotInfo> memslots() const;
 
-  uint64_t size() const { return size_; }
-  // True when [gpa, gpa + length) lies wholly inside RAM and does not wrap.
-  bool contains(uint64_t gpa, uint64_t length) const { return gpa <= size_ && length <= size_ - gpa; }
+  // Shows `file` (pages of this GuestMemory's MemoryFile that the caller
+  // holds a reference on) at `guest`. The region takes a reference of its
+  // own, dropped when it is removed and the last View that has it goes.
+  // Errors: ranges unaligned, empty, of different lengths, or wrapping;
+  // guest overlapping a region; the mapping or a slot failing (nothing is
+  // left of the region then).
+  Status add_window(GuestRange guest, FileRange file, MemAccess access);
+  // Removes the region that is exactly `guest`. Errors: no such region; RAM
+  // (host() hands out unpinned pointers to it); deleting a slot failing
+  // (the region is gone from the map even so, but its memory stays held
+  // while KVM may still map it, and memslots() still lists the slot).
+  Status remove(GuestRange guest);
 
-  // Host address of gpa. Precondition: contains(gpa, 1). Host memory is
-  // contiguous only within one segment: use read() for ranges.
-  uint8_t* host(uint64_t gpa) const;
-  // The file offset behind gpa. Precondition: contains(gpa, 1).
-  uint64_t file_offset(uint64_t gpa) const;
-  // Copies [gpa, gpa + length) out, across segments. Precondition: contains().
-  std::string read(uint64_t gpa, uint64_t length) const;
-  // Host memory of [gpa, gpa + length) when it lies in RAM in one
-  // host-contiguous piece; an empty span otherwise.
-  std::span<uint8_t> host_span(uint64_t gpa, uint64_t length) const;
-  // The boot area [0, abi::kBootAreaEnd), which always lies in one segment.
+  // The current map. Hold it while using host memory found through it.
+  View view() const {
+    std::lock_guard lock(publish_mu_);
+    return map_;
+  }
+
+  // One View each (region.h has the semantics).
+  bool contains(GuestRange r) const { return view()->contains(r); }
+  int reportable(GuestRange r) const { return view()->reportable(r); }
+  std::string read(GuestRange r) const { return view()->read(r); }
+  HostSpan host_span(GuestRange r) const { return view()->host_span(r); }
+  std::optional<FileOffset> translate(GuestAddr a) const { return view()->translate(a); }
+
+  uint64_t ram_size() const { return ram_->guest().length(); }
+  // RAM lives as long as the GuestMemory, so these need no pin.
+  // Precondition: a lies in RAM.
+  uint8_t* host(GuestAddr a) const { return ram_->host(a); }
+  FileOffset file_offset(GuestAddr a) const { return ram_->file_offset(a); }
+  // The boot area [0, abi::kBootAreaEnd), which always lies in one piece.
   std::span<uint8_t> boot_area() const;
 
   // Punches the backing of r now: the guest reads zeros there afterwards.
-  // Preconditions: contains(r), page-aligned (the hypercall layer checks).
+  // Preconditions: page-aligned (the hypercall layer checks). Errors: r
+  // not wholly RAM (EPERM, EFAULT), the punch's.
   Status decommit(GuestRange r);
   // The file ranges behind RAM, in guest order (for accounting).
   std::vector<FileRange> file_ranges() const;
-  // Bytes of RAM the host holds (mincore over the data of each segment).
+  // Bytes of RAM the host holds (mincore over the data extents of each piece).
   Result<uint64_t> resident_bytes() const;
 
  private:
-  struct Backing {
-    uint64_t file_start = 0;  // file offset of the segment's first byte
-    bool operator==(const Backing&) const = default;
+  struct Registration {
+    std::shared_ptr<const Region> region;  // pins the memory the slots point at
+    std::vector<Memslot> slots;            // one per piece; declared last: they go first
   };
-  // Touching segments merge when the file ranges behind them touch too.
-  struct ContiguousPolicy {
-    static std::optional<Backing> merge(const GuestRange& a, const Backing& va, const GuestRange&,
-                                        const Backing& vb) {
-      if (va.file_start + a.length() == vb.file_start) return va;
-      return std::nullopt;
-    }
-    static std::pair<Backing, Backing> split(const GuestRange& r, const Backing& v, uint64_t at) {
-      return {v, Backing{v.file_start + (at - r.start)}};
-    }
-  };
-  using Map = SegmentSet<GuestRange, Backing, ContiguousPolicy>;
 
-  GuestMemory(MemoryFile& file, uint64_t size) : file_(file), size_(size) {}
+  GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram);
+  // Adds one slot per piece of r; all of them or none.
+  Result<Registration> register_region_locked(std::shared_ptr<const Region> r) const;
 
   MemoryFile& file_;
-  uint64_t size_;
-  struct Segment {
-    GuestRange guest;
-    uint64_t file_start;
-  };
-  // The segment holding gpa. Precondition: gpa < size_.
-  const Segment& segment_at(uint64_t gpa) const;
+  std::shared_ptr<const Region> ram_;  // never removed
+  // Replaces the published map; the old one is dropped after publish_mu_.
+  void publish_locked(RegionMap next);
 
-  std::vector<Segment> segments_;  // the map's segments in order, for lookups
-  std::vector<FileRange> allocations_;  // each holds one reference of ours
-  std::vector<MemSlot> memslots_;
+  mutable std::mutex mu_;  // writers: serialises changes to the map and the slots
+  // Held only to copy or swap map_ (a pointer and a count): readers never
+  // wait for a writer's ioctls. Not std::atomic<std::shared_ptr>: GCC 12's
+  // guards its pointer with a lock bit that ThreadSanitizer cannot see, so
+  // every reader would be reported as racing with every writer.
+  mutable std::mutex publish_mu_;
+  std::shared_ptr<const RegionMap> map_;  // protected by publish_mu_; replaced under mu_ too
+  std::optional<VmSlots> vm_;         // protected by mu_: set by register_with
+  std::vector<Registration> slots_;   // protected by mu_; declared last: slots go before the regions
 };
 
 }  // namespace kvmem

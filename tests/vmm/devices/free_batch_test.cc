@@ -29,7 +29,7 @@ Guest make_guest(uint64_t size, uint64_t unit) {
 }
 
 void write_pages(GuestMemory& m, uint64_t gpa, uint64_t length) {
-  for (uint64_t a = gpa; a < gpa + length; a += 4096) std::memset(m.host(a), 0x5a, 4096);
+  for (uint64_t a = gpa; a < gpa + length; a += 4096) std::memset(m.host(GuestAddr(a)), 0x5a, 4096);
 }
 
 }  // namespace
@@ -81,21 +81,21 @@ TEST_CASE("neighbouring ranges are punched as one run; every range keeps its own
   REQUIRE(after);
   CHECK(*before - *after == 0x203000);  // the kernel agrees, to the page
   // Freed pages read zero; their neighbours keep what was written.
-  CHECK(g.memory->host(0x200000)[0] == 0);
-  CHECK(g.memory->host(0x202fff)[0] == 0);
-  CHECK(g.memory->host(0x203000)[0] == 0x5a);
-  CHECK(g.memory->host(0x5fffff)[0] == 0);
-  CHECK(g.memory->host(0x600000)[0] == 0x5a);
+  CHECK(g.memory->host(GuestAddr(0x200000))[0] == 0);
+  CHECK(g.memory->host(GuestAddr(0x202fff))[0] == 0);
+  CHECK(g.memory->host(GuestAddr(0x203000))[0] == 0x5a);
+  CHECK(g.memory->host(GuestAddr(0x5fffff))[0] == 0);
+  CHECK(g.memory->host(GuestAddr(0x600000))[0] == 0x5a);
 }
 
 TEST_CASE("report_free_list writes each status back and returns how many were punched", "[free]") {
   Guest g = make_guest(8 << 20, 2 << 20);
   write_pages(*g.memory, 2 << 20, 1 << 20);
   abi::FreeReport list[3] = {{0x200000, 0x1000, 7, 0}, {0x900000, 0x1000, 7, 0}, {0x201000, 0x1000, 7, 0}};
-  std::memcpy(g.memory->host(abi::kReportListAddr), list, sizeof list);
+  std::memcpy(g.memory->host(GuestAddr(abi::kReportListAddr)), list, sizeof list);
   FreeStats stats;
   CHECK(report_free_list(*g.memory, stats, abi::kReportListAddr, 3) == 2);
-  std::memcpy(list, g.memory->host(abi::kReportListAddr), sizeof list);
+  std::memcpy(list, g.memory->host(GuestAddr(abi::kReportListAddr)), sizeof list);
   CHECK(list[0].status == 0);
   CHECK(list[1].status == -EFAULT);
   CHECK(list[2].status == 0);
@@ -124,23 +124,9 @@ TEST_CASE("guest RAM in 2 MiB units is one segment per contiguous run of allocat
   auto ranges = (*c)->file_ranges();
   REQUIRE(ranges.size() == 2);
   CHECK(ranges[0] == FileRange(0, 4 << 20));
-  CHECK((*c)->file_offset(4 << 20) == ranges[1].start);
-  CHECK((*c)->read(0x3ffffc, 8).size() == 8);  // a read across the two segments
+  CHECK((*c)->file_offset(GuestAddr(4 << 20)) == ranges[1].start_addr());
+  CHECK((*c)->read(GuestRange(0x3ffffc, 0x400004)).size() == 8);  // a read across the two segments
   (*file)->dec_ref(*spacer);
-}
-
-TEST_CASE("memory slot numbers are the lowest free ones", "[free]") {
-  SlotAllocator slots(4);
-  CHECK(*slots.acquire() == 0);
-  CHECK(*slots.acquire() == 1);
-  CHECK(*slots.acquire() == 2);
-  slots.release(1);
-  CHECK(*slots.acquire() == 1);
-  CHECK(*slots.acquire() == 3);
-  auto full = slots.acquire();
-  REQUIRE_FALSE(full);
-  CHECK(full.error().message == "all 4 KVM memory slots are in use");
-  CHECK(slots.in_use() == 4);
 }
 
 TEST_CASE("a guest's share of commit, by the allocator's count, matches the kernel's", "[free]") {
