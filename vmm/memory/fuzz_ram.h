@@ -84,7 +84,13 @@ inline void poke_u64(GuestMemory& ram, uint64_t gpa, uint64_t v) {
 }
 inline uint64_t peek_u64(GuestMemory& ram, uint64_t gpa) {
   uint64_t v = 0;
-  if (ram.contains(gpa, sizeof v)) std::memcpy(&v, ram.read(gpa, sizeof v).data(), sizeof v);
+  if (!ram.contains(gpa, sizeof v)) return 0;
+  auto* out = reinterpret_cast<uint8_t*>(&v);
+  for (uint64_t done = 0; done < sizeof v;) {  // page by page, as poke()
+    const uint64_t n = std::min(sizeof v - done, kPageSize - (gpa + done) % kPageSize);
+    std::memcpy(out + done, ram.host(gpa + done), n);
+    done += n;
+  }
   return v;
 }
 
