@@ -58,7 +58,9 @@ endif
 $(BUILD)/libkvmem.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(say) AR $@
-	$(Q)$(AR) rcs $@ $^
+	@# Afresh each time: `ar r` keeps members whose sources are gone, and
+	@# replaces by file name, so guest/boot.o and bench/boot.o collide.
+	$(Q)rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/kvmem: $(MAIN_OBJS) $(BUILD)/libkvmem.a
 	$(say) LINK $@

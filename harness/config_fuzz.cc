@@ -33,6 +33,30 @@ void check_reportable(const Error& e) {
   (void)json{{"error", e.message}}.dump();
 }
 
+// The contract of an accepted config: every word a step will write or read
+// lies in RAM above the boot area, not only its first and last. The guest
+// walks a range as `for (a = at; a < at + length; a += stride)` in 64-bit
+// registers, so a stride that carries past 2^64 lands below `at`.
+void check_stays_in_ram(const std::vector<guest::Step>& program, uint64_t memory) {
+  using Op = guest::Step::Op;
+  for (const guest::Step& s : program) {
+    if (s.op == Op::kLoop) check_stays_in_ram(s.body, memory);
+    if (s.op != Op::kFill && s.op != Op::kVerify && s.op != Op::kTouch && s.op != Op::kFree) continue;
+    KVMEM_CHECK(s.at >= abi::kBootAreaEnd && s.length > 0 && s.at <= memory && s.length <= memory - s.at,
+                "a step on [{:#x}, +{:#x}) in {:#x} bytes of RAM", s.at, s.length, memory);
+    const uint64_t step = s.op == Op::kTouch ? s.stride : s.op == Op::kFree ? s.stride_or_granule() : 8;
+    KVMEM_CHECK(step > 0, "a step of 0 bytes");
+    const uint64_t end = s.at + s.length;
+    const uint64_t last = s.at + (s.length - 1) / step * step;
+    const uint64_t next = last + step;
+    KVMEM_CHECK(next > last || next >= end, "after [{:#x}, +{:#x}) every {:#x} the guest goes on at {:#x}", s.at,
+                s.length, step, next);
+    if (s.op == Op::kFree)
+      KVMEM_CHECK(s.granule <= step && s.length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",
+                  s.granule, step, s.length);
+  }
+}
+
 void check_assembles(const std::vector<guest::Step>& program) {
   auto image = guest::build_program(program, abi::kProgramAddr, abi::kProgramEnd);
   if (!image) return check_reportable(image.error());
@@ -44,8 +68,11 @@ void stress(const json& j) {
   auto c = parse_stress_config(j);
   if (!c) return check_reportable(c.error());
   const uint64_t seed = c->seed ? c->seed : 1;
-  check_assembles(make_stress_vm(*c, seed, 0, 0).config.program);
-  if (c->vms_per_round > 1) check_assembles(make_stress_vm(*c, seed, 0, c->vms_per_round - 1).config.program);
+  for (uint64_t i : {uint64_t{0}, c->vms_per_round - 1}) {
+    const VmConfig vm = make_stress_vm(*c, seed, 0, i).config;
+    check_stays_in_ram(vm.program, vm.memory);
+    check_assembles(vm.program);
+  }
 }
 
 void run(const json& j) {
@@ -54,6 +81,7 @@ void run(const json& j) {
   KVMEM_CHECK(!c->vms.empty() && c->vms.size() <= kMaxVms, "{} VMs", c->vms.size());
   for (const VmConfig& vm : c->vms) {
     (void)json{{"name", vm.name}}.dump();  // validate --json names every VM
+    check_stays_in_ram(vm.program, vm.memory);
     check_assembles(vm.program);
   }
 }
