@@ -6,6 +6,9 @@
 #   make sanitize   the same tests under ASan + UBSan (build-asan/)
 #   make tsan       the threaded tests (allocator, free-page reports, stress, memory
 #                   limits, guest memory regions) under ThreadSanitizer (build-tsan/)
+#   make fuzz       install clang-19, build each libFuzzer target (*_fuzz.cc) into
+#                   build-fuzz/ and run it for FUZZ_SECONDS (60) seconds
+#                   (docs/fuzzing.md)
 #   make clean
 
 CXX      ?= g++
@@ -22,15 +25,23 @@ DEBIAN_PACKAGES := g++ make linux-libc-dev libasmjit-dev catch2 nlohmann-json3-d
 # One folder per concern; docs/design.md, "Layers", has their order and
 # tools/check-layers enforces it.
 LIB_DIRS  := base memory memory/tmpfs guest vmm/kvm vmm/memory vmm/devices vmm config harness bench
-LIB_SRCS  := $(sort $(foreach d,$(LIB_DIRS),$(wildcard $(d)/*.cc)))
-MAIN_SRCS := $(sort $(wildcard cli/*.cc))
+# Fuzz targets (*_fuzz.cc) sit beside the code they fuzz but are not part of
+# the library: the test binary links them all to replay their corpora, and
+# `make fuzz` links each alone with libFuzzer.
+ALL_SRCS  := $(sort $(foreach d,$(LIB_DIRS) cli,$(wildcard $(d)/*.cc)))
+FUZZ_SRCS := $(filter %_fuzz.cc,$(ALL_SRCS))
+LIB_SRCS  := $(filter-out %_fuzz.cc cli/%,$(ALL_SRCS))
+MAIN_SRCS := $(filter-out %_fuzz.cc,$(filter cli/%,$(ALL_SRCS)))
 TEST_SRCS := $(sort $(wildcard tests/*.cc tests/*/*.cc tests/*/*/*.cc))
 
 LIB_OBJS  := $(LIB_SRCS:%.cc=$(BUILD)/%.o)
 MAIN_OBJS := $(MAIN_SRCS:%.cc=$(BUILD)/%.o)
 TEST_OBJS := $(TEST_SRCS:%.cc=$(BUILD)/%.o)
+FUZZ_OBJS := $(FUZZ_SRCS:%.cc=$(BUILD)/%.o)
+# The target names: "config" for harness/config_fuzz.cc, and so on.
+FUZZ_TARGETS := $(patsubst %_fuzz.cc,%,$(notdir $(FUZZ_SRCS)))
 
-.PHONY: all run test layers sanitize tsan deps clean
+.PHONY: all run test layers sanitize tsan fuzz fuzz-build deps clean
 .DEFAULT_GOAL := all
 
 all: $(BUILD)/kvmem
@@ -47,13 +58,15 @@ endif
 $(BUILD)/libkvmem.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(say) AR $@
-	$(Q)$(AR) rcs $@ $^
+	@# Afresh each time: `ar r` keeps members whose sources are gone, and
+	@# replaces by file name, so guest/boot.o and bench/boot.o collide.
+	$(Q)rm -f $@ && $(AR) rcs $@ $^
 
 $(BUILD)/kvmem: $(MAIN_OBJS) $(BUILD)/libkvmem.a
 	$(say) LINK $@
 	$(Q)$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/kvmem-tests: $(TEST_OBJS) $(BUILD)/libkvmem.a
+$(BUILD)/kvmem-tests: $(TEST_OBJS) $(FUZZ_OBJS) $(BUILD)/libkvmem.a
 	$(say) LINK $@
 	$(Q)$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -88,9 +101,31 @@ tsan:
 	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
 	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits],[regions]"
 
+# libFuzzer needs clang; nothing else in the build does.
+FUZZ_SECONDS ?= 60
+FUZZ_PACKAGES := clang-19 libclang-rt-19-dev
+FUZZ_FLAGS := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer \
+              -fno-sanitize-recover=undefined -DKVMEM_LIBFUZZER
+
+fuzz:
+	@./tools/install-deps $(DEBIAN_PACKAGES) $(FUZZ_PACKAGES)
+	@$(MAKE) --no-print-directory BUILD=build-fuzz CXX=clang++-19 OPT="-O1" \
+	    CXXFLAGS_EXTRA="$(FUZZ_FLAGS)" fuzz-build
+	@./tools/run-fuzz build-fuzz $(FUZZ_SECONDS) $(FUZZ_TARGETS)
+
+fuzz-build: $(addprefix $(BUILD)/fuzz-,$(FUZZ_TARGETS))
+
+# build-fuzz/fuzz-NAME from NAME_fuzz.cc and the library.
+define fuzz_link
+$(BUILD)/fuzz-$(patsubst %_fuzz.cc,%,$(notdir $(1))): $(BUILD)/$(1:.cc=.o) $(BUILD)/libkvmem.a
+	$$(say) LINK $$@
+	$$(Q)$$(CXX) $$(CXXFLAGS) -fsanitize=fuzzer -o $$@ $$^ $$(LDLIBS)
+endef
+$(foreach s,$(FUZZ_SRCS),$(eval $(call fuzz_link,$(s))))
+
 CXXFLAGS += $(CXXFLAGS_EXTRA)
 
 clean:
-	rm -rf build build-asan build-tsan
+	rm -rf build build-asan build-tsan build-fuzz
 
--include $(LIB_OBJS:.o=.d) $(MAIN_OBJS:.o=.d) $(TEST_OBJS:.o=.d)
+-include $(LIB_OBJS:.o=.d) $(MAIN_OBJS:.o=.d) $(TEST_OBJS:.o=.d) $(FUZZ_OBJS:.o=.d)

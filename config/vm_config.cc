@@ -123,6 +123,9 @@ struct StepParser {
         auto st = size_value(j.at("stride"), p / "stride");
         if (!st) return std::unexpected(st.error());
         if (*st == 0 || *st % 8 != 0) return (p / "stride").fail("must be a non-zero multiple of 8");
+        // The guest steps with a 64-bit add: past 2^64 it would go on below `at`.
+        if (*st > UINT64_MAX - (s.at + s.length))
+          return (p / "stride").fail("{:#x} carries past 2^64 from the end of the range", *st);
         s.stride = *st;
       }
       if (j.contains("write")) {

@@ -178,54 +178,60 @@ int64_t FreeRing::wait(uint64_t target) {
 
 void FreeRing::drain(bool on_ring_thread) {
   std::lock_guard drain_lock(drain_mu_);
+  completed_ = drain_free_ring(ring_, entries_, completed_, memory_, stats_, on_ring_thread ? pauser_ : nullptr,
+                               statuses_);
+}
+
+uint64_t drain_free_ring(uint8_t* ring, uint64_t entries, uint64_t completed, GuestMemory& memory,
+                         FreeStats& stats, VcpuPauser* pauser, std::vector<int64_t>& statuses) {
   // produced is the guest's word: it may be anything. At most one lap of
   // slots is handled; a guest that claims more is refused once, as a whole.
-  const uint64_t produced = load(ring_, std::memory_order_acquire);
-  const uint64_t pending = produced - completed_;
-  if (pending == 0) return;
-  stats_.reports.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t produced = load(ring, std::memory_order_acquire);
+  const uint64_t pending = produced - completed;
+  if (pending == 0) return completed;
+  stats.reports.fetch_add(1, std::memory_order_relaxed);
   uint64_t invalid = 0;
-  if (pending > entries_) {
+  if (pending > entries) {
     invalid = 1;
-    stats_.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
+    stats.invalid_ranges.fetch_add(1, std::memory_order_relaxed);
   } else {
-    uint8_t* slots = ring_ + sizeof(abi::FreeRingHeader);
-    statuses_.resize(pending);
+    uint8_t* slots = ring + sizeof(abi::FreeRingHeader);
+    statuses.resize(pending);
     // On the ring's own thread the vCPU may be running, and then every punch
     // kicks it. Parking it costs one kick, so it pays when the slots make
     // more than one punch (more than one run of neighbouring ranges).
     // Scattered 4 KiB ranges went from 0.04 to ~0.5 of raw fallocate. A
     // drain from kHcFreeRingWait runs on the vCPU's thread: no need.
     bool park = false;
-    if (pauser_ && on_ring_thread) {
+    if (pauser) {
       uint64_t runs = 0, end = 0;
       for (uint64_t i = 0; i < pending && runs < 2; i++) {
-        uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
+        uint8_t* e = slots + ((completed + i) & (entries - 1)) * sizeof(abi::FreeReport);
         const uint64_t gpa = load(e);
         if (i == 0 || gpa != end) runs++;
         end = gpa + load(e + 8);
       }
       park = runs > 1;
     }
-    if (park) pauser_->pause();
+    if (park) pauser->pause();
     {
-      FreeBatch batch(memory_, stats_);
+      FreeBatch batch(memory, stats);
       for (uint64_t i = 0; i < pending; i++) {
-        uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
-        batch.add(load(e), load(e + 8), &statuses_[i]);
+        uint8_t* e = slots + ((completed + i) & (entries - 1)) * sizeof(abi::FreeReport);
+        batch.add(load(e), load(e + 8), &statuses[i]);
       }
     }
-    if (park) pauser_->resume();
+    if (park) pauser->resume();
     for (uint64_t i = 0; i < pending; i++) {
-      uint8_t* e = slots + ((completed_ + i) & (entries_ - 1)) * sizeof(abi::FreeReport);
-      store(e + 16, static_cast<uint64_t>(statuses_[i]));
-      invalid += statuses_[i] != 0;
+      uint8_t* e = slots + ((completed + i) & (entries - 1)) * sizeof(abi::FreeReport);
+      store(e + 16, static_cast<uint64_t>(statuses[i]));
+      invalid += statuses[i] != 0;
     }
   }
-  completed_ = produced;
-  store(ring_ + 16, load(ring_ + 16) + invalid);
+  store(ring + 16, load(ring + 16) + invalid);
   // Release: the statuses and the punches happen-before the guest sees it.
-  store(ring_ + 8, produced, std::memory_order_release);
+  store(ring + 8, produced, std::memory_order_release);
+  return produced;
 }
 
 }  // namespace kvmem

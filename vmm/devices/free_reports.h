@@ -85,6 +85,16 @@ class VcpuPauser {
   virtual void resume() = 0;
 };
 
+// One drain of the ring whose FreeRingHeader is at host address `ring`
+// (its `entries` slots follow, in guest RAM): answers every slot from
+// `completed` up to the guest's `produced`, publishes `completed` and the
+// invalid count, and returns the new `completed`. `statuses` is scratch.
+// A non-null `pauser` parks the vCPU around the punches when they make more
+// than one run. FreeRing::drain is this under its lock; it needs no KVM, so
+// vmm/devices/free_ring_fuzz.cc drives it directly.
+uint64_t drain_free_ring(uint8_t* ring, uint64_t entries, uint64_t completed, GuestMemory& memory,
+                         FreeStats& stats, VcpuPauser* pauser, std::vector<int64_t>& statuses);
+
 class FreeRing {
  public:
   // Binds the doorbell and starts the host thread. Returns the errno the

@@ -1,0 +1,105 @@
+// Fuzz target "config": bytes -> what `kvmem validate` does with a file.
+//
+// The bytes are parsed as JSON; a stress config ({"stress": ...}) is parsed
+// and a round's first and last VM assembled, as validate and run_stress do;
+// anything else is parsed as a run config and every VM's program assembled,
+// as the CLI's prepare() does. Every input must end in a value or an Error
+// whose message can be reported (validate --json prints it), never in an
+// exception, an abort or a sanitizer report.
+//
+// It lives in harness/, not config/, because stress VMs are made by
+// make_stress_vm (harness/stress.h): a file may not include from above.
+#include <cstddef>
+#include <cstdint>
+
+#include <nlohmann/json.hpp>
+
+#include "base/check.h"
+#include "base/fuzz.h"
+#include "config/stress_config.h"
+#include "config/vm_config.h"
+#include "guest/abi.h"
+#include "guest/program.h"
+#include "harness/stress.h"
+
+namespace kvmem::fuzz {
+namespace {
+
+using json = nlohmann::json;
+
+// An error must say something, and must survive the JSON report.
+void check_reportable(const Error& e) {
+  KVMEM_CHECK(!e.message.empty(), "an error without a message");
+  (void)json{{"error", e.message}}.dump();
+}
+
+// The contract of an accepted config: every word a step will write or read
+// lies in RAM above the boot area, not only its first and last. The guest
+// walks a range as `for (a = at; a < at + length; a += stride)` in 64-bit
+// registers, so a stride that carries past 2^64 lands below `at`.
+void check_stays_in_ram(const std::vector<guest::Step>& program, uint64_t memory) {
+  using Op = guest::Step::Op;
+  for (const guest::Step& s : program) {
+    if (s.op == Op::kLoop) check_stays_in_ram(s.body, memory);
+    if (s.op != Op::kFill && s.op != Op::kVerify && s.op != Op::kTouch && s.op != Op::kFree) continue;
+    KVMEM_CHECK(s.at >= abi::kBootAreaEnd && s.length > 0 && s.at <= memory && s.length <= memory - s.at,
+                "a step on [{:#x}, +{:#x}) in {:#x} bytes of RAM", s.at, s.length, memory);
+    const uint64_t step = s.op == Op::kTouch ? s.stride : s.op == Op::kFree ? s.stride_or_granule() : 8;
+    KVMEM_CHECK(step > 0, "a step of 0 bytes");
+    const uint64_t end = s.at + s.length;
+    const uint64_t last = s.at + (s.length - 1) / step * step;
+    const uint64_t next = last + step;
+    KVMEM_CHECK(next > last || next >= end, "after [{:#x}, +{:#x}) every {:#x} the guest goes on at {:#x}", s.at,
+                s.length, step, next);
+    if (s.op == Op::kFree)
+      KVMEM_CHECK(s.granule <= step && s.length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",
+                  s.granule, step, s.length);
+  }
+}
+
+void check_assembles(const std::vector<guest::Step>& program) {
+  auto image = guest::build_program(program, abi::kProgramAddr, abi::kProgramEnd);
+  if (!image) return check_reportable(image.error());
+  KVMEM_CHECK(image->bytes.size() <= abi::kProgramEnd - abi::kProgramAddr, "{} bytes of guest code",
+              image->bytes.size());
+}
+
+void stress(const json& j) {
+  auto c = parse_stress_config(j);
+  if (!c) return check_reportable(c.error());
+  const uint64_t seed = c->seed ? c->seed : 1;
+  for (uint64_t i : {uint64_t{0}, c->vms_per_round - 1}) {
+    const VmConfig vm = make_stress_vm(*c, seed, 0, i).config;
+    check_stays_in_ram(vm.program, vm.memory);
+    check_assembles(vm.program);
+  }
+}
+
+void run(const json& j) {
+  auto c = parse_run_config(j, "fuzz");
+  if (!c) return check_reportable(c.error());
+  KVMEM_CHECK(!c->vms.empty() && c->vms.size() <= kMaxVms, "{} VMs", c->vms.size());
+  for (const VmConfig& vm : c->vms) {
+    (void)json{{"name", vm.name}}.dump();  // validate --json names every VM
+    check_stays_in_ram(vm.program, vm.memory);
+    check_assembles(vm.program);
+  }
+}
+
+}  // namespace
+
+int config_one(const uint8_t* data, size_t size) {
+  // read_json() turns the library's parse error into an Error; no exception
+  // here is the same outcome.
+  const json j = json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return 0;
+  if (j.is_object() && j.contains("stress"))
+    stress(j);
+  else
+    run(j);
+  return 0;
+}
+
+}  // namespace kvmem::fuzz
+
+KVMEM_FUZZ_TARGET(kvmem::fuzz::config_one)
