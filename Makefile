@@ -47,6 +47,9 @@ endif
 $(BUILD)/libkvmem.a: $(LIB_OBJS)
 	@mkdir -p $(@D)
 	$(say) AR $@
+	@# Made anew: `ar r` never drops a member whose source is gone, and it
+	@# replaces members by base name (bench/boot.o and guest/boot.o).
+	$(Q)rm -f $@
 	$(Q)$(AR) rcs $@ $^
 
 $(BUILD)/kvmem: $(MAIN_OBJS) $(BUILD)/libkvmem.a
