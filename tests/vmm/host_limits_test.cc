@@ -52,7 +52,12 @@ ChildResult in_child(const std::function<std::string()>& fn) {
   REQUIRE(pid >= 0);
   if (pid == 0) {
     close(fds[0]);
-    const std::string out = fn();
+    std::string out;
+    try {  // an exception must not run the rest of the tests in the child
+      out = fn();
+    } catch (const std::exception& e) {
+      out = fmt::format("exception: {}", e.what());
+    }
     (void)!write(fds[1], out.data(), out.size());
     _exit(0);
   }
