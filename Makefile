@@ -4,7 +4,8 @@
 #   make run        install missing Debian packages, build, boot configs/hello.json
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make sanitize   the same tests under ASan + UBSan (build-asan/)
-#   make tsan       the threaded tests (allocator, free-page reports, stress, memory limits) under
+#   make tsan       the threaded tests (allocator, vCPU stop and pause, free-page
+#                   reports, the console, memory and thread limits, stress) under
 #                   ThreadSanitizer (build-tsan/)
 #   make clean
 
@@ -89,7 +90,7 @@ tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
 	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem build-tsan/kvmem-tests
 	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
-	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits]"
+	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits],[console]"
 
 CXXFLAGS += $(CXXFLAGS_EXTRA)
 

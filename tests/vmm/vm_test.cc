@@ -287,7 +287,7 @@ TEST_CASE("a VM stopped before it runs does not run", "[kvm][vm]") {
   g.vm->stop(FailureKind::kStopped, "after the run: harmless");
 }
 
-TEST_CASE("a guest that prints in a loop keeps the console at its bound, head and tail", "[kvm][vm][console]") {
+TEST_CASE("a guest that prints in a loop keeps the console at its bound, head and tail", "[kvm][vm]") {
   REQUIRE_KVM();
   // 100,000 prints of 16 bytes: 1.6 MB, twelve times the console's bound.
   const std::string line = "0123456789abcd\n";

@@ -1,6 +1,8 @@
 // The console keeps a bounded record of what a guest writes: the head, the
 // tail, and a count of what fell between them.
 #include <string>
+#include <thread>
+#include <vector>
 
 #include <catch2/catch.hpp>
 
@@ -60,4 +62,23 @@ TEST_CASE("a console's memory stays at its bound however much is written", "[con
   for (int i = 0; i < 50'000; i++) c.write(line);  // 200 MB
   CHECK(c.buffered() == Console::kHeadBytes + Console::kTailBytes);
   CHECK(c.dropped() == 50'000ull * 4000 - Console::kHeadBytes - Console::kTailBytes);
+}
+
+TEST_CASE("vCPUs writing to one console at once lose no count and keep each write whole", "[console][threads]") {
+  Console c;
+  constexpr int kWriters = 4, kWrites = 20'000;
+  std::vector<std::thread> writers;
+  for (int w = 0; w < kWriters; w++)
+    writers.emplace_back([&c, w] {
+      const std::string line(8, static_cast<char>('a' + w));
+      for (int i = 0; i < kWrites; i++) c.write(line);
+    });
+  for (std::thread& t : writers) t.join();
+  const uint64_t total = uint64_t{kWriters} * kWrites * 8;
+  CHECK(c.dropped() + c.buffered() == total);
+  const std::string text = c.text();
+  // Every write is 8 bytes of one letter and the bound is a multiple of 8,
+  // so whole writes line up in both the head and the tail.
+  for (size_t i = 0; i + 8 <= text.size(); i += 8)
+    if (text.substr(i, 8) != std::string(8, text[i])) FAIL("a write was torn at byte " << i);
 }
