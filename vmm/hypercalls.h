@@ -22,6 +22,7 @@ namespace kvmem {
 
 class GuestMemory;
 
+// One per vCPU, written only by its thread; the Vm sums them after the run.
 struct HypercallStats {
   std::array<uint64_t, abi::kHypercallCount> calls{};  // by number, valid numbers only
   uint64_t unknown = 0;  // numbers the ABI does not define

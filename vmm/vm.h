@@ -68,7 +68,7 @@ struct RunResult {
   const char* outcome_name() const;
 };
 
-class Vm : private VcpuPauser {
+class Vm : public VcpuPauser {
  public:
   // Guest RAM comes from `file`, which several VMs may share; it must
   // outlive the Vm.
@@ -89,12 +89,13 @@ class Vm : private VcpuPauser {
   GuestMemory& memory() { return *memory_; }
   size_t vcpu_count() const { return vcpus_.size(); }
 
- private:
-  explicit Vm(VmConfig config) : config_(std::move(config)) {}
-
-  // VcpuPauser, for the free ring's thread: every vCPU.
+  // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
+  // until resume(). Safe from any thread, before, during and after run().
   void pause() override;
   void resume() override;
+
+ private:
+  explicit Vm(VmConfig config) : config_(std::move(config)) {}
 
   // Runs vCPU i and records it; the first to end stops the others.
   void run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs);

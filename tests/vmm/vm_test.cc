@@ -1,4 +1,5 @@
 // Guests booted under KVM: every step, every fault, hostile hypercalls.
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -323,4 +324,35 @@ TEST_CASE("a guest's exit code is reduced to 0..255, as abi.h says", "[kvm][vm]"
     CHECK(run.result.guest_exit_code == c.reduced);
     CHECK(run.result.process_exit_code() == c.process_exit);
   }
+}
+
+TEST_CASE("a paused VM makes no progress until it is resumed", "[kvm][vm][threads]") {
+  REQUIRE_KVM();
+  json config = config_with({{{"op", "loop"}, {"count", 100'000'000}, {"body", {{{"op", "print"}, {"text", "x"}}}}}});
+  config["timeout_ms"] = 60'000;
+  auto g = test::create_guest(config);
+  REQUIRE(g.setup_error == "");
+  std::atomic<uint64_t> printed{0};
+  uint64_t before = 0, during = 0, after = 0;
+  std::thread pauser([&] {
+    auto wait_for_progress = [&](uint64_t from) {
+      for (int i = 0; i < 2000 && printed.load() <= from + 10; i++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    };
+    wait_for_progress(0);
+    g.vm->pause();
+    before = printed.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    during = printed.load();
+    g.vm->resume();
+    wait_for_progress(during);
+    after = printed.load();
+    g.vm->stop(FailureKind::kStopped, "test over");
+  });
+  RunResult r = g.vm->run([&](std::string_view s) { printed += s.size(); });
+  pauser.join();
+  CHECK(r.outcome == Outcome::kStopped);
+  INFO("before " << before << " during " << during << " after " << after);
+  CHECK(before > 0);
+  CHECK(during - before <= 1);  // a hypercall under way when the pause began may finish
+  CHECK(after > during + 10);
 }
