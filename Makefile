@@ -86,11 +86,12 @@ sanitize:
 	    CXXFLAGS_EXTRA="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    test
 
+# [fork] tests fork a multi-threaded process, which TSan cannot follow.
 tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
 	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem build-tsan/kvmem-tests
 	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
-	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits],[console]"
+	    build-tsan/kvmem-tests "[threads]~[fork],[free]~[fork],[stress],[limits]~[fork],[console]"
 
 CXXFLAGS += $(CXXFLAGS_EXTRA)
 

@@ -123,7 +123,7 @@ class TempConfig {
 }  // namespace
 
 TEST_CASE("a VM whose free ring finds the host out of fds ends as the host's failure, naming the limit",
-          "[kvm][vm][limits]") {
+          "[kvm][vm][limits][fork]") {
   REQUIRE_KVM();
   ChildResult r = in_child([] {
     auto g = test::create_guest(async_free_program());
@@ -154,45 +154,62 @@ TEST_CASE("kvmem run under any fd limit exits 0 or 3, never blames the guest", "
   CHECK(ran);
 }
 
-TEST_CASE("a free ring whose thread cannot start answers -EAGAIN and the guest goes on", "[kvm][vm][limits][threads]") {
-  REQUIRE_KVM();
-  const json program = config_with(
+namespace {
+
+const json& ring_refused_program() {
+  static const json program = config_with(
       {{{"op", "hypercall"}, {"nr", abi::kHcFreeRingSetup}, {"args", {abi::kFreeRingAddr, 1024}}, {"expect", "-EAGAIN"}},
        {{"op", "free"}, {"at", "2M"}, {"length", "2M"}, {"granule", "64K"}, {"mode", "sync"}},
        {{"op", "print"}, {"text", "still here"}}});
-  SECTION("under a thread limit") {
-    ChildResult r = in_child([&] {
-      auto g = test::create_guest(program);
-      if (!g.vm) return "setup: " + g.setup_error;
-      if (std::string e = limit_threads(1); !e.empty()) return "cannot impose a thread limit: " + e;
-      RunResult res = g.vm->run(nullptr);
-      return describe(res) + "|" + res.console;
-    });
-    if (r.output.rfind("cannot impose", 0) == 0) {
-      WARN(r.output);
-      return;
-    }
-    CHECK(r.status == 0);
-    CHECK(r.output == "exited none 0 |still here");
-  }
-  SECTION("with the failure injected") {
-    auto g = test::create_guest(program);
-    REQUIRE(g.setup_error == "");
-    fail_next_thread_starts(1);
-    RunResult res = g.vm->run(nullptr);
-    fail_next_thread_starts(0);
-    INFO(res.message);
-    CHECK(res.outcome == RunResult::Outcome::kExited);
-    CHECK(res.console == "still here");
-    CHECK(res.hypercalls.invalid == 1);
-  }
+  return program;
 }
 
-TEST_CASE("VMs the runner cannot start a thread for are not started, as the host's failure, exit 3",
-          "[kvm][vm][limits][threads]") {
+}  // namespace
+
+// Forked children: TSan cannot follow a multi-threaded fork, so [fork]
+// tests stay out of make tsan.
+TEST_CASE("a free ring whose thread cannot start under a thread limit answers -EAGAIN and the guest goes on",
+          "[kvm][vm][limits][fork]") {
   REQUIRE_KVM();
+  ChildResult r = in_child([&] {
+    auto g = test::create_guest(ring_refused_program());
+    if (!g.vm) return "setup: " + g.setup_error;
+    if (std::string e = limit_threads(1); !e.empty()) return "cannot impose a thread limit: " + e;
+    RunResult res = g.vm->run(nullptr);
+    return describe(res) + "|" + res.console;
+  });
+  if (r.output.rfind("cannot impose", 0) == 0) {
+    WARN(r.output);
+    return;
+  }
+  CHECK(r.status == 0);
+  CHECK(r.output == "exited none 0 |still here");
+}
+
+TEST_CASE("a free ring whose thread fails to start (injected) answers -EAGAIN", "[kvm][vm][limits][threads]") {
+  REQUIRE_KVM();
+  auto g = test::create_guest(ring_refused_program());
+  REQUIRE(g.setup_error == "");
+  fail_next_thread_starts(1);
+  RunResult res = g.vm->run(nullptr);
+  fail_next_thread_starts(0);
+  INFO(res.message);
+  CHECK(res.outcome == RunResult::Outcome::kExited);
+  CHECK(res.console == "still here");
+  CHECK(res.hypercalls.invalid == 1);
+}
+
+namespace {
+
+// Two VMs that print their names, and a runner over a fresh file.
+struct TwoVms {
   std::vector<VmConfig> configs;
   std::vector<guest::Image> images;
+  std::unique_ptr<MemoryFile> file;
+};
+
+TwoVms two_vms() {
+  TwoVms t;
   for (const char* name : {"a", "b"}) {
     json j = config_with({{{"op", "print"}, {"text", name}}});
     j["name"] = name;
@@ -200,45 +217,52 @@ TEST_CASE("VMs the runner cannot start a thread for are not started, as the host
     REQUIRE(c);
     auto img = guest::build_program(c->program, abi::kProgramAddr, abi::kProgramEnd);
     REQUIRE(img);
-    configs.push_back(*c);
-    images.push_back(*img);
+    t.configs.push_back(*c);
+    t.images.push_back(*img);
   }
-  auto kvm = Kvm::open();
-  REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(32 << 20));
   REQUIRE(file);
-  auto run = [&] { return run_vms(*kvm, **file, configs, images, nullptr); };
-  SECTION("one VM's thread fails: it is not started, the other runs") {
-    fail_next_thread_starts(1);  // the sampler's thread first, then VM a's
-    RunTotals t = run();
-    fail_next_thread_starts(0);
-    // Either start may be the one that fails; a failed sampler is harmless.
-    const int not_started = (t.vms[0].setup_error != "") + (t.vms[1].setup_error != "");
-    CHECK(not_started <= 1);
-    for (const VmOutcome& v : t.vms) {
-      INFO(v.name << ": " << v.setup_error);
-      if (v.setup_error.empty()) {
-        CHECK(v.result.console == v.name);
-        continue;
-      }
-      CHECK(v.setup_error.find("pthread_create: EAGAIN") != std::string::npos);
-      CHECK(v.result.failure == FailureKind::kHost);
-      CHECK(v.to_json()["outcome"] == "not_started");
-      CHECK(t.exit_code() == 3);
-    }
+  t.file = std::move(*file);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("a VM the runner cannot start a thread for is not started, as the host's failure, and the rest run",
+          "[kvm][vm][limits][threads]") {
+  REQUIRE_KVM();
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  TwoVms v = two_vms();
+  fail_next_thread_starts(2);  // the commit sampler's thread, then VM a's
+  RunTotals t = run_vms(*kvm, *v.file, v.configs, v.images, nullptr);
+  fail_next_thread_starts(0);
+  const VmOutcome& a = t.vms[0];
+  INFO(a.setup_error);
+  CHECK(a.setup_error == "cannot start the thread of VM a: pthread_create: EAGAIN (Resource temporarily unavailable)");
+  CHECK(a.result.failure == FailureKind::kHost);
+  CHECK(a.exit_code() == 3);
+  CHECK(a.to_json()["outcome"] == "not_started");
+  CHECK(t.vms[1].setup_error == "");
+  CHECK(t.vms[1].result.console == "b");
+  CHECK(t.exit_code() == 3);
+}
+
+TEST_CASE("VMs under a thread limit are not started, and nothing aborts", "[kvm][vm][limits][fork]") {
+  REQUIRE_KVM();
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  TwoVms v = two_vms();  // the file's reclaimer thread starts before the limit
+  ChildResult r = in_child([&] {
+    if (std::string e = limit_threads(0); !e.empty()) return "cannot impose a thread limit: " + e;
+    RunTotals t = run_vms(*kvm, *v.file, v.configs, v.images, nullptr);
+    return fmt::format("{} {} {}", t.exit_code(), t.vms[0].to_json()["outcome"].get<std::string>(),
+                       t.vms[1].to_json()["outcome"].get<std::string>());
+  });
+  if (r.output.rfind("cannot impose", 0) == 0) {
+    WARN(r.output);
+    return;
   }
-  SECTION("no thread at all: every VM is not started, and nothing aborts") {
-    ChildResult r = in_child([&] {
-      if (std::string e = limit_threads(0); !e.empty()) return "cannot impose a thread limit: " + e;
-      RunTotals t = run();
-      return fmt::format("{} {} {}", t.exit_code(), t.vms[0].to_json()["outcome"].get<std::string>(),
-                         t.vms[1].to_json()["outcome"].get<std::string>());
-    });
-    if (r.output.rfind("cannot impose", 0) == 0) {
-      WARN(r.output);
-      return;
-    }
-    CHECK(r.status == 0);
-    CHECK(r.output == "3 not_started not_started");
-  }
+  CHECK(r.status == 0);
+  CHECK(r.output == "3 not_started not_started");
 }
