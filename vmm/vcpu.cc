@@ -104,20 +104,17 @@ bool end(VcpuRun& out, RunOutcome outcome, FailureKind kind, std::string message
 
 Result<std::unique_ptr<Vcpu>> Vcpu::create(const Kvm& kvm, KvmVm& vm, unsigned id,
                                            const std::vector<kvm_cpuid_entry2>* cpuid, const kvm_regs& regs) {
-  auto c = vm.create_vcpu(id);
-  if (!c) return std::unexpected(c.error());
-  if (cpuid)
-    if (auto s = c->set_cpuid(*cpuid); !s) return std::unexpected(s.error());
-  auto sregs = c->get_sregs();
-  if (!sregs) return std::unexpected(sregs.error());
-  guest::long_mode_sregs(*sregs);
-  if (auto s = c->set_sregs(*sregs); !s) return std::unexpected(s.error());
-  if (auto s = c->set_regs(regs); !s) return std::unexpected(s.error());
+  KvmVcpu c = KVMEM_TRY(vm.create_vcpu(id));
+  if (cpuid) KVMEM_TRY(c.set_cpuid(*cpuid));
+  kvm_sregs sregs = KVMEM_TRY(c.get_sregs());
+  guest::long_mode_sregs(sregs);
+  KVMEM_TRY(c.set_sregs(sregs));
+  KVMEM_TRY(c.set_regs(regs));
   // Registers ride in kvm_run at every exit: a hypercall costs one exit and
   // no extra ioctl (each would be ~6 us here).
   const bool sync_regs = (kvm.check_extension(KVM_CAP_SYNC_REGS) & KVM_SYNC_X86_REGS) != 0;
-  if (sync_regs) c->run_struct()->kvm_valid_regs = KVM_SYNC_X86_REGS;
-  return std::unique_ptr<Vcpu>(new Vcpu(std::move(*c), id, sync_regs));
+  if (sync_regs) c.run_struct()->kvm_valid_regs = KVM_SYNC_X86_REGS;
+  return std::unique_ptr<Vcpu>(new Vcpu(std::move(c), id, sync_regs));
 }
 
 void Vcpu::kick_locked() {

@@ -78,11 +78,9 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
 
   // One vCPU until the boot area has a stack and an entry per vCPU
   // (config/ refuses more); everything below takes any number.
-  for (unsigned id = 0; id < std::max(config.vcpus, 1u); id++) {
-    auto vcpu = Vcpu::create(kvm, *v->vm_, id, cpuid ? &*cpuid : nullptr, guest::user_regs(program.entry));
-    if (!vcpu) return std::unexpected(vcpu.error());
-    v->vcpus_.push_back(std::move(*vcpu));
-  }
+  for (unsigned id = 0; id < std::max(config.vcpus, 1u); id++)
+    v->vcpus_.push_back(KVMEM_TRY(Vcpu::create(kvm, *v->vm_, id, cpuid ? &*cpuid : nullptr,
+                                               guest::user_regs(program.entry))));
   v->free_reports_.emplace(*v->memory_, v->frees_);
   v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()));
   return v;
