@@ -4,8 +4,9 @@
 #   make run        install missing Debian packages, build, boot configs/hello.json
 #   make test       build and run every test; ends with "N passed, N failed"
 #   make sanitize   the same tests under ASan + UBSan (build-asan/)
-#   make tsan       the threaded tests (allocator, free-page reports, stress, memory
-#                   limits, guest memory regions) under ThreadSanitizer (build-tsan/)
+#   make tsan       the threaded tests (allocator, vCPU stop and pause, free-page
+#                   reports, the console, memory and thread limits, guest memory
+#                   regions, stress) under ThreadSanitizer (build-tsan/)
 #   make fuzz       install clang-19, build each libFuzzer target (*_fuzz.cc) into
 #                   build-fuzz/ and run it for FUZZ_SECONDS (60) seconds
 #                   (docs/fuzzing.md)
@@ -95,11 +96,12 @@ sanitize:
 	    CXXFLAGS_EXTRA="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
 	    test
 
+# [fork] tests fork a multi-threaded process, which TSan cannot follow.
 tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
 	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem build-tsan/kvmem-tests
 	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
-	    build-tsan/kvmem-tests "[threads],[free],[stress],[limits],[regions]"
+	    build-tsan/kvmem-tests "[threads]~[fork],[free]~[fork],[stress],[limits]~[fork],[console],[regions]"
 
 # libFuzzer needs clang; nothing else in the build does.
 FUZZ_SECONDS ?= 60

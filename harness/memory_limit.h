@@ -81,7 +81,7 @@ Status check_run_fits(const MemoryLimit& limit, const std::vector<VmConfig>& vms
 // to need (every VM fills a region of at least region_min at once).
 Status check_stress_fits(const MemoryLimit& limit, const StressConfig& config);
 
-// Lock order: mu_ before MemoryFile's locks and before a Vm's pause_mu_
+// Lock order: mu_ before MemoryFile's locks and before Vm::stop_mu_ (then each Vcpu::mu_)
 // (check() scans usage and stops VMs with mu_ held). VM threads call add,
 // remove and released with no lock of theirs held.
 class MemoryWatch {

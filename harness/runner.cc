@@ -5,6 +5,8 @@
 #include <chrono>
 #include <thread>
 
+#include "base/thread.h"
+
 namespace kvmem {
 
 MemoryFileOptions memory_file_options_for(uint64_t guest_bytes) {
@@ -28,6 +30,7 @@ nlohmann::json VmOutcome::to_json() const {
   j.update({{"outcome", r.outcome_name()},
             {"failure", failure_kind_name(r.failure)},
             {"console", r.console},
+            {"console_dropped_bytes", r.console_dropped_bytes},
             {"exits", r.exits},
             {"hypercalls", hc},
             {"hypercalls_unknown", r.hypercalls.unknown},
@@ -73,7 +76,9 @@ nlohmann::json RunTotals::to_json() const {
 
 CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* watch)
     : file_(file), watch_(watch), period_ms_(period_ms) {
-  thread_ = std::thread([this] {
+  // Without its thread (the host's thread limit) the sampler still counts
+  // what observe() is given: the readings taken as each VM ends.
+  auto t = start_thread("the commit sampler's thread", [this] {
     std::unique_lock lock(mu_);
     while (!stop_) {
       lock.unlock();
@@ -86,6 +91,7 @@ CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* 
       cv_.wait_for(lock, std::chrono::milliseconds(period_ms_), [this] { return stop_; });
     }
   });
+  if (t) thread_ = std::move(*t);
 }
 
 void CommitSampler::observe(uint64_t bytes) {
@@ -116,10 +122,11 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
   CommitSampler sampler(file, options.sample_period_ms, watch.active() ? &watch : nullptr);
   std::vector<std::thread> threads;
   for (size_t i = 0; i < vms.size(); i++) {
-    threads.emplace_back([&, i] {
+    VmOutcome& first = totals.vms[i];
+    first.name = vms[i].name;
+    first.memory_bytes = vms[i].memory;
+    auto thread = start_thread(fmt::format("the thread of VM {}", vms[i].name), [&, i] {
       VmOutcome& out = totals.vms[i];
-      out.name = vms[i].name;
-      out.memory_bytes = vms[i].memory;
       auto vm = Vm::create(kvm, file, vms[i], images[i]);
       if (!vm) {
         out.setup_error = vm.error().message;
@@ -143,6 +150,13 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
         watch.released(i);
       }
     });
+    if (thread) {
+      threads.push_back(std::move(*thread));
+      continue;
+    }
+    // The host's thread limit: this VM does not start, the others run on.
+    first.setup_error = thread.error().message;
+    first.result.failure = FailureKind::kHost;
   }
   for (auto& t : threads) t.join();
   sampler.stop();

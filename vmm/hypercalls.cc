@@ -6,8 +6,9 @@
 #include <fmt/format.h>
 
 #include "guest/boot.h"
+#include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
-#include "vmm/memory/guest_memory.h"
+#include "vmm/devices/free_ring.h"
 
 namespace kvmem {
 namespace {
@@ -26,17 +27,10 @@ FailureKind fail_kind(uint64_t reason) {
                                                                          : FailureKind::kGuest;
 }
 
-HypercallOutcome refuse(HypercallContext& ctx, int err) {
-  ctx.stats.invalid++;
-  return resume(-err);
-}
-
-HypercallOutcome console_write(HypercallContext& ctx, uint64_t gpa, uint64_t length) {
-  if (length > abi::kConsoleMax) return refuse(ctx, EINVAL);
-  auto range = GuestRange::of(gpa, length);  // the registers, checked: from here typed
-  if (!range || !ctx.memory.contains(*range)) return refuse(ctx, EFAULT);
-  if (length > 0 && ctx.console) ctx.console(ctx.memory.read(*range));
-  return resume(static_cast<int64_t>(length));
+// A device's status for the guest: negative ones are counted as refusals.
+HypercallOutcome answer(HypercallStats& stats, int64_t status) {
+  if (status < 0) stats.invalid++;
+  return resume(status);
 }
 
 std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint64_t actual) {
@@ -65,43 +59,39 @@ const char* hypercall_name(uint32_t nr) {
   return nr < abi::kHypercallCount ? names[nr] : "unknown";
 }
 
-HypercallOutcome handle_hypercall(HypercallContext& ctx, const kvm_regs& regs) {
+HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs) {
   const uint64_t nr = regs.rax & 0xffffffff;  // `out` sends eax; the upper half is noise
   if (nr >= abi::kHypercallCount) {
-    ctx.stats.unknown++;
-    return refuse(ctx, ENOSYS);
+    stats.unknown++;
+    return answer(stats, -ENOSYS);
   }
-  ctx.stats.calls[nr]++;
+  stats.calls[nr]++;
   switch (nr) {
     case abi::kHcVersion:
       return resume(abi::kVersion);
     case abi::kHcConsoleWrite:
-      return console_write(ctx, regs.rdi, regs.rsi);
+      return answer(stats, devices.console.write_from(devices.memory, regs.rdi, regs.rsi));
     case abi::kHcExit:
-      return {HypercallOutcome::Action::kExit, 0, regs.rdi, {}, FailureKind::kNone};
+      // As a process's exit status is: only the low 8 bits count.
+      return {HypercallOutcome::Action::kExit, 0, regs.rdi & 0xff, {}, FailureKind::kNone};
     case abi::kHcFail:
       return guest_failed(fail_kind(regs.rdi), fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10));
     case abi::kHcException:
       return guest_failed(FailureKind::kGuest,
               fmt::format("guest exception {} (vector {}) at rip {:#x}: error code {:#x}, cr2 {:#x}",
                           guest::exception_name(regs.rdi), regs.rdi, regs.rsi, regs.rdx, regs.r10));
-    case abi::kHcReportFree: {
-      const int64_t r = report_free_list(ctx.memory, ctx.frees, regs.rdi, regs.rsi);
-      if (r < 0) ctx.stats.invalid++;
-      return resume(r);
-    }
-    case abi::kHcFreeRingWait: {
-      const int64_t r = ctx.wait_free_ring ? ctx.wait_free_ring(regs.rdi) : -EINVAL;
-      if (r < 0) ctx.stats.invalid++;
-      return resume(r);
-    }
+    case abi::kHcReportFree:
+      return answer(stats, devices.free_reports.report(regs.rdi, regs.rsi));
+    case abi::kHcFreeRingWait:
+      return answer(stats, devices.free_ring ? devices.free_ring->wait(regs.rdi) : -EINVAL);
     case abi::kHcFreeRingSetup: {
-      const int64_t r = ctx.setup_free_ring ? ctx.setup_free_ring(regs.rdi, regs.rsi) : -ENODEV;
-      if (r < 0) ctx.stats.invalid++;
-      return resume(r);
+      if (!devices.free_ring) return answer(stats, -ENODEV);
+      auto r = devices.free_ring->setup(regs.rdi, regs.rsi);
+      if (!r) return guest_failed(FailureKind::kHost, r.error().message);
+      return answer(stats, *r);
     }
   }
-  return refuse(ctx, ENOSYS);
+  return answer(stats, -ENOSYS);
 }
 
 }  // namespace kvmem

@@ -19,6 +19,7 @@
 #include "base/check.h"
 #include "base/fuzz.h"
 #include "guest/abi.h"
+#include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/hypercalls.h"
 #include "vmm/memory/fuzz_ram.h"
@@ -33,11 +34,13 @@ struct Guest {
   FreeStats frees;
   uint64_t calls = 0;
   uint64_t console_bytes = 0;  // of the last call
-  HypercallContext ctx{ram, stats, [this](std::string_view t) { console_bytes += t.size(); }, frees, {}, {}};
+  Console console{[this](std::string_view t) { console_bytes += t.size(); }};  // echo sees every byte
+  FreeReports reports{ram, frees};
+  Devices devices{ram, console, reports, nullptr};
 
   HypercallOutcome call(const kvm_regs& regs) {
     console_bytes = 0;
-    HypercallOutcome o = handle_hypercall(ctx, regs);
+    HypercallOutcome o = handle_hypercall(devices, stats, regs);
     calls++;
     const uint64_t counted = std::accumulate(stats.calls.begin(), stats.calls.end(), stats.unknown);
     KVMEM_CHECK(counted == calls, "{} calls counted for {} made", counted, calls);

@@ -1,46 +1,56 @@
-// One VM: its KVM objects, guest RAM, the program in it, and the vCPU loop.
+// One VM: its KVM VM, guest RAM, the program in it, its devices and its
+// vCPUs.
 //
 // Life cycle: Vm::create() builds everything (KVM VM, RAM, boot area,
-// program, memory slot, vCPU registers) and fails with an Error naming the
-// host call when the host cannot run it; run() then drives the vCPU until the
-// guest exits, fails, or overstays its timeout, and returns what happened.
+// program, memory slots, the vCPUs and their registers) and fails with an
+// Error naming the host call when the host cannot run it; run() then drives
+// every vCPU until the first of them ends (the guest exits, fails, or
+// overstays its timeout) or stop() is called, and returns what happened.
 // A Vm runs once.
+//
+// Nothing here assumes one vCPU: vCPU 0 runs on the thread that calls run(),
+// each other one on a thread of its own; the first vCPU to end decides the
+// outcome and stops the rest; pause() holds every vCPU out of the guest;
+// stop() stops every vCPU.
+//
+// Lock order (docs/design.md, "Locks", has the tree across components):
+//   stop_mu_, end_mu_ -> Vcpu::mu_ (each vCPU's, one at a time).
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <string>
-#include <atomic>
-#include <condition_variable>
 #include <mutex>
 #include <optional>
-
-#include <pthread.h>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/error.h"
 #include "guest/program.h"
-#include "vmm/vm_config.h"
+#include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
+#include "vmm/devices/free_ring.h"
 #include "vmm/failure.h"
-#include "vmm/memory/guest_memory.h"
 #include "vmm/hypercalls.h"
 #include "vmm/kvm/kvm.h"
+#include "vmm/memory/guest_memory.h"
+#include "vmm/vcpu.h"
+#include "vmm/vm_config.h"
 
 namespace kvmem {
 
-
 struct RunResult {
-  enum class Outcome { kExited, kFailed, kTimeout, kStopped };
+  using Outcome = RunOutcome;
   Outcome outcome = Outcome::kFailed;
   FailureKind failure = FailureKind::kHost;
-  uint64_t guest_exit_code = 0;  // kExited
-  std::string message;           // kFailed, kTimeout: what happened, as a sentence
-  std::string console;           // everything the guest wrote
-  std::map<std::string, uint64_t> exits;  // VM exits by reason ("io", "hlt", ...)
-  HypercallStats hypercalls;
+  uint64_t guest_exit_code = 0;  // kExited: 0..255, as the guest's exit code is reduced
+  std::string message;           // kFailed, kTimeout, kStopped: what happened, as a sentence
+  std::string console;           // what the guest wrote: the head and the tail (Console)
+  uint64_t console_dropped_bytes = 0;  // written between the two and not kept
+  std::map<std::string, uint64_t> exits;  // VM exits by reason ("io", "hlt", ...), every vCPU's
+  HypercallStats hypercalls;              // every vCPU's
   // Free-page reports, both paths.
   uint64_t free_reports = 0;
   uint64_t free_ranges = 0;
@@ -58,15 +68,16 @@ struct RunResult {
   const char* outcome_name() const;
 };
 
-class Vm : private VcpuPauser {
+class Vm : public VcpuPauser {
  public:
   // Guest RAM comes from `file`, which several VMs may share; it must
   // outlive the Vm.
   static Result<std::unique_ptr<Vm>> create(const Kvm& kvm, MemoryFile& file, const VmConfig& config,
                                             const guest::Image& program);
+  ~Vm() override;
 
-  // Runs the guest to its end. `echo` (may be empty) receives console text as
-  // the guest writes it; the result holds all of it too.
+  // Runs the guest to its end. `echo` (may be empty) receives console bytes
+  // as the guest writes them, all of them; the result keeps a bounded record.
   RunResult run(const std::function<void(std::string_view)>& echo);
 
   // Ends a run from another thread: run() returns soon with outcome
@@ -76,44 +87,41 @@ class Vm : private VcpuPauser {
 
   const VmConfig& config() const { return config_; }
   GuestMemory& memory() { return *memory_; }
+  size_t vcpu_count() const { return vcpus_.size(); }
+
+  // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
+  // until resume(). Safe from any thread, before, during and after run().
+  void pause() override;
+  void resume() override;
 
  private:
   explicit Vm(VmConfig config) : config_(std::move(config)) {}
 
-  // VcpuPauser, for the free ring's thread.
-  void pause() override;
-  void resume() override;
-  // Before each KVM_RUN: waits out a pause, then marks the vCPU in the
-  // guest. False when a pause began meanwhile (the caller tries again).
-  bool enter_guest();
-  void left_guest();
+  // Runs vCPU i and records it; the first to end stops the others.
+  void run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs);
+  void vcpu_ended(size_t i);
+  RunResult gather(std::vector<VcpuRun>& runs);
 
-  Result<kvm_regs> regs_at_exit() const;
-  Status set_status(const kvm_regs& regs, int64_t status);
-
-  // Declaration order is teardown order reversed: the vCPU and the VM go
-  // before the RAM behind them; the memory slots go with the VM, so the
-  // GuestMemory's Memslots find nothing left to delete (vmm/kvm/memslot.h).
+  // Declaration order is teardown order reversed: the devices and vCPUs go
+  // before the VM and the RAM behind them; the memory slots go with the VM,
+  // so the GuestMemory's Memslots find nothing left to delete
+  // (vmm/kvm/memslot.h). The free ring (its thread touches RAM) is stopped
+  // in run() and again, to be sure, first in the destructor.
   VmConfig config_;
   std::unique_ptr<GuestMemory> memory_;
   std::optional<KvmVm> vm_;
-  std::optional<KvmVcpu> vcpu_;
+  std::vector<std::unique_ptr<Vcpu>> vcpus_;  // fixed after create()
   FreeStats frees_;
-  std::unique_ptr<FreeRing> free_ring_;  // first to go: its thread touches RAM
+  Console console_;
+  std::optional<FreeReports> free_reports_;
+  std::optional<FreeRingDevice> free_ring_;
 
-  // The pause protocol (Dekker-style, seq_cst): pause() sets
-  // pause_requested_ and then reads in_guest_; enter_guest() sets in_guest_
-  // and then reads pause_requested_, so at least one of them sees the other.
-  std::atomic<bool> pause_requested_{false};
-  std::atomic<bool> in_guest_{false};
-  std::mutex pause_mu_;
-  std::condition_variable pause_cv_;  // with pause_mu_: either flag fell
-  pthread_t vcpu_thread_{};           // set by run()
-  bool running_ = false;              // protected by pause_mu_: vcpu_thread_ is in run()
-  std::atomic<bool> stop_requested_{false};
-  FailureKind stop_kind_ = FailureKind::kStopped;  // protected by pause_mu_
-  std::string stop_message_;                       // protected by pause_mu_
-  bool sync_regs_ = false;  // kvm_run carries the registers at every exit
+  std::mutex stop_mu_;
+  bool stopped_ = false;                           // protected by stop_mu_: the first stop won
+  FailureKind stop_kind_ = FailureKind::kStopped;  // protected by stop_mu_
+  std::string stop_message_;                       // protected by stop_mu_
+  std::mutex end_mu_;
+  std::optional<size_t> first_end_;  // protected by end_mu_: the vCPU that ended first
 };
 
 }  // namespace kvmem

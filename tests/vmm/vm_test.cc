@@ -1,4 +1,5 @@
 // Guests booted under KVM: every step, every fault, hostile hypercalls.
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "vmm/devices/console.h"
 #include "config/vm_config.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
@@ -284,4 +286,73 @@ TEST_CASE("a VM stopped before it runs does not run", "[kvm][vm]") {
   CHECK(r.failure == FailureKind::kMemoryLimit);
   CHECK(r.console == "");
   g.vm->stop(FailureKind::kStopped, "after the run: harmless");
+}
+
+TEST_CASE("a guest that prints in a loop keeps the console at its bound, head and tail", "[kvm][vm]") {
+  REQUIRE_KVM();
+  // 100,000 prints of 16 bytes: 1.6 MB, twelve times the console's bound.
+  const std::string line = "0123456789abcd\n";
+  const uint64_t count = 100'000;
+  json config = config_with({{{"op", "loop"}, {"count", count}, {"body", {{{"op", "print"}, {"text", line}}}}},
+                             {{"op", "print"}, {"text", "the end\n"}}});
+  config["timeout_ms"] = 60'000;
+  auto run = test::run_guest(config);
+  REQUIRE(run.setup_error == "");
+  INFO(run.result.message);
+  REQUIRE(run.result.outcome == Outcome::kExited);
+  const uint64_t written = count * line.size() + 8;
+  const size_t bound = Console::kHeadBytes + Console::kTailBytes;
+  CHECK(run.result.console.size() == bound);
+  CHECK(run.result.console_dropped_bytes == written - bound);
+  CHECK(run.result.console.rfind(line + line, 0) == 0);  // the head starts at the start
+  CHECK(run.result.console.ends_with(line + "the end\n"));  // the tail ends at the end
+}
+
+TEST_CASE("a guest's exit code is reduced to 0..255, as abi.h says", "[kvm][vm]") {
+  REQUIRE_KVM();
+  struct Case {
+    uint64_t code;
+    uint64_t reduced;
+    int process_exit;
+  } cases[] = {{2147811379, 0x33, 1}, {256, 0, 0}, {0xffffffffffffffff, 255, 1}, {255, 255, 1}};
+  for (const Case& c : cases) {
+    INFO(c.code);
+    auto run = test::run_guest(config_with(
+        {{{"op", "hypercall"}, {"nr", abi::kHcExit}, {"args", {fmt::format("{:#x}", c.code)}}}}));
+    REQUIRE(run.setup_error == "");
+    CHECK(run.result.outcome == Outcome::kExited);
+    CHECK(run.result.guest_exit_code == c.reduced);
+    CHECK(run.result.process_exit_code() == c.process_exit);
+  }
+}
+
+TEST_CASE("a paused VM makes no progress until it is resumed", "[kvm][vm][threads]") {
+  REQUIRE_KVM();
+  json config = config_with({{{"op", "loop"}, {"count", 100'000'000}, {"body", {{{"op", "print"}, {"text", "x"}}}}}});
+  config["timeout_ms"] = 60'000;
+  auto g = test::create_guest(config);
+  REQUIRE(g.setup_error == "");
+  std::atomic<uint64_t> printed{0};
+  uint64_t before = 0, during = 0, after = 0;
+  std::thread pauser([&] {
+    auto wait_for_progress = [&](uint64_t from) {
+      for (int i = 0; i < 2000 && printed.load() <= from + 10; i++) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    };
+    wait_for_progress(0);
+    g.vm->pause();
+    before = printed.load();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    during = printed.load();
+    g.vm->resume();
+    wait_for_progress(during);
+    after = printed.load();
+    g.vm->stop(FailureKind::kStopped, "test over");
+  });
+  RunResult r = g.vm->run([&](std::string_view s) { printed += s.size(); });
+  pauser.join();
+  CHECK(r.outcome == Outcome::kStopped);
+  INFO("before " << before << " during " << during << " after " << after);
+  CHECK(before > 0);
+  CHECK(during - before <= 1);  // a hypercall under way when the pause began may finish
+  CHECK(after > during + 10);
 }

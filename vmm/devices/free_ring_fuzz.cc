@@ -18,7 +18,7 @@
 #include "base/check.h"
 #include "base/fuzz.h"
 #include "guest/abi.h"
-#include "vmm/devices/free_reports.h"
+#include "vmm/devices/free_ring.h"
 #include "vmm/memory/fuzz_ram.h"
 
 namespace kvmem::fuzz {
