@@ -57,7 +57,7 @@ TEST_CASE("each pattern the guest writes is the word the host computes", "[kvm][
     REQUIRE(run.result.outcome == Outcome::kExited);
     auto c = parse_vm_config(config_with({{{"op", "fill"}, {"at", "1M"}, {"length", 8}, {"pattern", p}}}), "t");
     REQUIRE(c);
-    const guest::Pattern pattern = c->program[0].pattern;
+    const guest::Pattern pattern = c->program[0].as<guest::Fill>().pattern;
     for (uint64_t gpa = 1 << 20; gpa < (1 << 20) + (16 << 10); gpa += 8) {
       if (word_at(*run.vm, gpa) != pattern.word(gpa)) {
         FAIL(fmt::format("word at {:#x} is {:#x}, host expects {:#x}", gpa, word_at(*run.vm, gpa), pattern.word(gpa)));

@@ -212,7 +212,7 @@ TEST_CASE("a VM cannot free another VM's memory: its addresses name only its own
       "t");
   REQUIRE(config);
   std::vector<guest::Image> images;
-  for (const auto& c : config->vms) images.push_back(*guest::build_program(c.program, abi::kProgramAddr, abi::kProgramEnd));
+  for (const auto& c : config->vms) images.push_back(*guest::build(c.program, {.ram_bytes = c.memory}));
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
@@ -231,7 +231,7 @@ TEST_CASE("RAM a VM gave back serves the next VM: the file does not grow", "[kvm
   REQUIRE_KVM();
   auto config = parse_run_config(vm({fill("1M", "31M", "address")}), "t");
   REQUIRE(config);
-  std::vector<guest::Image> images{*guest::build_program(config->vms[0].program, abi::kProgramAddr, abi::kProgramEnd)};
+  std::vector<guest::Image> images{*guest::build(config->vms[0].program, {.ram_bytes = config->vms[0].memory})};
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
