@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "memory/memory_file.h"
 #include "harness/runner.h"
 #include "vmm/vm.h"
@@ -41,7 +42,7 @@ Step fill(uint64_t at, uint64_t length) {
 
 uint64_t result_slot(Vm& vm, uint64_t slot) {
   uint64_t v;
-  std::memcpy(&v, vm.memory().host(GuestAddr(abi::kResultsAddr + slot * 8)), 8);
+  std::memcpy(&v, vm.memory().host(GuestAddr(guest::layout::kResultsAddr + slot * 8)), 8);
   return v;
 }
 

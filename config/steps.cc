@@ -3,6 +3,7 @@
 #include <string>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 
 namespace kvmem {
 namespace {
@@ -220,7 +221,7 @@ Status free_sizes(const json& j, const Ptr& p, Free* s) {
   if (s->length % s->stride_or_granule() != 0)
     return (p / "length").fail("{:#x} is not a multiple of the {} ({:#x})", s->length,
                                s->stride ? "stride" : "granule", s->stride_or_granule());
-  const uint64_t max_batch = s->mode == FreeMode::kSync ? abi::kReportMax : abi::kFreeRingEntries;
+  const uint64_t max_batch = s->mode == FreeMode::kSync ? abi::kReportMax : guest::layout::kFreeRingEntries;
   if (j.contains("batch")) {
     auto b = size_value(j.at("batch"), p / "batch");
     if (!b) return std::unexpected(b.error());
@@ -279,7 +280,7 @@ Result<Step> parse_timestamp(const json& j, const Ptr& p, Context&) {
   KVMEM_STEP_TRY(check_keys(j, p, {"op", "slot"}));
   auto slot = required_size(j, p, "slot");
   if (!slot) return std::unexpected(slot.error());
-  if (*slot >= abi::kResultSlots) return (p / "slot").fail("must be 0..{}, found {}", abi::kResultSlots - 1, *slot);
+  if (*slot >= guest::layout::kResultSlots) return (p / "slot").fail("must be 0..{}, found {}", guest::layout::kResultSlots - 1, *slot);
   return Timestamp{*slot};
 }
 

@@ -6,43 +6,52 @@
 
 #include "base/check.h"
 #include "guest/abi.h"
+#include "guest/layout.h"
 
 namespace kvmem::guest {
 namespace {
 
 using namespace kvmem::abi;
+using namespace kvmem::guest::layout;
 
 constexpr uint64_t kPte = 0x7;        // present | writable | user
 constexpr uint64_t kPteHuge = 0x80;   // PS: a 2 MiB or 1 GiB leaf
-constexpr unsigned kGdtEntries = 10;  // 8 descriptors + the 16-byte TSS descriptor
+constexpr uint64_t kTssLimit = 104 + 32;  // the 64-bit TSS, then the I/O bitmap of ports 0-255
+static_assert(kMaxPds << 30 >= kMaxRamBytes, "page-table space for all of RAM");
 
 void put64(std::span<uint8_t> ram, uint64_t gpa, uint64_t value) {
   KVMEM_CHECK(gpa + 8 <= ram.size(), "boot write at {:#x} outside RAM", gpa);
   std::memcpy(ram.data() + gpa, &value, 8);
 }
 
-void write_gdt(std::span<uint8_t> ram) {
+// The GDT with a TSS descriptor for each of the first `vcpus` vCPUs.
+void write_gdt(std::span<uint8_t> ram, unsigned vcpus) {
   uint64_t gdt[kGdtEntries] = {};
   gdt[kKernelCs >> 3] = 0x00af9b000000ffff;  // 64-bit code, DPL 0
   gdt[kKernelDs >> 3] = 0x00cf93000000ffff;  // data, DPL 0
   gdt[kUserDs >> 3] = 0x00cff3000000ffff;    // data, DPL 3
   gdt[kUserCs >> 3] = 0x00affb000000ffff;    // 64-bit code, DPL 3
-  // Available 64-bit TSS (type 9), limit 0x67.
-  const uint64_t base = kTssAddr, limit = 104 + 32;
-  gdt[kTssSel >> 3] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) |
-                      (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
-  gdt[(kTssSel >> 3) + 1] = base >> 32;
-  std::memcpy(ram.data() + kGdtAddr, gdt, sizeof gdt);
+  for (unsigned v = 0; v < vcpus; v++) {
+    // Available 64-bit TSS (type 9).
+    const uint64_t base = tss_addr(v), limit = kTssLimit;
+    const unsigned i = tss_selector(v) >> 3;
+    gdt[i] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) | (((limit >> 16) & 0xf) << 48) |
+             (((base >> 24) & 0xff) << 56);
+    gdt[i + 1] = base >> 32;
+  }
+  std::memcpy(ram.data() + kGdtAddr, gdt, (8 + 2 * vcpus) * 8);
 }
 
-void write_tss(std::span<uint8_t> ram) {
-  uint8_t tss[104 + 33] = {};
-  uint64_t rsp0 = kKernelStackTop;
+// vCPU v's TSS: RSP0 at the top of its ring-0 stack, and an I/O bitmap that
+// allows ports 0-255.
+void write_tss(std::span<uint8_t> ram, unsigned v) {
+  uint8_t tss[kTssLimit + 1] = {};
+  uint64_t rsp0 = kernel_stack_top(v);
   std::memcpy(tss + 4, &rsp0, 8);
   uint16_t iomap = 104;
   std::memcpy(tss + 0x66, &iomap, 2);
-  tss[104 + 32] = 0xff;
-  std::memcpy(ram.data() + kTssAddr, tss, sizeof tss);
+  tss[kTssLimit] = 0xff;
+  std::memcpy(ram.data() + tss_addr(v), tss, sizeof tss);
 }
 
 bool pushes_error_code(unsigned vector) {
@@ -100,8 +109,7 @@ Status write_stubs_and_idt(std::span<uint8_t> ram) {
 }
 
 void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size) {
-  const uint64_t pml4 = kPageTablesAddr, pdpt = kPageTablesAddr + 0x1000;
-  const uint64_t pds = kPageTablesAddr + 0x2000;
+  const uint64_t pml4 = kPml4Addr, pdpt = kPdptAddr, pds = kPdsAddr;
   // Clear only the table pages used: each page touched here is a page the
   // host must commit.
   const uint64_t pd_pages = page_size == PageSize::k1G ? 0 : ((size >> 21) + 511) / 512;
@@ -133,19 +141,20 @@ kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
 
 }  // namespace
 
-Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size) {
+Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size, unsigned vcpus) {
   const uint64_t unit = page_size == PageSize::k1G ? (1ull << 30) : (2ull << 20);
   KVMEM_CHECK(ram_size >= unit && ram_size % unit == 0 && ram_size <= kMaxRamBytes,
               "RAM size {:#x} unusable for boot", ram_size);
   KVMEM_CHECK(ram.size() >= kBootAreaEnd, "boot area of {:#x} bytes", ram.size());
-  write_gdt(ram);
-  write_tss(ram);
+  KVMEM_CHECK(vcpus >= 1 && vcpus <= kMaxVcpus, "{} vCPUs", vcpus);
+  write_gdt(ram, vcpus);
+  for (unsigned v = 0; v < vcpus; v++) write_tss(ram, v);
   if (auto s = write_stubs_and_idt(ram); !s) return s;
   write_page_tables(ram, ram_size, page_size);
   return {};
 }
 
-void long_mode_sregs(kvm_sregs& s) {
+void long_mode_sregs(kvm_sregs& s, unsigned vcpu) {
   s.cr0 = 0x80050033;  // PG | AM | WP | NE | ET | MP | PE
   s.cr4 = 0x620;       // PAE | OSFXSR | OSXMMEXCPT
   s.efer = 0x500;      // LME | LMA
@@ -153,9 +162,9 @@ void long_mode_sregs(kvm_sregs& s) {
   s.cs = segment(kUserCs, 0xb, 3, true);
   s.ss = s.ds = s.es = s.fs = s.gs = segment(kUserDs, 0x3, 3, false);
   s.tr = kvm_segment{};
-  s.tr.base = kTssAddr;
-  s.tr.limit = 104 + 32;
-  s.tr.selector = kTssSel;
+  s.tr.base = tss_addr(vcpu);
+  s.tr.limit = kTssLimit;
+  s.tr.selector = tss_selector(vcpu);
   s.tr.type = 0xb;  // busy 64-bit TSS
   s.tr.present = 1;
   s.gdt.base = kGdtAddr;
@@ -164,10 +173,10 @@ void long_mode_sregs(kvm_sregs& s) {
   s.idt.limit = 256 * 16 - 1;
 }
 
-kvm_regs user_regs(uint64_t entry) {
+kvm_regs user_regs(uint64_t entry, unsigned vcpu) {
   kvm_regs r{};
   r.rip = entry;
-  r.rsp = kUserStackTop;
+  r.rsp = user_stack_top(vcpu);
   r.rflags = 0x3202;  // IF | IOPL 3 | the always-one bit
   return r;
 }

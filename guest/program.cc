@@ -3,6 +3,7 @@
 #include <asmjit/x86.h>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 
 namespace kvmem::guest {
 namespace {
@@ -245,8 +246,8 @@ class Emitter {
  public:
   // Registers the program's free ring; a refusal fails the run.
   void setup_free_ring() {
-    a_.mov(rdi, abi::kFreeRingAddr);
-    a_.mov(rsi, abi::kFreeRingEntries);
+    a_.mov(rdi, layout::kFreeRingAddr);
+    a_.mov(rsi, layout::kFreeRingEntries);
     call_expecting_zero(abi::kHcFreeRingSetup);
   }
 
@@ -289,7 +290,7 @@ class Emitter {
     a_.mov(r11, s.granule);
     a_.mov(r14, s.stride_or_granule());
     a_.bind(outer);
-    a_.mov(r13, abi::kReportListAddr);
+    a_.mov(r13, layout::kReportListAddr);
     a_.xor_(r12d, r12d);
     a_.bind(inner);
     put_entry(r13, r8, r11);
@@ -301,14 +302,14 @@ class Emitter {
     a_.cmp(r12, s.batch);
     a_.jb(inner);
     a_.bind(flush);
-    a_.mov(rdi, abi::kReportListAddr);
+    a_.mov(rdi, layout::kReportListAddr);
     a_.mov(rsi, r12);
     a_.mov(eax, abi::kHcReportFree);
     a_.out(imm(abi::kHypercallPort), eax);
     a_.cmp(rax, r12);
     a_.je(good);
     a_.mov(rcx, r12);
-    check_list_statuses(abi::kReportListAddr, rcx);
+    check_list_statuses(layout::kReportListAddr, rcx);
     // Every status was 0 but the count differs: the call itself was refused.
     a_.mov(r10, rax);
     a_.mov(rdx, r12);
@@ -323,7 +324,7 @@ class Emitter {
   // rdx = address of ring slot (rax & (N-1)); r13 holds the ring base.
   void ring_slot(const Gp& index) {
     a_.mov(rdx, index);
-    a_.and_(rdx, abi::kFreeRingEntries - 1);
+    a_.and_(rdx, layout::kFreeRingEntries - 1);
     a_.shl(rdx, 5);
     a_.lea(rdx, ptr(r13, rdx, 0, sizeof(abi::FreeRingHeader)));
   }
@@ -340,13 +341,13 @@ class Emitter {
     a_.bind(check);
     a_.mov(rcx, rax);
     a_.sub(rcx, qword_ptr(r13, 8));
-    a_.cmp(rcx, abi::kFreeRingEntries - room);
+    a_.cmp(rcx, layout::kFreeRingEntries - room);
     a_.jbe(done);
     a_.pause();
     a_.dec(edx);
     a_.jnz(check);
     a_.push(rax);
-    a_.lea(rdi, ptr(rax, -static_cast<int32_t>(abi::kFreeRingEntries - room)));
+    a_.lea(rdi, ptr(rax, -static_cast<int32_t>(layout::kFreeRingEntries - room)));
     call_expecting_zero(abi::kHcFreeRingWait);
     a_.pop(rax);
     a_.bind(done);
@@ -373,7 +374,7 @@ class Emitter {
   // for completion before going on (the pages may be reused after this step).
   void free_async(const Free& s) {
     Label loop = a_.newLabel(), last = a_.newLabel(), ok = a_.newLabel();
-    a_.mov(r13, abi::kFreeRingAddr);
+    a_.mov(r13, layout::kFreeRingAddr);
     a_.mov(r14, qword_ptr(r13, 16));  // refusals so far
     a_.mov(r8, s.at);
     a_.mov(r9, s.at + s.length);
@@ -422,7 +423,7 @@ class Emitter {
   }
 
   void report_sync(const Report& s) {
-    const uint64_t list = abi::kReportListAddr;
+    const uint64_t list = layout::kReportListAddr;
     a_.mov(rdx, list);
     for (size_t i = 0; i < s.ranges.size(); i++) {
       a_.mov(r8, s.ranges[i].first);
@@ -441,7 +442,7 @@ class Emitter {
   }
 
   void report_async(const Report& s) {
-    a_.mov(r13, abi::kFreeRingAddr);
+    a_.mov(r13, layout::kFreeRingAddr);
     a_.mov(rax, qword_ptr(r13));
     a_.mov(r14, rax);  // the first slot's index
     ring_wait_room(s.ranges.size());
@@ -495,12 +496,12 @@ class Emitter {
 }  // namespace
 
 Result<Image> build(const std::vector<Step>& steps, const Machine& vm) {
-  const uint64_t base = abi::kProgramAddr, limit = abi::kProgramEnd;
+  const uint64_t base = layout::kProgramAddr, limit = layout::kProgramEnd;
   const uint64_t slots = result_slots_used(steps);
-  if (slots > abi::kResultSlots)
-    return fail("the guest program writes result slot {}, past the last one ({})", slots - 1, abi::kResultSlots - 1);
+  if (slots > layout::kResultSlots)
+    return fail("the guest program writes result slot {}, past the last one ({})", slots - 1, layout::kResultSlots - 1);
   (void)vm;
-  const ResultSlots results{slots ? abi::kResultsAddr : 0, slots};
+  const ResultSlots results{slots ? layout::kResultsAddr : 0, slots};
   CodeHolder code;
   Errors errors;
   code.init(Environment(Arch::kX64), base);

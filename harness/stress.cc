@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "harness/runner.h"
 
 namespace kvmem {
@@ -48,7 +49,7 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
     const Pattern pattern{Pattern::Kind::kSeed, rng()};
     const uint64_t granule = granules[rng() % 3];
     const FreeMode mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync;
-    const uint64_t batch = std::min<uint64_t>(batches[rng() % 4], abi::kFreeRingEntries);
+    const uint64_t batch = std::min<uint64_t>(batches[rng() % 4], guest::layout::kFreeRingEntries);
     // A sub-range of whole granules, smaller than the region when it can be.
     const uint64_t units = length / granule;
     const uint64_t free_units = units > 1 ? pick(rng, 1, units - 1) : 1;

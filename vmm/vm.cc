@@ -11,6 +11,7 @@
 #include <mutex>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "guest/boot.h"
 
 namespace kvmem {
@@ -151,7 +152,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   // Guest memory must hold its contents before the vCPU can see it.
   if (auto s = guest::write_boot_area(v->memory_->boot_area(), config.memory, config.page_size); !s)
     return std::unexpected(s.error());
-  if (program.base + program.bytes.size() > abi::kProgramEnd || program.base < abi::kProgramAddr)
+  if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
   std::memcpy(v->memory_->host(GuestAddr(program.base)), program.bytes.data(), program.bytes.size());
   if (auto s = v->memory_->register_with(*v->vm_); !s) return std::unexpected(s.error());

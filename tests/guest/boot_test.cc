@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "guest/boot.h"
 
 using namespace kvmem;
@@ -19,7 +20,7 @@ uint64_t word(const std::vector<uint8_t>& ram, uint64_t gpa) {
 TEST_CASE("boot page tables identity-map all of RAM with user 2 MiB pages", "[guest]") {
   std::vector<uint8_t> ram(abi::kBootAreaEnd, 0xcc);
   REQUIRE(guest::write_boot_area(ram, 8 << 20, guest::PageSize::k2M));
-  const uint64_t pml4 = abi::kPageTablesAddr;
+  const uint64_t pml4 = guest::layout::kPageTablesAddr;
   CHECK(word(ram, pml4) == (pml4 + 0x1000 | 7));
   CHECK(word(ram, pml4 + 8) == 0);
   const uint64_t pdpt = pml4 + 0x1000, pd = pml4 + 0x2000;
@@ -31,7 +32,7 @@ TEST_CASE("boot page tables identity-map all of RAM with user 2 MiB pages", "[gu
 TEST_CASE("boot page tables with 1 GiB pages use PDPT leaves", "[guest]") {
   std::vector<uint8_t> ram(abi::kBootAreaEnd);
   REQUIRE(guest::write_boot_area(ram, 2ull << 30, guest::PageSize::k1G));
-  const uint64_t pdpt = abi::kPageTablesAddr + 0x1000;
+  const uint64_t pdpt = guest::layout::kPageTablesAddr + 0x1000;
   CHECK(word(ram, pdpt) == 0x87);
   CHECK(word(ram, pdpt + 8) == ((1ull << 30) | 0x87));
   CHECK(word(ram, pdpt + 16) == 0);
@@ -40,31 +41,31 @@ TEST_CASE("boot page tables with 1 GiB pages use PDPT leaves", "[guest]") {
 TEST_CASE("the GDT has Linux's user selectors and the TSS opens the hypercall port", "[guest]") {
   std::vector<uint8_t> ram(abi::kBootAreaEnd);
   REQUIRE(guest::write_boot_area(ram, 2 << 20, guest::PageSize::k2M));
-  CHECK(word(ram, abi::kGdtAddr + (abi::kUserCs >> 3) * 8) == 0x00affb000000ffffull);
-  CHECK(word(ram, abi::kGdtAddr + (abi::kUserDs >> 3) * 8) == 0x00cff3000000ffffull);
+  CHECK(word(ram, guest::layout::kGdtAddr + (guest::layout::kUserCs >> 3) * 8) == 0x00affb000000ffffull);
+  CHECK(word(ram, guest::layout::kGdtAddr + (guest::layout::kUserDs >> 3) * 8) == 0x00cff3000000ffffull);
   // I/O bitmap: port kHypercallPort's bit is clear (allowed).
   uint16_t iomap;
-  std::memcpy(&iomap, ram.data() + abi::kTssAddr + 0x66, 2);
-  const uint8_t bits = ram[abi::kTssAddr + iomap + abi::kHypercallPort / 8];
+  std::memcpy(&iomap, ram.data() + guest::layout::tss_addr(0) + 0x66, 2);
+  const uint8_t bits = ram[guest::layout::tss_addr(0) + iomap + abi::kHypercallPort / 8];
   CHECK((bits >> (abi::kHypercallPort % 8) & 1) == 0);
   // Every IDT gate is present and leads into the stub page.
   for (unsigned v = 0; v < 256; v++) {
-    uint64_t lo = word(ram, abi::kIdtAddr + v * 16);
+    uint64_t lo = word(ram, guest::layout::kIdtAddr + v * 16);
     uint64_t target = (lo & 0xffff) | ((lo >> 48) << 16);
     CHECK(((lo >> 40) & 0xff) == 0x8e);
-    CHECK(target >= abi::kStubsAddr);
-    CHECK(target < abi::kStubsEnd);
+    CHECK(target >= guest::layout::kStubsAddr);
+    CHECK(target < guest::layout::kStubsEnd);
   }
 }
 
 TEST_CASE("long-mode sregs start the guest at CPL3", "[guest]") {
   kvm_sregs s{};
   guest::long_mode_sregs(s);
-  CHECK(s.cs.selector == abi::kUserCs);
+  CHECK(s.cs.selector == guest::layout::kUserCs);
   CHECK(s.cs.dpl == 3);
   CHECK(s.cs.l == 1);
   CHECK(s.efer == 0x500);
-  CHECK(s.cr3 == abi::kPageTablesAddr);
+  CHECK(s.cr3 == guest::layout::kPageTablesAddr);
   kvm_regs r = guest::user_regs(0x50000);
   CHECK(r.rip == 0x50000);
   CHECK((r.rflags >> 12 & 3) == 3);  // IOPL 3

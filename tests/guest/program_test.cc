@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "guest/program.h"
 
 using namespace kvmem;
@@ -27,8 +28,8 @@ TEST_CASE("patterns describe themselves", "[guest]") {
 TEST_CASE("an empty program assembles to an exit at the base address", "[guest]") {
   auto img = guest::build({}, {.ram_bytes = 8 << 20});
   REQUIRE(img);
-  CHECK(img->base == abi::kProgramAddr);
-  CHECK(img->entry == abi::kProgramAddr);
+  CHECK(img->base == guest::layout::kProgramAddr);
+  CHECK(img->entry == guest::layout::kProgramAddr);
   CHECK_FALSE(img->bytes.empty());
   CHECK(img->bytes.size() < 32);
 }

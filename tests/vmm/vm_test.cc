@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "config/vm_config.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
@@ -165,12 +166,12 @@ TEST_CASE("hostile hypercall arguments get a negative errno and are counted", "[
   };
   auto run = test::run_guest(config_with({
       hc(abi::kHcVersion, json::array(), abi::kVersion),
-      hc(abi::kHcConsoleWrite, {abi::kProgramAddr, 0}, 0),                      // empty write is fine
+      hc(abi::kHcConsoleWrite, {guest::layout::kProgramAddr, 0}, 0),                      // empty write is fine
       hc(abi::kHcConsoleWrite, {ram - 4, 8}, "-EFAULT"),                         // runs past RAM
       hc(abi::kHcConsoleWrite, {ram, 1}, "-EFAULT"),                             // starts at the end
       hc(abi::kHcConsoleWrite, {"0xfffffffffffffff0", "0x20"}, "-EFAULT"),      // wraps past 2^64
       hc(abi::kHcConsoleWrite, {"0x8000000000000000", 1}, "-EFAULT"),           // far outside
-      hc(abi::kHcConsoleWrite, {abi::kProgramAddr, abi::kConsoleMax + 1}, "-EINVAL"),  // too long
+      hc(abi::kHcConsoleWrite, {guest::layout::kProgramAddr, abi::kConsoleMax + 1}, "-EINVAL"),  // too long
       hc(abi::kHcConsoleWrite, {"0xffffffffffffffff", "0xffffffffffffffff"}, "-EINVAL"),
       hc(99, json::array(), "-ENOSYS"),
       hc(0xffffffff, {1, 2, 3, 4, 5, 6}, "-ENOSYS"),

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
 #include "config/vm_config.h"
@@ -136,19 +137,19 @@ TEST_CASE("hostile report_free and ring-setup calls are refused as a whole", "[k
     return json{{"op", "hypercall"}, {"nr", nr}, {"args", std::move(args)}, {"expect", std::move(expect)}};
   };
   auto run = test::run_guest(vm({
-      hc(abi::kHcReportFree, {abi::kReportListAddr, 0}, "-EINVAL"),                   // no entries
-      hc(abi::kHcReportFree, {abi::kReportListAddr, abi::kReportMax + 1}, "-EINVAL"), // too many
+      hc(abi::kHcReportFree, {guest::layout::kReportListAddr, 0}, "-EINVAL"),                   // no entries
+      hc(abi::kHcReportFree, {guest::layout::kReportListAddr, abi::kReportMax + 1}, "-EINVAL"), // too many
       hc(abi::kHcReportFree, {"0x1fffff0", 1}, "-EFAULT"),                            // list runs past RAM
       hc(abi::kHcReportFree, {"0xfffffffffffffff8", 1}, "-EFAULT"),                   // list wraps
-      hc(abi::kHcReportFree, {abi::kReportListAddr + 4, 1}, "-EFAULT"),               // list unaligned
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 3}, "-EINVAL"),                  // not a power of two
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 0}, "-EINVAL"),
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, abi::kRingMaxEntries * 2}, "-EINVAL"),
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr + 8, 16}, "-EINVAL"),             // unaligned
+      hc(abi::kHcReportFree, {guest::layout::kReportListAddr + 4, 1}, "-EFAULT"),               // list unaligned
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 3}, "-EINVAL"),                  // not a power of two
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 0}, "-EINVAL"),
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, abi::kRingMaxEntries * 2}, "-EINVAL"),
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr + 8, 16}, "-EINVAL"),             // unaligned
       hc(abi::kHcFreeRingSetup, {"0x1ffff00", 1024}, "-EFAULT"),                      // past RAM
       hc(abi::kHcFreeRingWait, {0}, "-EINVAL"),                                       // no ring yet
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 16}, 0),
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 16}, "-EBUSY"),                  // only once
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 16}, 0),
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 16}, "-EBUSY"),                  // only once
       hc(abi::kHcFreeRingWait, {0}, 0),                                               // nothing produced: done
       hc(abi::kHcFreeRingWait, {5}, "-EINVAL"),                                       // never produced
   }));
