@@ -1,5 +1,6 @@
 #include "config/steps.h"
 
+#include <algorithm>
 #include <string>
 
 #include "guest/abi.h"
@@ -276,11 +277,14 @@ Result<Step> parse_report(const json& j, const Ptr& p, Context&) {
   return s;
 }
 
-Result<Step> parse_timestamp(const json& j, const Ptr& p, Context&) {
+Result<Step> parse_timestamp(const json& j, const Ptr& p, Context& cx) {
   KVMEM_STEP_TRY(check_keys(j, p, {"op", "slot"}));
   auto slot = required_size(j, p, "slot");
   if (!slot) return std::unexpected(slot.error());
-  if (*slot >= guest::layout::kResultSlots) return (p / "slot").fail("must be 0..{}, found {}", guest::layout::kResultSlots - 1, *slot);
+  // The slots live in whole pages at the top of RAM, above the boot area.
+  const uint64_t room = (cx.memory - abi::kBootAreaEnd) / kPageSize * kPageSize / 8;
+  const uint64_t slots = std::min(layout::kMaxResultSlots, room);
+  if (*slot >= slots) return (p / "slot").fail("must be 0..{}, found {}", slots - 1, *slot);
   return Timestamp{*slot};
 }
 
@@ -336,11 +340,30 @@ Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx) {
   return out;
 }
 
+// No step of `steps` (at pointer p) walks memory in `reserved`.
+Status check_clear_of(const std::vector<Step>& steps, const Ptr& p, GuestRange reserved, const char* what) {
+  for (size_t i = 0; i < steps.size(); i++) {
+    if (const auto* l = std::get_if<Loop>(&steps[i])) {
+      KVMEM_STEP_TRY(check_clear_of(l->body, p / i / "body", reserved, what));
+      continue;
+    }
+    const auto walked = memory_walked(steps[i]);
+    if (walked && walked->overlaps(reserved))
+      return (p / i).fail("{} {} overlaps {}, {}", op_name(steps[i]), *walked, reserved, what);
+  }
+  return {};
+}
+
 }  // namespace
 
 Result<std::vector<Step>> parse_program(const json& j, const Ptr& p, uint64_t memory) {
   Context cx{memory};
-  return parse_list(j, p, cx);
+  auto steps = parse_list(j, p, cx);
+  if (!steps) return steps;
+  if (const uint64_t slots = result_slots_used(*steps))
+    KVMEM_STEP_TRY(check_clear_of(*steps, p, layout::result_slots_range(memory, slots),
+                                  "the result slots of the program's timestamp steps at the top of RAM"));
+  return steps;
 }
 
 }  // namespace kvmem

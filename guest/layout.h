@@ -18,6 +18,7 @@
 //   [0xe0000, 0xf0000)  user, write  the free ring of programs that use one
 //   [0xf0000, 0x100000) user, write  per vCPU: a user stack
 //   [0x100000, ...)     user, write  RAM for steps (4 KiB pages up to 2 MiB, then 2 MiB or 1 GiB)
+//   [top - N pages, top) user, write the result slots of a program with timestamp steps
 //
 // The ring-0 pieces are supervisor-only: a CPL3 write to any of them is a
 // #PF, so a program cannot repoint a gate or a page table at its own code.
@@ -58,9 +59,6 @@ static_assert(kVcpuKernelEnd <= 0x50000);
 
 inline constexpr uint64_t kProgramAddr = 0x50000;
 inline constexpr uint64_t kProgramEnd = 0xc0000;
-inline constexpr uint64_t kResultsAddr = 0xc0000;  // 64-bit result slots (timestamp steps)
-inline constexpr uint64_t kResultsEnd = 0xd0000;
-inline constexpr uint64_t kResultSlots = (kResultsEnd - kResultsAddr) / 8;
 inline constexpr uint64_t kReportListAddr = 0xd0000;
 inline constexpr uint64_t kReportListEnd = 0xe0000;
 static_assert(kReportListEnd - kReportListAddr >= abi::kReportMax * sizeof(abi::FreeReport));
@@ -90,6 +88,18 @@ inline constexpr uint16_t kFirstTssSel = 0x40;  // index 8
 constexpr uint16_t tss_selector(unsigned vcpu) { return static_cast<uint16_t>(kFirstTssSel + vcpu * 16); }
 inline constexpr unsigned kGdtEntries = 8 + 2 * kMaxVcpus;
 
+// The 64-bit result slots of a program that writes `slots` of them (its
+// largest timestamp slot + 1) live in whole pages at the top of RAM, out of
+// reach of every step (config validation refuses a step that overlaps them).
+// Slot i is at start + 8 * i. Sized by the program: none when it writes none.
+inline constexpr uint64_t kMaxResultSlots = uint64_t{1} << 24;  // 128 MiB of slots
+// Bytes of RAM the result slots take, whole pages. Precondition: slots <= kMaxResultSlots.
+constexpr uint64_t result_slots_bytes(uint64_t slots) { return (slots * 8 + kPageSize - 1) / kPageSize * kPageSize; }
+// Precondition: result_slots_bytes(slots) <= ram_bytes.
+constexpr GuestRange result_slots_range(uint64_t ram_bytes, uint64_t slots) {
+  return GuestRange(ram_bytes - result_slots_bytes(slots), ram_bytes);
+}
+
 // How the CPL3 program may reach an area of the boot area.
 enum class Access { kNone, kSupervisor, kUserRead, kUserWrite };
 struct Area {
@@ -104,7 +114,6 @@ inline constexpr Area kAreas[] = {
     {{kPageTablesAddr, kPageTablesEnd}, Access::kSupervisor, "page tables"},
     {{kVcpuKernelAddr, kVcpuKernelEnd}, Access::kSupervisor, "TSSes and ring-0 stacks"},
     {{kProgramAddr, kProgramEnd}, Access::kUserRead, "program"},
-    {{kResultsAddr, kResultsEnd}, Access::kUserWrite, "result slots"},
     {{kReportListAddr, kReportListEnd}, Access::kUserWrite, "report lists"},
     {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free ring"},
     {{kUserStacksAddr, kUserStacksEnd}, Access::kUserWrite, "user stacks"},

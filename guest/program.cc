@@ -498,10 +498,13 @@ class Emitter {
 Result<Image> build(const std::vector<Step>& steps, const Machine& vm) {
   const uint64_t base = layout::kProgramAddr, limit = layout::kProgramEnd;
   const uint64_t slots = result_slots_used(steps);
-  if (slots > layout::kResultSlots)
-    return fail("the guest program writes result slot {}, past the last one ({})", slots - 1, layout::kResultSlots - 1);
-  (void)vm;
-  const ResultSlots results{slots ? layout::kResultsAddr : 0, slots};
+  if (slots > layout::kMaxResultSlots)
+    return fail("the guest program writes result slot {}, past the last one there may be ({})", slots - 1,
+                layout::kMaxResultSlots - 1);
+  if (vm.ram_bytes < abi::kBootAreaEnd || layout::result_slots_bytes(slots) > vm.ram_bytes - abi::kBootAreaEnd)
+    return fail("the guest program's {} result slots do not fit in RAM ({:#x} bytes) above the boot area", slots,
+                vm.ram_bytes);
+  const ResultSlots results{slots ? layout::result_slots_range(vm.ram_bytes, slots).start : 0, slots};
   CodeHolder code;
   Errors errors;
   code.init(Environment(Arch::kX64), base);

@@ -21,8 +21,8 @@ struct Machine {
 };
 
 // The 64-bit result slots the program's timestamp steps write, for the host
-// to read after the run: slot i at gpa + 8 * i. count is 0 when the program
-// writes none.
+// to read after the run: slot i at gpa + 8 * i, at the top of RAM
+// (guest/layout.h). count is 0 when the program writes none.
 struct ResultSlots {
   uint64_t gpa = 0;
   uint64_t count = 0;

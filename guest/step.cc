@@ -79,6 +79,14 @@ bool uses_free_ring(const std::vector<Step>& steps) {
   });
 }
 
+std::optional<GuestRange> memory_walked(const Step& s) {
+  if (const auto* f = std::get_if<Fill>(&s)) return GuestRange(f->at, f->at + f->length);
+  if (const auto* v = std::get_if<Verify>(&s)) return GuestRange(v->at, v->at + v->length);
+  if (const auto* t = std::get_if<Touch>(&s)) return GuestRange(t->at, t->at + t->length);
+  if (const auto* fr = std::get_if<Free>(&s)) return GuestRange(fr->at, fr->at + fr->length);
+  return std::nullopt;
+}
+
 uint64_t result_slots_used(const std::vector<Step>& steps) {
   uint64_t used = 0;
   for (const Step& s : steps) {

@@ -15,6 +15,8 @@
 #include <variant>
 #include <vector>
 
+#include "memory/range.h"
+
 namespace kvmem::guest {
 
 // What a word of guest memory should hold, as a function of its address.
@@ -150,6 +152,12 @@ inline constexpr int kFaultKinds = static_cast<int>(FaultKind::kSpin) + 1;
 // True when a step of `steps`, or one inside a loop, uses the asynchronous
 // free ring.
 bool uses_free_ring(const std::vector<Step>& steps);
+
+// The guest-physical range holding every address the step's own code reads
+// or writes (fill, touch, verify) or hands back (free); nullopt for the ops
+// that walk no memory of their own (a loop's body is its own steps; a
+// report's ranges are hostile on purpose and checked by the VMM).
+std::optional<GuestRange> memory_walked(const Step& s);
 
 // The number of result slots the program writes: its largest timestamp
 // slot + 1, or 0 when it has no timestamp step.

@@ -155,6 +155,10 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
   std::memcpy(v->memory_->host(GuestAddr(program.base)), program.bytes.data(), program.bytes.size());
+  if (program.results.count &&
+      !v->memory_->contains(GuestRange(program.results.gpa, program.results.gpa + program.results.count * sizeof(uint64_t))))
+    return fail("the guest program's result slots lie outside RAM");
+  v->results_ = program.results;
   if (auto s = v->memory_->register_with(*v->vm_); !s) return std::unexpected(s.error());
 
   auto vcpu = v->vm_->create_vcpu(0);
@@ -393,6 +397,11 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   result.free_ranges_invalid = frees_.invalid_ranges.load();
   result.bytes_reported_free = frees_.bytes_reported.load();
   result.bytes_decommitted = frees_.bytes_decommitted.load();
+  if (results_.count) {
+    const std::string slots = memory_->read(GuestRange(results_.gpa, results_.gpa + results_.count * sizeof(uint64_t)));
+    result.timestamps.resize(results_.count);
+    std::memcpy(result.timestamps.data(), slots.data(), slots.size());
+  }
   return result;
 }
 

@@ -48,6 +48,9 @@ struct RunResult {
   uint64_t bytes_reported_free = 0;
   uint64_t bytes_decommitted = 0;
   double run_ms = 0;  // wall time from the first KVM_RUN to the end
+  // The program's result slots (timestamp steps), read when the run ended:
+  // one per slot, empty when the program has none.
+  std::vector<uint64_t> timestamps;
 
   // 0 when the guest exited with 0; 3 when the host could not go on; 1 for
   // any other end (DESIGN.md exit codes).
@@ -95,6 +98,7 @@ class Vm : private VcpuPauser {
   // before the RAM behind them; the memory slots go with the VM, so the
   // GuestMemory's Memslots find nothing left to delete (vmm/kvm/memslot.h).
   VmConfig config_;
+  guest::ResultSlots results_;  // the program's, read back when the run ends
   std::unique_ptr<GuestMemory> memory_;
   std::optional<KvmVm> vm_;
   std::optional<KvmVcpu> vcpu_;
