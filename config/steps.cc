@@ -132,6 +132,12 @@ Result<Step> parse_touch(const json& j, const Ptr& p, Context& cx) {
       return (p / "stride").fail("{:#x} carries past 2^64 from the end of the range", *st);
     s.stride = *st;
   }
+  // The guest's cursor goes on from the last word by one more stride; that
+  // must not wrap past 2^64 into low memory (the boot area).
+  const uint64_t last = last_touched(s);
+  if (s.stride > UINT64_MAX - last)
+    return (p / "stride").fail("{:#x} from the last word at {:#x} wraps past 2^64 to {:#x}", s.stride, last,
+                               last + s.stride);
   if (j.contains("write")) {
     if (!j.at("write").is_boolean()) return (p / "write").fail("expected true or false");
     s.write = j.at("write").get<bool>();

@@ -131,10 +131,12 @@ class Emitter {
 
   // for (r8 = at; r8 < at + length; r8 += stride) body()
   template <class Body>
+  // A cursor that carries past 2^64 ends the loop: it never wraps back to
+  // low memory (config validation refuses such strides before this).
   void range_loop(uint64_t at, uint64_t length, uint64_t stride, Body body) {
     a_.mov(r8, at);
     a_.mov(r9, at + length);
-    Label top = a_.newLabel();
+    Label top = a_.newLabel(), done = a_.newLabel();
     a_.bind(top);
     body();
     if (stride <= 0x7fffffff)
@@ -143,8 +145,10 @@ class Emitter {
       a_.mov(r11, stride);
       a_.add(r8, r11);
     }
+    a_.jc(done);
     a_.cmp(r8, r9);
     a_.jb(top);
+    a_.bind(done);
   }
 
   void fill(const Fill& s) {

@@ -79,10 +79,12 @@ bool uses_free_ring(const std::vector<Step>& steps) {
   });
 }
 
+uint64_t last_touched(const Touch& t) { return t.at + (t.length - 1) / t.stride * t.stride; }
+
 std::optional<GuestRange> memory_walked(const Step& s) {
   if (const auto* f = std::get_if<Fill>(&s)) return GuestRange(f->at, f->at + f->length);
   if (const auto* v = std::get_if<Verify>(&s)) return GuestRange(v->at, v->at + v->length);
-  if (const auto* t = std::get_if<Touch>(&s)) return GuestRange(t->at, t->at + t->length);
+  if (const auto* t = std::get_if<Touch>(&s)) return GuestRange(t->at, last_touched(*t) + 8);
   if (const auto* fr = std::get_if<Free>(&s)) return GuestRange(fr->at, fr->at + fr->length);
   return std::nullopt;
 }

@@ -159,6 +159,10 @@ bool uses_free_ring(const std::vector<Step>& steps);
 // report's ranges are hostile on purpose and checked by the VMM).
 std::optional<GuestRange> memory_walked(const Step& s);
 
+// The last word a touch step touches: at + k * stride for the largest k
+// that stays below at + length. Precondition: the range does not wrap.
+uint64_t last_touched(const Touch& t);
+
 // The number of result slots the program writes: its largest timestamp
 // slot + 1, or 0 when it has no timestamp step.
 uint64_t result_slots_used(const std::vector<Step>& steps);

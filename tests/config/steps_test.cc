@@ -43,7 +43,7 @@ TEST_CASE("steps may not touch the result slots at the top of RAM", "[config][re
   refused(program("8M", {{{"op", "fill"}, {"at", "0x7fe000"}, {"length", 8}, {"pattern", "zero"}}, ts}),
           "/program/0: fill [0x7fe000, 0x7fe008) overlaps [0x7fe000, 0x800000), the result slots");
   refused(program("8M", {ts, {{"op", "loop"}, {"count", 2}, {"body", {{{"op", "touch"}, {"at", "7M"}, {"length", "1M"}}}}}}),
-          "/program/1/body/0: touch [0x700000, 0x800000) overlaps [0x7fe000, 0x800000)");
+          "/program/1/body/0: touch [0x700000, 0x7ff008) overlaps [0x7fe000, 0x800000)");
   refused(program("8M", {ts, {{"op", "free"}, {"at", "6M"}, {"length", "2M"}}}),
           "/program/1: free [0x600000, 0x800000) overlaps");
   refused(program("8M", {ts, {{"op", "verify"}, {"at", "0x7ffff8"}, {"length", 8}, {"pattern", "zero"}}}),
@@ -51,4 +51,18 @@ TEST_CASE("steps may not touch the result slots at the top of RAM", "[config][re
   // Just below them is fine, and without timestamp steps the top is the steps'.
   CHECK(parse_vm_config(program("8M", {{{"op", "fill"}, {"at", "7M"}, {"length", "0xfe000"}, {"pattern", "zero"}}, ts}), "t"));
   CHECK(parse_vm_config(program("8M", {{{"op", "fill"}, {"at", "7M"}, {"length", "1M"}, {"pattern", "zero"}}}), "t"));
+}
+
+TEST_CASE("a touch whose stride would wrap past 2^64 into the boot area is refused with the address", "[config]") {
+  // at + stride wraps to 0x2000 + 0x60 * 16: the IDT's #UD gate.
+  const uint64_t at = 0x100000, target = 0x2060;
+  const uint64_t stride = target - at;  // mod 2^64
+  refused(program("8M", {{{"op", "touch"}, {"at", at}, {"length", "2M"}, {"stride", stride}}}),
+          fmt::format("/program/0/stride: {:#x} from the last word at 0x100000 wraps past 2^64 to 0x2060", stride));
+  // Every address of an accepted touch lies in its range.
+  auto ok = parse_vm_config(program("8M", {{{"op", "touch"}, {"at", "1M"}, {"length", "1M"}, {"stride", "768K"}}}), "t");
+  REQUIRE(ok);
+  const auto walked = guest::memory_walked(ok->program[0]);
+  REQUIRE(walked);
+  CHECK(*walked == GuestRange(0x100000, 0x1c0008));
 }

@@ -10,6 +10,8 @@
 #include "guest/abi.h"
 #include "guest/layout.h"
 #include "config/vm_config.h"
+#include "guest/program.h"
+#include "harness/runner.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
 
@@ -285,4 +287,30 @@ TEST_CASE("a VM stopped before it runs does not run", "[kvm][vm]") {
   CHECK(r.failure == FailureKind::kMemoryLimit);
   CHECK(r.console == "");
   g.vm->stop(FailureKind::kStopped, "after the run: harmless");
+}
+
+TEST_CASE("a touch whose cursor would wrap past 2^64 stops there, in the guest's code too", "[kvm][vm]") {
+  REQUIRE_KVM();
+  // Built on the host, past config validation: the cursor after the first
+  // word would wrap to the report list, which the program may write.
+  const uint64_t at = 0x100000, target = guest::layout::kReportListAddr;
+  std::vector<guest::Step> steps{guest::Touch{.at = at, .length = 2 << 20, .stride = target - at}};
+  auto image = guest::build(steps, {.ram_bytes = 8 << 20});
+  REQUIRE(image);
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create(memory_file_options_for(8 << 20));
+  REQUIRE(file);
+  VmConfig c;
+  c.name = "wrap";
+  c.memory = 8 << 20;
+  c.timeout_ms = 5000;
+  c.program = steps;
+  auto vm = Vm::create(*kvm, **file, c, *image);
+  REQUIRE(vm);
+  auto r = (*vm)->run(nullptr);
+  INFO(r.message);
+  CHECK(r.outcome == Outcome::kExited);
+  CHECK(word_at(**vm, at) == at);
+  CHECK(word_at(**vm, target) == 0);
 }
