@@ -14,7 +14,8 @@ namespace {
 using namespace kvmem::abi;
 using namespace kvmem::guest::layout;
 
-constexpr uint64_t kPte = 0x7;        // present | writable | user
+constexpr uint64_t kPtePresent = 0x1, kPteWrite = 0x2, kPteUser = 0x4;
+constexpr uint64_t kPte = kPtePresent | kPteWrite | kPteUser;
 constexpr uint64_t kPteHuge = 0x80;   // PS: a 2 MiB or 1 GiB leaf
 constexpr uint64_t kTssLimit = 104 + 32;  // the 64-bit TSS, then the I/O bitmap of ports 0-255
 static_assert(kMaxPds << 30 >= kMaxRamBytes, "page-table space for all of RAM");
@@ -108,20 +109,44 @@ Status write_stubs_and_idt(std::span<uint8_t> ram) {
   return {};
 }
 
+// The first 2 MiB in 4 KiB pages, each with the access its area of the boot
+// area gives the CPL3 program (guest/layout.h); RAM above the boot area is
+// the program's to write.
+void write_low_page_table(std::span<uint8_t> ram) {
+  for (uint64_t i = 0; i < 512; i++) {
+    const uint64_t gpa = i << 12;
+    uint64_t flags = kPte;
+    if (gpa < abi::kBootAreaEnd) {
+      switch (access_at(gpa)) {
+        case Access::kNone: flags = 0; break;
+        case Access::kSupervisor: flags = kPtePresent | kPteWrite; break;
+        case Access::kUserRead: flags = kPtePresent | kPteUser; break;
+        case Access::kUserWrite: flags = kPte; break;
+      }
+    }
+    if (flags) put64(ram, kLowPtAddr + i * 8, gpa | flags);
+  }
+}
+
+// Identity page tables over RAM: 2 MiB or 1 GiB leaves, except the first
+// 2 MiB, which the low page table maps (so the first GiB of a 1 GiB-page
+// guest gets a page directory of 2 MiB leaves).
 void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size) {
   const uint64_t pml4 = kPml4Addr, pdpt = kPdptAddr, pds = kPdsAddr;
+  const bool gib = page_size == PageSize::k1G;
+  const uint64_t pd_pages = gib ? 1 : ((size >> 21) + 511) / 512;
   // Clear only the table pages used: each page touched here is a page the
   // host must commit.
-  const uint64_t pd_pages = page_size == PageSize::k1G ? 0 : ((size >> 21) + 511) / 512;
   std::memset(ram.data() + kPageTablesAddr, 0, (2 + pd_pages) * 0x1000);
+  std::memset(ram.data() + kLowPtAddr, 0, 0x1000);
   put64(ram, pml4, pdpt | kPte);
-  if (page_size == PageSize::k1G) {
-    for (uint64_t g = 0; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
-    return;
-  }
-  const uint64_t pages = size >> 21;
-  for (uint64_t g = 0; g < (pages + 511) / 512; g++) put64(ram, pdpt + g * 8, (pds + g * 0x1000) | kPte);
-  for (uint64_t p = 0; p < pages; p++) put64(ram, pds + p * 8, (p << 21) | kPte | kPteHuge);
+  write_low_page_table(ram);
+  const uint64_t pd_leaves = gib ? 512 : size >> 21;
+  for (uint64_t g = 0; g < pd_pages; g++) put64(ram, pdpt + g * 8, (pds + g * 0x1000) | kPte);
+  put64(ram, pds, kLowPtAddr | kPte);
+  for (uint64_t p = 1; p < pd_leaves; p++) put64(ram, pds + p * 8, (p << 21) | kPte | kPteHuge);
+  if (gib)
+    for (uint64_t g = 1; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
 }
 
 kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {

@@ -6,7 +6,10 @@
 // has the layout): a GDT with Linux's selectors, a 64-bit TSS per vCPU whose
 // RSP0 the exception stubs run on, an IDT whose 256 gates lead to ring-0 stubs that
 // report vector, RIP, error code and CR2 through kHcException, and identity
-// page tables over all of RAM with the U bit set (2 MiB or 1 GiB pages).
+// page tables over all of RAM (2 MiB or 1 GiB pages; the first 2 MiB in
+// 4 KiB pages, so that what the CPL3 program need not write — page tables,
+// GDT, IDT, TSS, stubs, ring-0 stacks — is supervisor-only and its code is
+// read-only: a write there is a #PF, never a way into ring 0).
 // long_mode_sregs()/user_regs() then give the registers that start the
 // program at CPL3 with RFLAGS.IOPL = 3, so `out` works from ring 3.
 #pragma once

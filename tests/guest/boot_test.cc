@@ -25,7 +25,9 @@ TEST_CASE("boot page tables identity-map all of RAM with user 2 MiB pages", "[gu
   CHECK(word(ram, pml4 + 8) == 0);
   const uint64_t pdpt = pml4 + 0x1000, pd = pml4 + 0x2000;
   CHECK(word(ram, pdpt) == (pd | 7));
-  for (uint64_t i = 0; i < 4; i++) CHECK(word(ram, pd + i * 8) == ((i << 21) | 0x87));
+  // The first 2 MiB are 4 KiB pages (so the boot area can be supervisor-only).
+  CHECK(word(ram, pd) == (guest::layout::kLowPtAddr | 7));
+  for (uint64_t i = 1; i < 4; i++) CHECK(word(ram, pd + i * 8) == ((i << 21) | 0x87));
   CHECK(word(ram, pd + 4 * 8) == 0);  // nothing past RAM is mapped
 }
 
@@ -33,7 +35,10 @@ TEST_CASE("boot page tables with 1 GiB pages use PDPT leaves", "[guest]") {
   std::vector<uint8_t> ram(abi::kBootAreaEnd);
   REQUIRE(guest::write_boot_area(ram, 2ull << 30, guest::PageSize::k1G));
   const uint64_t pdpt = guest::layout::kPageTablesAddr + 0x1000;
-  CHECK(word(ram, pdpt) == 0x87);
+  // The first GiB is a page directory, whose first entry is the 4 KiB table.
+  CHECK(word(ram, pdpt) == (guest::layout::kPdsAddr | 7));
+  CHECK(word(ram, guest::layout::kPdsAddr) == (guest::layout::kLowPtAddr | 7));
+  CHECK(word(ram, guest::layout::kPdsAddr + 8) == ((1ull << 21) | 0x87));
   CHECK(word(ram, pdpt + 8) == ((1ull << 30) | 0x87));
   CHECK(word(ram, pdpt + 16) == 0);
 }
@@ -69,4 +74,18 @@ TEST_CASE("long-mode sregs start the guest at CPL3", "[guest]") {
   kvm_regs r = guest::user_regs(0x50000);
   CHECK(r.rip == 0x50000);
   CHECK((r.rflags >> 12 & 3) == 3);  // IOPL 3
+}
+
+TEST_CASE("the boot area is mapped with each area's access: ring-0 pieces supervisor-only", "[guest][layout]") {
+  std::vector<uint8_t> ram(2 << 20);
+  REQUIRE(guest::write_boot_area(ram, 8 << 20, guest::PageSize::k2M));
+  auto pte = [&](uint64_t gpa) { return word(ram, guest::layout::kLowPtAddr + (gpa >> 12) * 8); };
+  CHECK(pte(0) == 0);  // the null page is not mapped
+  for (uint64_t gpa : {guest::layout::kGdtAddr, guest::layout::kIdtAddr, guest::layout::kStubsAddr,
+                       guest::layout::kPml4Addr, guest::layout::kLowPtAddr, guest::layout::tss_addr(0)})
+    CHECK(pte(gpa) == (gpa | 0x3));  // present, writable, no U
+  CHECK(pte(guest::layout::kProgramAddr) == (guest::layout::kProgramAddr | 0x5));  // user, read-only
+  for (uint64_t gpa : {guest::layout::kReportListAddr, guest::layout::kFreeRingAddr, guest::layout::kUserStacksAddr,
+                       abi::kBootAreaEnd, uint64_t{0x1ff000}})
+    CHECK(pte(gpa) == (gpa | 0x7));
 }
