@@ -4,6 +4,8 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
+#include <set>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -84,4 +86,31 @@ TEST_CASE("run --json reports the timestamps the guest wrote", "[kvm][cli][resul
   auto hello = test::run_command({test::kvmem_binary(), "run", "--json", "configs/hello.json"});
   REQUIRE(hello.exit_code == 0);
   CHECK(json::parse(hello.out).at("vms").at(0).at("timestamps").is_null());
+}
+
+TEST_CASE("configs/steps.json runs every op a successful guest can, and exits 0", "[kvm][vm]") {
+  REQUIRE_KVM();
+  std::ifstream in("configs/steps.json");
+  REQUIRE(in);
+  const json config = json::parse(in);
+  std::set<std::string> ops;
+  std::function<void(const json&)> collect = [&](const json& steps) {
+    for (const json& s : steps) {
+      ops.insert(s.at("op").get<std::string>());
+      if (s.contains("body")) collect(s.at("body"));
+    }
+  };
+  collect(config.at("program"));
+  // Every op but `fault`, which always ends a run with a failure.
+  CHECK(ops == std::set<std::string>{"print", "fill", "touch", "verify", "loop", "hypercall", "exit", "free",
+                                     "report", "out", "timestamp"});
+  auto run = test::run_guest(config);
+  REQUIRE(run.setup_error == "");
+  INFO(run.result.message);
+  CHECK(run.result.outcome == Outcome::kExited);
+  CHECK(run.result.process_exit_code() == 0);
+  CHECK(run.result.console.find("...\n") != std::string::npos);
+  REQUIRE(run.result.timestamps.size() == 2);
+  CHECK(run.result.timestamps[1] > run.result.timestamps[0]);
+  CHECK(run.result.free_ranges_invalid == 2);
 }
