@@ -41,7 +41,7 @@ TEST_CASE("a sample per page of 256 MiB: 65,536 result slots come back in the ru
     if (i != slots / 2 && t[i] != 0) FAIL("slot " << i << " holds " << t[i] << ", but no step wrote it");
   // The slots are the last 512 KiB of RAM, not the boot area.
   uint64_t last;
-  std::memcpy(&last, run.vm->memory().host(ram - 8), 8);
+  std::memcpy(&last, run.vm->memory().host(GuestAddr(ram - 8)), 8);
   CHECK(last == t[slots - 1]);
 }
 
