@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "memory/memory_file.h"
 #include "harness/runner.h"
 #include "vmm/vm.h"
@@ -19,6 +20,7 @@
 namespace kvmem {
 namespace {
 
+using guest::FreeMode;
 using guest::Pattern;
 using guest::Step;
 using Clock = std::chrono::steady_clock;
@@ -35,14 +37,9 @@ double tsc_hz() {
 }
 
 Step fill(uint64_t at, uint64_t length) {
-  return Step::range(Step::Op::kFill, at, length, Pattern{Pattern::Kind::kAddress, 0});
+  return guest::Fill{at, length, Pattern{Pattern::Kind::kAddress, 0}};
 }
 
-uint64_t result_slot(Vm& vm, uint64_t slot) {
-  uint64_t v;
-  std::memcpy(&v, vm.memory().host(GuestAddr(abi::kResultsAddr + slot * 8)), 8);
-  return v;
-}
 
 struct GuestRun {
   std::unique_ptr<Vm> vm;
@@ -55,7 +52,7 @@ Result<GuestRun> run_program(const Kvm& kvm, MemoryFile& file, uint64_t memory, 
   c.memory = memory;
   c.timeout_ms = 600'000;
   c.program = std::move(program);
-  auto img = guest::build_program(c.program, abi::kProgramAddr, abi::kProgramEnd);
+  auto img = guest::build(c.program, {.ram_bytes = c.memory});
   if (!img) return std::unexpected(img.error());
   auto vm = Vm::create(kvm, file, c, *img);
   if (!vm) return std::unexpected(vm.error());
@@ -96,7 +93,7 @@ Result<double> raw_punch_seconds(uint64_t size, uint64_t count, uint64_t stride)
   return s;
 }
 
-const char* mode_name(Step::FreeMode m) { return m == Step::FreeMode::kSync ? "sync" : "async"; }
+const char* mode_name(FreeMode m) { return m == FreeMode::kSync ? "sync" : "async"; }
 
 }  // namespace
 
@@ -117,12 +114,11 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
     for (uint64_t size : {uint64_t{4096}, uint64_t{64} << 10, uint64_t{2} << 20}) {
       const uint64_t stride = scattered ? 2 * size : size;
       const uint64_t ranges = region / stride, bytes = ranges * size;
-      for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
-        Step free = Step::free(kRegion, region, size, mode, 64);
-        free.stride_bytes = stride;
-        auto run = run_program(*kvm, **file, memory, {fill(kRegion, region), Step::timestamp(0), free, Step::timestamp(1)});
+      for (FreeMode mode : {FreeMode::kSync, FreeMode::kAsync}) {
+        const guest::Free free{.at = kRegion, .length = region, .granule = size, .stride = stride, .batch = 64, .mode = mode};
+        auto run = run_program(*kvm, **file, memory, {fill(kRegion, region), guest::Timestamp{0}, free, guest::Timestamp{1}});
         if (!run) return std::unexpected(run.error());
-        const double guest_s = static_cast<double>(result_slot(*run->vm, 1) - result_slot(*run->vm, 0)) / hz;
+        const double guest_s = static_cast<double>(run->result.timestamps[1] - run->result.timestamps[0]) / hz;
         // The pages must be gone for the figure to count: the kernel's view.
         auto held = (*file)->total_usage();
         if (!held) return std::unexpected(held.error());
@@ -152,18 +148,18 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
 
   // One 4 KiB report at a time, each of a page just written.
   constexpr uint64_t kReports = 64;
-  for (Step::FreeMode mode : {Step::FreeMode::kSync, Step::FreeMode::kAsync}) {
+  for (FreeMode mode : {FreeMode::kSync, FreeMode::kAsync}) {
     std::vector<Step> program{fill(kRegion, kReports * 4096)};
     for (uint64_t i = 0; i < kReports; i++) {
-      program.push_back(Step::timestamp(2 * i));
-      program.push_back(Step::free(kRegion + i * 4096, 4096, 4096, mode, 1));
-      program.push_back(Step::timestamp(2 * i + 1));
+      program.push_back(guest::Timestamp{2 * i});
+      program.push_back(guest::Free{.at = kRegion + i * 4096, .length = 4096, .granule = 4096, .batch = 1, .mode = mode});
+      program.push_back(guest::Timestamp{2 * i + 1});
     }
     auto run = run_program(*kvm, **file, 8ull << 20, std::move(program));
     if (!run) return std::unexpected(run.error());
     std::vector<double> us;
     for (uint64_t i = 0; i < kReports; i++)
-      us.push_back(static_cast<double>(result_slot(*run->vm, 2 * i + 1) - result_slot(*run->vm, 2 * i)) / hz * 1e6);
+      us.push_back(static_cast<double>(run->result.timestamps[2 * i + 1] - run->result.timestamps[2 * i]) / hz * 1e6);
     std::sort(us.begin(), us.end());
     rows.push_back({{"bench", "reclaim_latency"},
                     {"size", 4096},

@@ -60,7 +60,7 @@ Result<Prepared> prepare(const std::string& path) {
   if (!config) return std::unexpected(config.error());
   Prepared p{std::move(*config), {}};
   for (const VmConfig& vm : p.config.vms) {
-    auto image = guest::build_program(vm.program, abi::kProgramAddr, abi::kProgramEnd);
+    auto image = guest::build(vm.program, {.ram_bytes = vm.memory});
     if (!image) return std::unexpected(image.error().context(fmt::format("{}: vm {}", path, vm.name)));
     p.images.push_back(std::move(*image));
   }
@@ -73,7 +73,7 @@ int validate_stress(const std::string& path, bool as_json) {
   if (!c) return report_error(as_json, kExitUsage, c.error().message);
   // Assemble one VM's program to be sure a round can be built.
   StressVm vm = make_stress_vm(*c, c->seed ? c->seed : 1, 0, 0);
-  auto img = guest::build_program(vm.config.program, abi::kProgramAddr, abi::kProgramEnd);
+  auto img = guest::build(vm.config.program, {.ram_bytes = vm.config.memory});
   if (!img) return report_error(as_json, kExitUsage, img.error().context(path).message);
   if (as_json) {
     std::printf("%s\n", json{{"exit_code", 0},

@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "config/steps.h"
 #include "vmm/vm_config.h"
 
 namespace kvmem {
@@ -24,8 +25,6 @@ struct RunConfig {
 
 inline constexpr uint64_t kMaxTimeoutMs = 3'600'000;
 inline constexpr size_t kMaxVms = 64;
-inline constexpr size_t kMaxSteps = 10'000;
-inline constexpr unsigned kMaxLoopDepth = 8;
 
 // Parses a size: a non-negative integer, or a string holding a decimal or
 // 0x-hex number with an optional K, M, G or T suffix (powers of 1024):

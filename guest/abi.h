@@ -103,34 +103,9 @@ enum FailReason : uint64_t {
                              // expected `expected`
 };
 
-// Guest-physical layout of the reserved boot area, [0, kBootAreaEnd).
-// Steps in a config may not touch it. Everything lives below 1 MiB.
-inline constexpr uint64_t kGdtAddr = 0x1000;
-inline constexpr uint64_t kIdtAddr = 0x2000;
-inline constexpr uint64_t kTssAddr = 0x3000;
-inline constexpr uint64_t kStubsAddr = 0x4000;        // ring-0 exception stubs
-inline constexpr uint64_t kStubsEnd = 0x5000;
-inline constexpr uint64_t kKernelStackTop = 0x8000;   // RSP0, grows down over 0x5000-0x8000
-inline constexpr uint64_t kPageTablesAddr = 0x10000;  // PML4, PDPT, PDs (up to 0x50000)
-inline constexpr uint64_t kPageTablesEnd = 0x50000;
-inline constexpr uint64_t kProgramAddr = 0x50000;     // guest code and its data
-inline constexpr uint64_t kProgramEnd = 0xc0000;
-inline constexpr uint64_t kResultsAddr = 0xc0000;     // 64-bit result slots (timestamp steps)
-inline constexpr uint64_t kResultsEnd = 0xd0000;
-inline constexpr uint64_t kResultSlots = (kResultsEnd - kResultsAddr) / 8;
-inline constexpr uint64_t kReportListAddr = 0xd0000;  // FreeReport lists of `free`/`report` steps
-inline constexpr uint64_t kReportListEnd = 0xe0000;
-inline constexpr uint64_t kFreeRingAddr = 0xe0000;    // the free ring of programs that use one
-inline constexpr uint64_t kFreeRingEntries = 1024;
-inline constexpr uint64_t kFreeRingEnd = 0xf0000;
-inline constexpr uint64_t kUserStackTop = 0x100000;   // grows down over 0xf0000-0x100000
+// The reserved boot area, [0, kBootAreaEnd): the VMM's boot structures, the
+// program and its lists (guest/layout.h places them). Steps in a config may
+// not touch it, and a free report that overlaps it gets -EPERM.
 inline constexpr uint64_t kBootAreaEnd = 0x100000;
-
-// GDT selectors (Linux's layout, so 0x33 / 0x2b as on a Linux user task).
-inline constexpr uint16_t kKernelCs = 0x10;
-inline constexpr uint16_t kKernelDs = 0x18;
-inline constexpr uint16_t kUserDs = 0x2b;  // index 5, RPL 3
-inline constexpr uint16_t kUserCs = 0x33;  // index 6, RPL 3
-inline constexpr uint16_t kTssSel = 0x40;  // index 8 (16-byte descriptor)
 
 }  // namespace kvmem::abi

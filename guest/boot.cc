@@ -6,43 +6,53 @@
 
 #include "base/check.h"
 #include "guest/abi.h"
+#include "guest/layout.h"
 
 namespace kvmem::guest {
 namespace {
 
 using namespace kvmem::abi;
+using namespace kvmem::guest::layout;
 
-constexpr uint64_t kPte = 0x7;        // present | writable | user
+constexpr uint64_t kPtePresent = 0x1, kPteWrite = 0x2, kPteUser = 0x4;
+constexpr uint64_t kPte = kPtePresent | kPteWrite | kPteUser;
 constexpr uint64_t kPteHuge = 0x80;   // PS: a 2 MiB or 1 GiB leaf
-constexpr unsigned kGdtEntries = 10;  // 8 descriptors + the 16-byte TSS descriptor
+constexpr uint64_t kTssLimit = 104 + 32;  // the 64-bit TSS, then the I/O bitmap of ports 0-255
+static_assert(kMaxPds << 30 >= kMaxRamBytes, "page-table space for all of RAM");
 
 void put64(std::span<uint8_t> ram, uint64_t gpa, uint64_t value) {
   KVMEM_CHECK(gpa + 8 <= ram.size(), "boot write at {:#x} outside RAM", gpa);
   std::memcpy(ram.data() + gpa, &value, 8);
 }
 
-void write_gdt(std::span<uint8_t> ram) {
+// The GDT with a TSS descriptor for each of the first `vcpus` vCPUs.
+void write_gdt(std::span<uint8_t> ram, unsigned vcpus) {
   uint64_t gdt[kGdtEntries] = {};
   gdt[kKernelCs >> 3] = 0x00af9b000000ffff;  // 64-bit code, DPL 0
   gdt[kKernelDs >> 3] = 0x00cf93000000ffff;  // data, DPL 0
   gdt[kUserDs >> 3] = 0x00cff3000000ffff;    // data, DPL 3
   gdt[kUserCs >> 3] = 0x00affb000000ffff;    // 64-bit code, DPL 3
-  // Available 64-bit TSS (type 9), limit 0x67.
-  const uint64_t base = kTssAddr, limit = 104 + 32;
-  gdt[kTssSel >> 3] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) |
-                      (((limit >> 16) & 0xf) << 48) | (((base >> 24) & 0xff) << 56);
-  gdt[(kTssSel >> 3) + 1] = base >> 32;
-  std::memcpy(ram.data() + kGdtAddr, gdt, sizeof gdt);
+  for (unsigned v = 0; v < vcpus; v++) {
+    // Available 64-bit TSS (type 9).
+    const uint64_t base = tss_addr(v), limit = kTssLimit;
+    const unsigned i = tss_selector(v) >> 3;
+    gdt[i] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) | (((limit >> 16) & 0xf) << 48) |
+             (((base >> 24) & 0xff) << 56);
+    gdt[i + 1] = base >> 32;
+  }
+  std::memcpy(ram.data() + kGdtAddr, gdt, (8 + 2 * vcpus) * 8);
 }
 
-void write_tss(std::span<uint8_t> ram) {
-  uint8_t tss[104 + 33] = {};
-  uint64_t rsp0 = kKernelStackTop;
+// vCPU v's TSS: RSP0 at the top of its ring-0 stack, and an I/O bitmap that
+// allows ports 0-255.
+void write_tss(std::span<uint8_t> ram, unsigned v) {
+  uint8_t tss[kTssLimit + 1] = {};
+  uint64_t rsp0 = kernel_stack_top(v);
   std::memcpy(tss + 4, &rsp0, 8);
   uint16_t iomap = 104;
   std::memcpy(tss + 0x66, &iomap, 2);
-  tss[104 + 32] = 0xff;
-  std::memcpy(ram.data() + kTssAddr, tss, sizeof tss);
+  tss[kTssLimit] = 0xff;
+  std::memcpy(ram.data() + tss_addr(v), tss, sizeof tss);
 }
 
 bool pushes_error_code(unsigned vector) {
@@ -99,21 +109,44 @@ Status write_stubs_and_idt(std::span<uint8_t> ram) {
   return {};
 }
 
+// The first 2 MiB in 4 KiB pages, each with the access its area of the boot
+// area gives the CPL3 program (guest/layout.h); RAM above the boot area is
+// the program's to write.
+void write_low_page_table(std::span<uint8_t> ram) {
+  for (uint64_t i = 0; i < 512; i++) {
+    const uint64_t gpa = i << 12;
+    uint64_t flags = kPte;
+    if (gpa < abi::kBootAreaEnd) {
+      switch (access_at(gpa)) {
+        case Access::kNone: flags = 0; break;
+        case Access::kSupervisor: flags = kPtePresent | kPteWrite; break;
+        case Access::kUserRead: flags = kPtePresent | kPteUser; break;
+        case Access::kUserWrite: flags = kPte; break;
+      }
+    }
+    if (flags) put64(ram, kLowPtAddr + i * 8, gpa | flags);
+  }
+}
+
+// Identity page tables over RAM: 2 MiB or 1 GiB leaves, except the first
+// 2 MiB, which the low page table maps (so the first GiB of a 1 GiB-page
+// guest gets a page directory of 2 MiB leaves).
 void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size) {
-  const uint64_t pml4 = kPageTablesAddr, pdpt = kPageTablesAddr + 0x1000;
-  const uint64_t pds = kPageTablesAddr + 0x2000;
+  const uint64_t pml4 = kPml4Addr, pdpt = kPdptAddr, pds = kPdsAddr;
+  const bool gib = page_size == PageSize::k1G;
+  const uint64_t pd_pages = gib ? 1 : ((size >> 21) + 511) / 512;
   // Clear only the table pages used: each page touched here is a page the
   // host must commit.
-  const uint64_t pd_pages = page_size == PageSize::k1G ? 0 : ((size >> 21) + 511) / 512;
   std::memset(ram.data() + kPageTablesAddr, 0, (2 + pd_pages) * 0x1000);
+  std::memset(ram.data() + kLowPtAddr, 0, 0x1000);
   put64(ram, pml4, pdpt | kPte);
-  if (page_size == PageSize::k1G) {
-    for (uint64_t g = 0; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
-    return;
-  }
-  const uint64_t pages = size >> 21;
-  for (uint64_t g = 0; g < (pages + 511) / 512; g++) put64(ram, pdpt + g * 8, (pds + g * 0x1000) | kPte);
-  for (uint64_t p = 0; p < pages; p++) put64(ram, pds + p * 8, (p << 21) | kPte | kPteHuge);
+  write_low_page_table(ram);
+  const uint64_t pd_leaves = gib ? 512 : size >> 21;
+  for (uint64_t g = 0; g < pd_pages; g++) put64(ram, pdpt + g * 8, (pds + g * 0x1000) | kPte);
+  put64(ram, pds, kLowPtAddr | kPte);
+  for (uint64_t p = 1; p < pd_leaves; p++) put64(ram, pds + p * 8, (p << 21) | kPte | kPteHuge);
+  if (gib)
+    for (uint64_t g = 1; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
 }
 
 kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
@@ -133,19 +166,20 @@ kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
 
 }  // namespace
 
-Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size) {
+Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size, unsigned vcpus) {
   const uint64_t unit = page_size == PageSize::k1G ? (1ull << 30) : (2ull << 20);
   KVMEM_CHECK(ram_size >= unit && ram_size % unit == 0 && ram_size <= kMaxRamBytes,
               "RAM size {:#x} unusable for boot", ram_size);
   KVMEM_CHECK(ram.size() >= kBootAreaEnd, "boot area of {:#x} bytes", ram.size());
-  write_gdt(ram);
-  write_tss(ram);
+  KVMEM_CHECK(vcpus >= 1 && vcpus <= kMaxVcpus, "{} vCPUs", vcpus);
+  write_gdt(ram, vcpus);
+  for (unsigned v = 0; v < vcpus; v++) write_tss(ram, v);
   if (auto s = write_stubs_and_idt(ram); !s) return s;
   write_page_tables(ram, ram_size, page_size);
   return {};
 }
 
-void long_mode_sregs(kvm_sregs& s) {
+void long_mode_sregs(kvm_sregs& s, unsigned vcpu) {
   s.cr0 = 0x80050033;  // PG | AM | WP | NE | ET | MP | PE
   s.cr4 = 0x620;       // PAE | OSFXSR | OSXMMEXCPT
   s.efer = 0x500;      // LME | LMA
@@ -153,9 +187,9 @@ void long_mode_sregs(kvm_sregs& s) {
   s.cs = segment(kUserCs, 0xb, 3, true);
   s.ss = s.ds = s.es = s.fs = s.gs = segment(kUserDs, 0x3, 3, false);
   s.tr = kvm_segment{};
-  s.tr.base = kTssAddr;
-  s.tr.limit = 104 + 32;
-  s.tr.selector = kTssSel;
+  s.tr.base = tss_addr(vcpu);
+  s.tr.limit = kTssLimit;
+  s.tr.selector = tss_selector(vcpu);
   s.tr.type = 0xb;  // busy 64-bit TSS
   s.tr.present = 1;
   s.gdt.base = kGdtAddr;
@@ -164,10 +198,10 @@ void long_mode_sregs(kvm_sregs& s) {
   s.idt.limit = 256 * 16 - 1;
 }
 
-kvm_regs user_regs(uint64_t entry) {
+kvm_regs user_regs(uint64_t entry, unsigned vcpu) {
   kvm_regs r{};
   r.rip = entry;
-  r.rsp = kUserStackTop;
+  r.rsp = user_stack_top(vcpu);
   r.rflags = 0x3202;  // IF | IOPL 3 | the always-one bit
   return r;
 }

@@ -2,11 +2,14 @@
 // 64-bit mode at CPL3 (PVM emulates ring 0 one instruction at a time and runs
 // ring 3 natively; see docs/design.md, "The platform").
 //
-// write_boot_area() fills the reserved low area of guest RAM (guest/abi.h has
-// the layout): a GDT with Linux's selectors, a 64-bit TSS whose RSP0 the
-// exception stubs run on, an IDT whose 256 gates lead to ring-0 stubs that
+// write_boot_area() fills the reserved low area of guest RAM (guest/layout.h
+// has the layout): a GDT with Linux's selectors, a 64-bit TSS per vCPU whose
+// RSP0 the exception stubs run on, an IDT whose 256 gates lead to ring-0 stubs that
 // report vector, RIP, error code and CR2 through kHcException, and identity
-// page tables over all of RAM with the U bit set (2 MiB or 1 GiB pages).
+// page tables over all of RAM (2 MiB or 1 GiB pages; the first 2 MiB in
+// 4 KiB pages, so that what the CPL3 program need not write — page tables,
+// GDT, IDT, TSS, stubs, ring-0 stacks — is supervisor-only and its code is
+// read-only: a write there is a #PF, never a way into ring 0).
 // long_mode_sregs()/user_regs() then give the registers that start the
 // program at CPL3 with RFLAGS.IOPL = 3, so `out` works from ring 3.
 #pragma once
@@ -29,13 +32,14 @@ inline constexpr uint64_t kMaxRamBytes = 32ull << 30;  // page-table space in th
 // size, at least 2 MiB and at most kMaxRamBytes; the boot area reads as zero
 // (fresh or reclaimed memory does). Only the pages that hold boot structures
 // are written, so only those get committed.
-Status write_boot_area(std::span<uint8_t> boot_area, uint64_t ram_size, PageSize page_size);
+// vcpus (1..layout::kMaxVcpus) is how many vCPUs get a TSS.
+Status write_boot_area(std::span<uint8_t> boot_area, uint64_t ram_size, PageSize page_size, unsigned vcpus = 1);
 
-// Adjusts the vCPU's reset-state sregs for 64-bit CPL3 execution.
-void long_mode_sregs(kvm_sregs& sregs);
+// Adjusts vCPU `vcpu`'s reset-state sregs for 64-bit CPL3 execution.
+void long_mode_sregs(kvm_sregs& sregs, unsigned vcpu = 0);
 
-// General registers for the program's first instruction.
-kvm_regs user_regs(uint64_t entry);
+// General registers for the program's first instruction on vCPU `vcpu`.
+kvm_regs user_regs(uint64_t entry, unsigned vcpu = 0);
 
 // "#PF page fault" for vector 14; "vector 200" for vectors with no name.
 const char* exception_name(uint64_t vector);

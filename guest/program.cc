@@ -3,6 +3,7 @@
 #include <asmjit/x86.h>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 
 namespace kvmem::guest {
 namespace {
@@ -10,6 +11,7 @@ namespace {
 using namespace asmjit;
 using namespace asmjit::x86;
 
+// seed_mix()'s constants (guest/step.cc), as the guest computes them.
 constexpr uint64_t kMix1 = 0xff51afd7ed558ccdull;
 constexpr uint64_t kMix2 = 0xc4ceb9fe1a85ec53ull;
 
@@ -33,10 +35,10 @@ class Errors : public ErrorHandler {
 // Hypercall arguments use rdi, rsi, rdx, r10, r8, r9 (guest/abi.h).
 class Emitter {
  public:
-  explicit Emitter(Assembler& a) : a_(a) {}
+  explicit Emitter(Assembler& a, ResultSlots results) : a_(a), results_(results) {}
 
   void steps(const std::vector<Step>& steps) {
-    for (const Step& s : steps) step(s);
+    for (const Step& s : steps) std::visit([this](const auto& op) { emit(op); }, s);
   }
 
   void exit(uint64_t code) {
@@ -55,31 +57,27 @@ class Emitter {
   }
 
  private:
-  void step(const Step& s) {
-    switch (s.op) {
-      case Step::Op::kPrint: print(s.text); break;
-      case Step::Op::kFill: fill(s); break;
-      case Step::Op::kTouch: touch(s); break;
-      case Step::Op::kVerify: verify(s); break;
-      case Step::Op::kLoop: loop(s); break;
-      case Step::Op::kHypercall: hypercall(s); break;
-      case Step::Op::kExit: exit(s.code); break;
-      case Step::Op::kFault: fault(s.fault); break;
-      case Step::Op::kFree: s.mode == Step::FreeMode::kSync ? free_sync(s) : free_async(s); break;
-      case Step::Op::kReport: s.mode == Step::FreeMode::kSync ? report_sync(s) : report_async(s); break;
-      case Step::Op::kTimestamp:
-        // rdtsc runs natively at CPL3 (CR4.TSD is clear): no exit.
-        a_.rdtsc();
-        a_.shl(rdx, 32);
-        a_.or_(rax, rdx);
-        a_.mov(r11, abi::kResultsAddr + s.slot * 8);
-        a_.mov(qword_ptr(r11), rax);
-        break;
-      case Step::Op::kOut:
-        a_.mov(eax, s.value);
-        a_.out(imm(s.port), eax);
-        break;
-    }
+  void emit(const Print& s) { print(s.text); }
+  void emit(const Fill& s) { fill(s); }
+  void emit(const Touch& s) { touch(s); }
+  void emit(const Verify& s) { verify(s); }
+  void emit(const Loop& s) { loop(s); }
+  void emit(const Hypercall& s) { hypercall(s); }
+  void emit(const Exit& s) { exit(s.code); }
+  void emit(const Fault& s) { fault(s.kind); }
+  void emit(const Free& s) { s.mode == FreeMode::kSync ? free_sync(s) : free_async(s); }
+  void emit(const Report& s) { s.mode == FreeMode::kSync ? report_sync(s) : report_async(s); }
+  void emit(const Timestamp& s) {
+    // rdtsc runs natively at CPL3 (CR4.TSD is clear): no exit.
+    a_.rdtsc();
+    a_.shl(rdx, 32);
+    a_.or_(rax, rdx);
+    a_.mov(r11, results_.gpa + s.slot * 8);
+    a_.mov(qword_ptr(r11), rax);
+  }
+  void emit(const Out& s) {
+    a_.mov(eax, s.value);
+    a_.out(imm(s.port), eax);
   }
 
   void print(const std::string& text) {
@@ -133,10 +131,12 @@ class Emitter {
 
   // for (r8 = at; r8 < at + length; r8 += stride) body()
   template <class Body>
+  // A cursor that carries past 2^64 ends the loop: it never wraps back to
+  // low memory (config validation refuses such strides before this).
   void range_loop(uint64_t at, uint64_t length, uint64_t stride, Body body) {
     a_.mov(r8, at);
     a_.mov(r9, at + length);
-    Label top = a_.newLabel();
+    Label top = a_.newLabel(), done = a_.newLabel();
     a_.bind(top);
     body();
     if (stride <= 0x7fffffff)
@@ -145,11 +145,13 @@ class Emitter {
       a_.mov(r11, stride);
       a_.add(r8, r11);
     }
+    a_.jc(done);
     a_.cmp(r8, r9);
     a_.jb(top);
+    a_.bind(done);
   }
 
-  void fill(const Step& s) {
+  void fill(const Fill& s) {
     pattern_setup(s.pattern);
     range_loop(s.at, s.length, 8, [&] {
       pattern_word(s.pattern);
@@ -157,7 +159,7 @@ class Emitter {
     });
   }
 
-  void touch(const Step& s) {
+  void touch(const Touch& s) {
     pattern_setup(s.pattern);
     range_loop(s.at, s.length, s.stride, [&] {
       if (s.write) {
@@ -169,7 +171,7 @@ class Emitter {
     });
   }
 
-  void verify(const Step& s) {
+  void verify(const Verify& s) {
     Label mismatch = a_.newLabel(), done = a_.newLabel();
     pattern_setup(s.pattern);
     range_loop(s.at, s.length, 8, [&] {
@@ -191,7 +193,7 @@ class Emitter {
   }
 
   // The counter lives on the user stack, so loops nest without registers.
-  void loop(const Step& s) {
+  void loop(const Loop& s) {
     a_.mov(r11, s.count);
     a_.push(r11);
     Label top = a_.newLabel();
@@ -202,7 +204,7 @@ class Emitter {
     a_.add(rsp, 8);
   }
 
-  void hypercall(const Step& s) {
+  void hypercall(const Hypercall& s) {
     const Gp regs[6] = {rdi, rsi, rdx, r10, r8, r9};
     for (int i = 0; i < 6; i++) a_.mov(regs[i], s.args[static_cast<size_t>(i)]);
     a_.mov(eax, s.nr);
@@ -248,8 +250,8 @@ class Emitter {
  public:
   // Registers the program's free ring; a refusal fails the run.
   void setup_free_ring() {
-    a_.mov(rdi, abi::kFreeRingAddr);
-    a_.mov(rsi, abi::kFreeRingEntries);
+    a_.mov(rdi, layout::kFreeRingAddr);
+    a_.mov(rsi, layout::kFreeRingEntries);
     call_expecting_zero(abi::kHcFreeRingSetup);
   }
 
@@ -285,14 +287,14 @@ class Emitter {
 
   // free, synchronous: batches of FreeReports in the report list, one
   // kHcReportFree each; every range must come back 0.
-  void free_sync(const Step& s) {
+  void free_sync(const Free& s) {
     Label outer = a_.newLabel(), inner = a_.newLabel(), flush = a_.newLabel(), good = a_.newLabel();
     a_.mov(r8, s.at);
     a_.mov(r9, s.at + s.length);
     a_.mov(r11, s.granule);
     a_.mov(r14, s.stride_or_granule());
     a_.bind(outer);
-    a_.mov(r13, abi::kReportListAddr);
+    a_.mov(r13, layout::kReportListAddr);
     a_.xor_(r12d, r12d);
     a_.bind(inner);
     put_entry(r13, r8, r11);
@@ -304,14 +306,14 @@ class Emitter {
     a_.cmp(r12, s.batch);
     a_.jb(inner);
     a_.bind(flush);
-    a_.mov(rdi, abi::kReportListAddr);
+    a_.mov(rdi, layout::kReportListAddr);
     a_.mov(rsi, r12);
     a_.mov(eax, abi::kHcReportFree);
     a_.out(imm(abi::kHypercallPort), eax);
     a_.cmp(rax, r12);
     a_.je(good);
     a_.mov(rcx, r12);
-    check_list_statuses(abi::kReportListAddr, rcx);
+    check_list_statuses(layout::kReportListAddr, rcx);
     // Every status was 0 but the count differs: the call itself was refused.
     a_.mov(r10, rax);
     a_.mov(rdx, r12);
@@ -326,7 +328,7 @@ class Emitter {
   // rdx = address of ring slot (rax & (N-1)); r13 holds the ring base.
   void ring_slot(const Gp& index) {
     a_.mov(rdx, index);
-    a_.and_(rdx, abi::kFreeRingEntries - 1);
+    a_.and_(rdx, layout::kFreeRingEntries - 1);
     a_.shl(rdx, 5);
     a_.lea(rdx, ptr(r13, rdx, 0, sizeof(abi::FreeRingHeader)));
   }
@@ -343,13 +345,13 @@ class Emitter {
     a_.bind(check);
     a_.mov(rcx, rax);
     a_.sub(rcx, qword_ptr(r13, 8));
-    a_.cmp(rcx, abi::kFreeRingEntries - room);
+    a_.cmp(rcx, layout::kFreeRingEntries - room);
     a_.jbe(done);
     a_.pause();
     a_.dec(edx);
     a_.jnz(check);
     a_.push(rax);
-    a_.lea(rdi, ptr(rax, -static_cast<int32_t>(abi::kFreeRingEntries - room)));
+    a_.lea(rdi, ptr(rax, -static_cast<int32_t>(layout::kFreeRingEntries - room)));
     call_expecting_zero(abi::kHcFreeRingWait);
     a_.pop(rax);
     a_.bind(done);
@@ -374,9 +376,9 @@ class Emitter {
 
   // free, asynchronous: slots in the ring, a doorbell per batch, then wait
   // for completion before going on (the pages may be reused after this step).
-  void free_async(const Step& s) {
+  void free_async(const Free& s) {
     Label loop = a_.newLabel(), last = a_.newLabel(), ok = a_.newLabel();
-    a_.mov(r13, abi::kFreeRingAddr);
+    a_.mov(r13, layout::kFreeRingAddr);
     a_.mov(r14, qword_ptr(r13, 16));  // refusals so far
     a_.mov(r8, s.at);
     a_.mov(r9, s.at + s.length);
@@ -411,7 +413,7 @@ class Emitter {
   }
 
   // Checks entry i of a report against its expectation; entry at [rdx].
-  void check_entry(const Step& s, size_t i) {
+  void check_entry(const Report& s, size_t i) {
     if (!s.expects[i]) return;
     Label ok = a_.newLabel();
     a_.mov(r10, qword_ptr(rdx, 16));
@@ -424,8 +426,8 @@ class Emitter {
     a_.bind(ok);
   }
 
-  void report_sync(const Step& s) {
-    const uint64_t list = abi::kReportListAddr;
+  void report_sync(const Report& s) {
+    const uint64_t list = layout::kReportListAddr;
     a_.mov(rdx, list);
     for (size_t i = 0; i < s.ranges.size(); i++) {
       a_.mov(r8, s.ranges[i].first);
@@ -443,8 +445,8 @@ class Emitter {
     }
   }
 
-  void report_async(const Step& s) {
-    a_.mov(r13, abi::kFreeRingAddr);
+  void report_async(const Report& s) {
+    a_.mov(r13, layout::kFreeRingAddr);
     a_.mov(rax, qword_ptr(r13));
     a_.mov(r14, rax);  // the first slot's index
     ring_wait_room(s.ranges.size());
@@ -464,24 +466,24 @@ class Emitter {
     }
   }
 
-  void fault(Step::Fault f) {
+  void fault(FaultKind f) {
     switch (f) {
-      case Step::Fault::kDivideByZero:
+      case FaultKind::kDivideByZero:
         a_.xor_(ecx, ecx);
         a_.mov(eax, 1);
         a_.xor_(edx, edx);
         a_.div(ecx);
         break;
-      case Step::Fault::kInvalidOpcode: a_.ud2(); break;
-      case Step::Fault::kBreakpoint: a_.int3(); break;
-      case Step::Fault::kUnmappedRead:
+      case FaultKind::kInvalidOpcode: a_.ud2(); break;
+      case FaultKind::kBreakpoint: a_.int3(); break;
+      case FaultKind::kUnmappedRead:
         // 256 TiB - 8 lies past every identity mapping the boot area writes.
         a_.mov(r8, 0x0000'7fff'ffff'fff8ull);
         a_.mov(rax, qword_ptr(r8));
         break;
-      case Step::Fault::kHalt: a_.hlt(); break;  // privileged: #GP at CPL3
-      case Step::Fault::kUnknownPort: a_.out(imm(0x80), eax); break;
-      case Step::Fault::kSpin: {
+      case FaultKind::kHalt: a_.hlt(); break;  // privileged: #GP at CPL3
+      case FaultKind::kUnknownPort: a_.out(imm(0x80), eax); break;
+      case FaultKind::kSpin: {
         Label l = a_.newLabel();
         a_.bind(l);
         a_.jmp(l);
@@ -491,100 +493,29 @@ class Emitter {
   }
 
   Assembler& a_;
+  ResultSlots results_;
   std::vector<std::pair<Label, std::string>> strings_;
 };
 
 }  // namespace
 
-const char* fault_name(Step::Fault f) {
-  switch (f) {
-    case Step::Fault::kDivideByZero: return "divide-by-zero";
-    case Step::Fault::kInvalidOpcode: return "invalid-opcode";
-    case Step::Fault::kBreakpoint: return "breakpoint";
-    case Step::Fault::kUnmappedRead: return "unmapped-read";
-    case Step::Fault::kHalt: return "halt";
-    case Step::Fault::kUnknownPort: return "unknown-port";
-    case Step::Fault::kSpin: return "spin";
-  }
-  return "?";
-}
-
-Step Step::range(Op op, uint64_t at, uint64_t length, Pattern pattern) {
-  Step s;
-  s.op = op;
-  s.at = at;
-  s.length = length;
-  s.pattern = pattern;
-  return s;
-}
-
-Step Step::free(uint64_t at, uint64_t length, uint64_t granule, FreeMode mode, uint64_t batch) {
-  Step s;
-  s.op = Op::kFree;
-  s.at = at;
-  s.length = length;
-  s.granule = granule;
-  s.mode = mode;
-  s.batch = batch;
-  return s;
-}
-
-uint64_t Step::stride_or_granule() const { return stride_bytes ? stride_bytes : granule; }
-
-Step Step::timestamp(uint64_t slot) {
-  Step s;
-  s.op = Op::kTimestamp;
-  s.slot = slot;
-  return s;
-}
-
-bool Step::uses_free_ring() const {
-  if ((op == Op::kFree || op == Op::kReport) && mode == FreeMode::kAsync) return true;
-  for (const Step& s : body)
-    if (s.uses_free_ring()) return true;
-  return false;
-}
-
-uint64_t seed_mix(uint64_t addr, uint64_t seed) {
-  uint64_t x = addr ^ seed;
-  x ^= x >> 33;
-  x *= kMix1;
-  x ^= x >> 33;
-  x *= kMix2;
-  x ^= x >> 33;
-  return x;
-}
-
-uint64_t Pattern::word(uint64_t gpa) const {
-  switch (kind) {
-    case Kind::kZero: return 0;
-    case Kind::kAddress: return gpa;
-    case Kind::kSeed: return seed_mix(gpa, arg);
-    case Kind::kByte: return (arg & 0xff) * 0x0101010101010101ull;
-  }
-  return 0;
-}
-
-std::string Pattern::describe() const {
-  switch (kind) {
-    case Kind::kZero: return "zero";
-    case Kind::kAddress: return "address";
-    case Kind::kSeed: return fmt::format("seed {}", arg);
-    case Kind::kByte: return fmt::format("byte {:#04x}", arg);
-  }
-  return "?";
-}
-
-Result<Image> build_program(const std::vector<Step>& steps, uint64_t base, uint64_t limit) {
+Result<Image> build(const std::vector<Step>& steps, const Machine& vm) {
+  const uint64_t base = layout::kProgramAddr, limit = layout::kProgramEnd;
+  const uint64_t slots = result_slots_used(steps);
+  if (slots > layout::kMaxResultSlots)
+    return fail("the guest program writes result slot {}, past the last one there may be ({})", slots - 1,
+                layout::kMaxResultSlots - 1);
+  if (vm.ram_bytes < abi::kBootAreaEnd || layout::result_slots_bytes(slots) > vm.ram_bytes - abi::kBootAreaEnd)
+    return fail("the guest program's {} result slots do not fit in RAM ({:#x} bytes) above the boot area", slots,
+                vm.ram_bytes);
+  const ResultSlots results{slots ? layout::result_slots_range(vm.ram_bytes, slots).start : 0, slots};
   CodeHolder code;
   Errors errors;
   code.init(Environment(Arch::kX64), base);
   code.setErrorHandler(&errors);
   Assembler a(&code);
-  Emitter e(a);
-  bool ring = false;
-  for (const Step& s : steps) ring = ring || s.uses_free_ring();
-  if (ring) e.setup_free_ring();
+  Emitter e(a, results);
+  if (uses_free_ring(steps)) e.setup_free_ring();
   e.steps(steps);
   e.exit(0);
   e.emit_data();
@@ -603,6 +534,7 @@ Result<Image> build_program(const std::vector<Step>& steps, uint64_t base, uint6
   code.copyFlattenedData(img.bytes.data(), size);
   img.base = base;
   img.entry = base;
+  img.results = results;
   return img;
 }
 

@@ -19,6 +19,7 @@
 #include "config/stress_config.h"
 #include "config/vm_config.h"
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "guest/program.h"
 #include "harness/stress.h"
 
@@ -38,29 +39,37 @@ void check_reportable(const Error& e) {
 // walks a range as `for (a = at; a < at + length; a += stride)` in 64-bit
 // registers, so a stride that carries past 2^64 lands below `at`.
 void check_stays_in_ram(const std::vector<guest::Step>& program, uint64_t memory) {
-  using Op = guest::Step::Op;
   for (const guest::Step& s : program) {
-    if (s.op == Op::kLoop) check_stays_in_ram(s.body, memory);
-    if (s.op != Op::kFill && s.op != Op::kVerify && s.op != Op::kTouch && s.op != Op::kFree) continue;
-    KVMEM_CHECK(s.at >= abi::kBootAreaEnd && s.length > 0 && s.at <= memory && s.length <= memory - s.at,
-                "a step on [{:#x}, +{:#x}) in {:#x} bytes of RAM", s.at, s.length, memory);
-    const uint64_t step = s.op == Op::kTouch ? s.stride : s.op == Op::kFree ? s.stride_or_granule() : 8;
+    if (const auto* l = std::get_if<guest::Loop>(&s)) check_stays_in_ram(l->body, memory);
+    uint64_t at = 0, length = 0, step = 8;
+    if (const auto* f = std::get_if<guest::Fill>(&s)) {
+      at = f->at, length = f->length;
+    } else if (const auto* v = std::get_if<guest::Verify>(&s)) {
+      at = v->at, length = v->length;
+    } else if (const auto* t = std::get_if<guest::Touch>(&s)) {
+      at = t->at, length = t->length, step = t->stride;
+    } else if (const auto* fr = std::get_if<guest::Free>(&s)) {
+      at = fr->at, length = fr->length, step = fr->stride_or_granule();
+      KVMEM_CHECK(fr->granule <= step && fr->length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",
+                  fr->granule, step, fr->length);
+    } else {
+      continue;
+    }
+    KVMEM_CHECK(at >= abi::kBootAreaEnd && length > 0 && at <= memory && length <= memory - at,
+                "a step on [{:#x}, +{:#x}) in {:#x} bytes of RAM", at, length, memory);
     KVMEM_CHECK(step > 0, "a step of 0 bytes");
-    const uint64_t end = s.at + s.length;
-    const uint64_t last = s.at + (s.length - 1) / step * step;
+    const uint64_t end = at + length;
+    const uint64_t last = at + (length - 1) / step * step;
     const uint64_t next = last + step;
-    KVMEM_CHECK(next > last || next >= end, "after [{:#x}, +{:#x}) every {:#x} the guest goes on at {:#x}", s.at,
-                s.length, step, next);
-    if (s.op == Op::kFree)
-      KVMEM_CHECK(s.granule <= step && s.length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",
-                  s.granule, step, s.length);
+    KVMEM_CHECK(next > last || next >= end, "after [{:#x}, +{:#x}) every {:#x} the guest goes on at {:#x}", at,
+                length, step, next);
   }
 }
 
-void check_assembles(const std::vector<guest::Step>& program) {
-  auto image = guest::build_program(program, abi::kProgramAddr, abi::kProgramEnd);
+void check_assembles(const std::vector<guest::Step>& program, uint64_t memory) {
+  auto image = guest::build(program, {.ram_bytes = memory});
   if (!image) return check_reportable(image.error());
-  KVMEM_CHECK(image->bytes.size() <= abi::kProgramEnd - abi::kProgramAddr, "{} bytes of guest code",
+  KVMEM_CHECK(image->bytes.size() <= guest::layout::kProgramEnd - guest::layout::kProgramAddr, "{} bytes of guest code",
               image->bytes.size());
 }
 
@@ -71,7 +80,7 @@ void stress(const json& j) {
   for (uint64_t i : {uint64_t{0}, c->vms_per_round - 1}) {
     const VmConfig vm = make_stress_vm(*c, seed, 0, i).config;
     check_stays_in_ram(vm.program, vm.memory);
-    check_assembles(vm.program);
+    check_assembles(vm.program, vm.memory);
   }
 }
 
@@ -82,7 +91,7 @@ void run(const json& j) {
   for (const VmConfig& vm : c->vms) {
     (void)json{{"name", vm.name}}.dump();  // validate --json names every VM
     check_stays_in_ram(vm.program, vm.memory);
-    check_assembles(vm.program);
+    check_assembles(vm.program, vm.memory);
   }
 }
 

@@ -58,38 +58,28 @@ class Touched {
 // cannot know (the rest of the program is then left out).
 bool simulate(const std::vector<Step>& steps, Touched* t) {
   for (const Step& s : steps) {
-    switch (s.op) {
-      case Step::Op::kFill:
-      case Step::Op::kVerify:
-        t->add(s.at, s.length);
-        break;
-      case Step::Op::kTouch:
-        if (s.stride <= kPageSize) {
-          t->add(s.at, s.length);
-        } else {
-          for (uint64_t k = 0; k < kMaxTouchPages && k * s.stride < s.length; k++) t->add(s.at + k * s.stride, 8);
-        }
-        break;
-      case Step::Op::kFree:
-        // A strided free leaves pages between its ranges: dropping the whole
-        // span says too little is held, never too much.
-        t->remove(s.at, s.length);
-        break;
-      case Step::Op::kReport:
-        for (const auto& [gpa, length] : s.ranges) t->remove(gpa, length);
-        break;
-      case Step::Op::kLoop:
-        if (!simulate(s.body, t)) return false;
-        break;
-      case Step::Op::kPrint:
-      case Step::Op::kTimestamp:
-      case Step::Op::kOut:
-        break;
-      case Step::Op::kHypercall:
-      case Step::Op::kExit:
-      case Step::Op::kFault:
-        return false;
+    if (const auto* f = std::get_if<guest::Fill>(&s)) {
+      t->add(f->at, f->length);
+    } else if (const auto* v = std::get_if<guest::Verify>(&s)) {
+      t->add(v->at, v->length);
+    } else if (const auto* tc = std::get_if<guest::Touch>(&s)) {
+      if (tc->stride <= kPageSize) {
+        t->add(tc->at, tc->length);
+      } else {
+        for (uint64_t k = 0; k < kMaxTouchPages && k * tc->stride < tc->length; k++) t->add(tc->at + k * tc->stride, 8);
+      }
+    } else if (const auto* fr = std::get_if<guest::Free>(&s)) {
+      // A strided free leaves pages between its ranges: dropping the whole
+      // span says too little is held, never too much.
+      t->remove(fr->at, fr->length);
+    } else if (const auto* r = std::get_if<guest::Report>(&s)) {
+      for (const auto& [gpa, length] : r->ranges) t->remove(gpa, length);
+    } else if (const auto* l = std::get_if<guest::Loop>(&s)) {
+      if (!simulate(l->body, t)) return false;
+    } else if (s.is<guest::Hypercall>() || s.is<guest::Exit>() || s.is<guest::Fault>()) {
+      return false;
     }
+    // print, timestamp and out touch no RAM of the steps'.
   }
   return true;
 }

@@ -43,7 +43,8 @@ nlohmann::json VmOutcome::to_json() const {
             {"free_ranges_invalid", r.free_ranges_invalid},
             {"bytes_reported_free", r.bytes_reported_free},
             {"bytes_decommitted", r.bytes_decommitted},
-            {"run_ms", r.run_ms}});
+            {"run_ms", r.run_ms},
+            {"timestamps", r.timestamps.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.timestamps)}});
   if (r.outcome == RunResult::Outcome::kExited) j["guest_exit_code"] = r.guest_exit_code;
   if (!r.message.empty()) j["message"] = r.message;
   return j;

@@ -7,13 +7,14 @@
 #include <thread>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "harness/runner.h"
 
 namespace kvmem {
 namespace {
 
+using guest::FreeMode;
 using guest::Pattern;
-using guest::Step;
 constexpr uint64_t k2M = 2ull << 20;
 constexpr uint64_t kFirstByte = 2ull << 20;  // regions start above the boot area's 2 MiB page
 
@@ -47,8 +48,8 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
     const uint64_t at = pick(rng, kFirstByte / k2M, (c.vm_memory - length) / k2M) * k2M;
     const Pattern pattern{Pattern::Kind::kSeed, rng()};
     const uint64_t granule = granules[rng() % 3];
-    const Step::FreeMode mode = rng() % 2 ? Step::FreeMode::kSync : Step::FreeMode::kAsync;
-    const uint64_t batch = std::min<uint64_t>(batches[rng() % 4], abi::kFreeRingEntries);
+    const FreeMode mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync;
+    const uint64_t batch = std::min<uint64_t>(batches[rng() % 4], guest::layout::kFreeRingEntries);
     // A sub-range of whole granules, smaller than the region when it can be.
     const uint64_t units = length / granule;
     const uint64_t free_units = units > 1 ? pick(rng, 1, units - 1) : 1;
@@ -56,20 +57,21 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
     const uint64_t free_len = free_units * granule;
 
     auto& p = vm.config.program;
-    p.push_back(Step::range(Step::Op::kFill, at, length, pattern));
-    p.push_back(Step::free(free_at, free_len, granule, mode, batch));
-    p.push_back(Step::range(Step::Op::kVerify, free_at, free_len, Pattern{}));
+    const guest::Free free_part{.at = free_at, .length = free_len, .granule = granule, .batch = batch, .mode = mode};
+    p.push_back(guest::Fill{at, length, pattern});
+    p.push_back(free_part);
+    p.push_back(guest::Verify{free_at, free_len, Pattern{}});
     // Reading the holes committed fresh zero pages: hand them back again.
-    p.push_back(Step::free(free_at, free_len, granule, mode, batch));
+    p.push_back(free_part);
     if (c.inject_corruption && index == 0 && r == 0) {
       // Fault injection: a pattern this region never held.
-      p.push_back(Step::range(Step::Op::kVerify, at, length, Pattern{Pattern::Kind::kSeed, pattern.arg + 1}));
+      p.push_back(guest::Verify{at, length, Pattern{Pattern::Kind::kSeed, pattern.arg + 1}});
     }
-    if (free_at > at) p.push_back(Step::range(Step::Op::kVerify, at, free_at - at, pattern));
+    if (free_at > at) p.push_back(guest::Verify{at, free_at - at, pattern});
     if (free_at + free_len < at + length)
-      p.push_back(Step::range(Step::Op::kVerify, free_at + free_len, at + length - free_at - free_len, pattern));
+      p.push_back(guest::Verify{free_at + free_len, at + length - free_at - free_len, pattern});
     // Done with the region: all of it goes back, so a VM's commit stays small.
-    p.push_back(Step::free(at, length, k2M, rng() % 2 ? Step::FreeMode::kSync : Step::FreeMode::kAsync, 64));
+    p.push_back(guest::Free{.at = at, .length = length, .granule = k2M, .mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync});
     vm.bytes_written += length;
     vm.bytes_freed += 2 * free_len + length;
   }
@@ -166,7 +168,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
     uint64_t written = 0, freed = 0;
     for (uint64_t i = 0; i < config.vms_per_round; i++) {
       StressVm v = make_stress_vm(config, sum.seed, round, i);
-      auto img = guest::build_program(v.config.program, abi::kProgramAddr, abi::kProgramEnd);
+      auto img = guest::build(v.config.program, {.ram_bytes = v.config.memory});
       if (!img) return std::unexpected(img.error());
       written += v.bytes_written;
       freed += v.bytes_freed;

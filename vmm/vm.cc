@@ -7,6 +7,7 @@
 
 #include "base/thread.h"
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "guest/boot.h"
 
 namespace kvmem {
@@ -70,9 +71,13 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   // Guest memory must hold its contents before the vCPU can see it.
   if (auto s = guest::write_boot_area(v->memory_->boot_area(), config.memory, config.page_size); !s)
     return std::unexpected(s.error());
-  if (program.base + program.bytes.size() > abi::kProgramEnd || program.base < abi::kProgramAddr)
+  if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
   std::memcpy(v->memory_->host(GuestAddr(program.base)), program.bytes.data(), program.bytes.size());
+  if (program.results.count &&
+      !v->memory_->contains(GuestRange(program.results.gpa, program.results.gpa + program.results.count * sizeof(uint64_t))))
+    return fail("the guest program's result slots lie outside RAM");
+  v->results_ = program.results;
   if (auto s = v->memory_->register_with(*v->vm_); !s) return std::unexpected(s.error());
 
   // One vCPU until the boot area has a stack and an entry per vCPU
@@ -172,6 +177,11 @@ RunResult Vm::gather(std::vector<VcpuRun>& runs) {
   result.free_ranges_invalid = frees_.invalid_ranges.load();
   result.bytes_reported_free = frees_.bytes_reported.load();
   result.bytes_decommitted = frees_.bytes_decommitted.load();
+  if (results_.count) {
+    const std::string slots = memory_->read(GuestRange(results_.gpa, results_.gpa + results_.count * sizeof(uint64_t)));
+    result.timestamps.resize(results_.count);
+    std::memcpy(result.timestamps.data(), slots.data(), slots.size());
+  }
   return result;
 }
 

@@ -58,6 +58,9 @@ struct RunResult {
   uint64_t bytes_reported_free = 0;
   uint64_t bytes_decommitted = 0;
   double run_ms = 0;  // wall time from the first KVM_RUN to the end
+  // The program's result slots (timestamp steps), read when the run ended:
+  // one per slot, empty when the program has none.
+  std::vector<uint64_t> timestamps;
 
   // 0 when the guest exited with 0; 3 when the host could not go on; 1 for
   // any other end (DESIGN.md exit codes).
@@ -108,6 +111,7 @@ class Vm : public VcpuPauser {
   // (vmm/kvm/memslot.h). The free ring (its thread touches RAM) is stopped
   // in run() and again, to be sure, first in the destructor.
   VmConfig config_;
+  guest::ResultSlots results_;  // the program's, read back when the run ends
   std::unique_ptr<GuestMemory> memory_;
   std::optional<KvmVm> vm_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;  // fixed after create()

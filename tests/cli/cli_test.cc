@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "tests/support.h"
 
 using namespace kvmem;
@@ -225,7 +226,7 @@ TEST_CASE("bench reclaim --quick measures both modes at every size and sees the 
       // The doorbell is no exit: ring setup, exit, the final wait, and at
       // most one wait per lap of the 1024-slot ring (when it fills).
       if (row["mode"] == "async")
-        CHECK(row["exits"].get<uint64_t>() <= 3 + row["ranges"].get<uint64_t>() / abi::kFreeRingEntries);
+        CHECK(row["exits"].get<uint64_t>() <= 3 + row["ranges"].get<uint64_t>() / guest::layout::kFreeRingEntries);
     } else if (row["bench"] == "reclaim_latency") {
       latency++;
       CHECK(row["median_us"].get<double>() > 0);

@@ -32,19 +32,21 @@ json random_value(std::mt19937_64& rng) {
 }
 
 void check_accepted(const VmConfig& c, const std::vector<guest::Step>& steps) {
+  auto check_range = [&](uint64_t at, uint64_t length, uint64_t stride) {
+    REQUIRE(at >= abi::kBootAreaEnd);
+    REQUIRE(length > 0);
+    REQUIRE(at < c.memory);
+    REQUIRE(length <= c.memory - at);
+    REQUIRE(at % 8 == 0);
+    REQUIRE(stride > 0);
+  };
   for (const auto& s : steps) {
-    using Op = guest::Step::Op;
-    if (s.op == Op::kFill || s.op == Op::kVerify || s.op == Op::kTouch) {
-      REQUIRE(s.at >= abi::kBootAreaEnd);
-      REQUIRE(s.length > 0);
-      REQUIRE(s.at < c.memory);
-      REQUIRE(s.length <= c.memory - s.at);
-      REQUIRE(s.at % 8 == 0);
-      REQUIRE(s.stride > 0);
-    }
-    if (s.op == Op::kLoop) {
-      REQUIRE(s.count >= 1);
-      check_accepted(c, s.body);
+    if (const auto* f = std::get_if<guest::Fill>(&s)) check_range(f->at, f->length, 8);
+    if (const auto* v = std::get_if<guest::Verify>(&s)) check_range(v->at, v->length, 8);
+    if (const auto* t = std::get_if<guest::Touch>(&s)) check_range(t->at, t->length, t->stride);
+    if (const auto* l = std::get_if<guest::Loop>(&s)) {
+      REQUIRE(l->count >= 1);
+      check_accepted(c, l->body);
     }
   }
 }
@@ -97,7 +99,7 @@ TEST_CASE("randomly mutated configs are refused cleanly or accepted whole", "[co
     }
     accepted++;
     check_accepted(*r, r->program);
-    auto img = guest::build_program(r->program, abi::kProgramAddr, abi::kProgramEnd);
+    auto img = guest::build(r->program, {.ram_bytes = r->memory});
     if (!img) REQUIRE(img.error().message.find("bytes it may use") != std::string::npos);
   }
   CHECK(accepted > 100);

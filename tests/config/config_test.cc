@@ -67,21 +67,27 @@ TEST_CASE("a config with every step parses into typed steps", "[config]") {
   CHECK(r->memory == 8ull << 20);
   CHECK(r->timeout_ms == 250);
   REQUIRE(r->program.size() == 8);
-  using Op = guest::Step::Op;
-  CHECK(r->program[1].op == Op::kFill);
-  CHECK(r->program[1].at == 1ull << 20);
-  CHECK(r->program[1].pattern.kind == guest::Pattern::Kind::kSeed);
-  CHECK(r->program[1].pattern.arg == 7);
-  CHECK(r->program[2].stride == 8192);
-  CHECK_FALSE(r->program[2].write);
-  CHECK(r->program[2].pattern.kind == guest::Pattern::Kind::kAddress);
-  CHECK(r->program[3].pattern.arg == 171);
-  CHECK(r->program[4].count == 3);
-  CHECK(r->program[4].body.size() == 1);
-  CHECK(r->program[5].args[1] == UINT64_MAX);
-  CHECK(r->program[5].expect == -22);
-  CHECK(r->program[6].fault == guest::Step::Fault::kSpin);
-  CHECK(r->program[7].code == 3);
+  const auto& p = r->program;
+  REQUIRE(p[1].is<guest::Fill>());
+  CHECK(p[1].as<guest::Fill>().at == 1ull << 20);
+  CHECK(p[1].as<guest::Fill>().pattern.kind == guest::Pattern::Kind::kSeed);
+  CHECK(p[1].as<guest::Fill>().pattern.arg == 7);
+  REQUIRE(p[2].is<guest::Touch>());
+  CHECK(p[2].as<guest::Touch>().stride == 8192);
+  CHECK_FALSE(p[2].as<guest::Touch>().write);
+  CHECK(p[2].as<guest::Touch>().pattern.kind == guest::Pattern::Kind::kAddress);
+  REQUIRE(p[3].is<guest::Verify>());
+  CHECK(p[3].as<guest::Verify>().pattern.arg == 171);
+  REQUIRE(p[4].is<guest::Loop>());
+  CHECK(p[4].as<guest::Loop>().count == 3);
+  CHECK(p[4].as<guest::Loop>().body.size() == 1);
+  REQUIRE(p[5].is<guest::Hypercall>());
+  CHECK(p[5].as<guest::Hypercall>().args[1] == UINT64_MAX);
+  CHECK(p[5].as<guest::Hypercall>().expect == -22);
+  REQUIRE(p[6].is<guest::Fault>());
+  CHECK(p[6].as<guest::Fault>().kind == guest::FaultKind::kSpin);
+  REQUIRE(p[7].is<guest::Exit>());
+  CHECK(p[7].as<guest::Exit>().code == 3);
 }
 
 TEST_CASE("defaults: name from the caller, 1 vCPU, 10 s timeout, 2 MiB pages", "[config]") {
@@ -257,5 +263,5 @@ TEST_CASE("free and report steps are checked like the others", "[config]") {
   json hostile = json::array({json::array({"0xfffffffffffff000", "0x2000"})});
   auto ok = parse_vm_config(with_step(json{{"op", "report"}, {"ranges", hostile}}), "t");
   REQUIRE(ok);
-  CHECK(ok->program[0].ranges[0].first == 0xfffffffffffff000ull);
+  CHECK(ok->program[0].as<guest::Report>().ranges[0].first == 0xfffffffffffff000ull);
 }

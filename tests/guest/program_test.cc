@@ -1,6 +1,7 @@
 #include <catch2/catch.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "guest/program.h"
 
 using namespace kvmem;
@@ -25,29 +26,25 @@ TEST_CASE("patterns describe themselves", "[guest]") {
 }
 
 TEST_CASE("an empty program assembles to an exit at the base address", "[guest]") {
-  auto img = guest::build_program({}, abi::kProgramAddr, abi::kProgramEnd);
+  auto img = guest::build({}, {.ram_bytes = 8 << 20});
   REQUIRE(img);
-  CHECK(img->base == abi::kProgramAddr);
-  CHECK(img->entry == abi::kProgramAddr);
+  CHECK(img->base == guest::layout::kProgramAddr);
+  CHECK(img->entry == guest::layout::kProgramAddr);
   CHECK_FALSE(img->bytes.empty());
   CHECK(img->bytes.size() < 32);
 }
 
 TEST_CASE("a program too large for its area is an error, not an overflow", "[guest]") {
-  Step print;
-  print.op = Step::Op::kPrint;
-  print.text = std::string(60000, 'x');
+  Step print = guest::Print{std::string(60000, 'x')};
   std::vector<Step> steps(12, print);  // ~720 KB of string data
-  auto img = guest::build_program(steps, abi::kProgramAddr, abi::kProgramEnd);
+  auto img = guest::build(steps, {.ram_bytes = 8 << 20});
   REQUIRE_FALSE(img);
   CHECK(img.error().message.find("more than the 458752 bytes it may use") != std::string::npos);
 }
 
 TEST_CASE("long print text is split into console-sized writes", "[guest]") {
-  Step print;
-  print.op = Step::Op::kPrint;
-  print.text = std::string(abi::kConsoleMax * 2 + 1, 'y');
-  auto img = guest::build_program({print}, abi::kProgramAddr, abi::kProgramEnd);
+  Step print = guest::Print{std::string(abi::kConsoleMax * 2 + 1, 'y')};
+  auto img = guest::build({print}, {.ram_bytes = 8 << 20});
   REQUIRE(img);
   // The text is embedded once, after the code.
   std::string bytes(img->bytes.begin(), img->bytes.end());

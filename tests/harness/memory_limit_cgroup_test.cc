@@ -98,7 +98,7 @@ VmConfig vm_with(const std::string& name, uint64_t memory, std::vector<Step> pro
 }
 
 Step fill(uint64_t at, uint64_t length, uint64_t seed) {
-  return Step::range(Step::Op::kFill, at, length, Pattern{Pattern::Kind::kSeed, seed});
+  return guest::Fill{at, length, Pattern{Pattern::Kind::kSeed, seed}};
 }
 
 // In the child: the run's report on `out`, then exit 0; 10 + n on a setup failure.
@@ -114,15 +114,12 @@ Step fill(uint64_t at, uint64_t length, uint64_t seed) {
   // busy re-reading it while the hungry one grows.
   std::vector<VmConfig> vms{vm_with("hungry", 2048 * kMiB, {fill(4 * kMiB, 1024 * kMiB, 1)})};
   for (int i = 0; i < 3; i++) {
-    Step loop;
-    loop.op = Step::Op::kLoop;
-    loop.count = 200;
-    loop.body = {Step::range(Step::Op::kVerify, 4 * kMiB, 16 * kMiB, Pattern{Pattern::Kind::kSeed, 2})};
+    Step loop = guest::Loop{200, {guest::Verify{4 * kMiB, 16 * kMiB, Pattern{Pattern::Kind::kSeed, 2}}}};
     vms.push_back(vm_with(fmt::format("honest{}", i), 64 * kMiB, {fill(4 * kMiB, 16 * kMiB, 2), loop}));
   }
   std::vector<guest::Image> images;
   for (const VmConfig& v : vms) {
-    auto img = guest::build_program(v.program, abi::kProgramAddr, abi::kProgramEnd);
+    auto img = guest::build(v.program, {.ram_bytes = v.memory});
     if (!img) _exit(14);
     images.push_back(std::move(*img));
   }

@@ -45,7 +45,10 @@ class FakeCgroup {
   CgroupMemoryBound bound_;
 };
 
-Step fill(uint64_t at, uint64_t length) { return Step::range(Step::Op::kFill, at, length, Pattern{Pattern::Kind::kSeed, 1}); }
+Step fill(uint64_t at, uint64_t length) { return guest::Fill{at, length, Pattern{Pattern::Kind::kSeed, 1}}; }
+Step free(uint64_t at, uint64_t length, guest::FreeMode mode) {
+  return guest::Free{.at = at, .length = length, .granule = 4096, .batch = 64, .mode = mode};
+}
 
 VmConfig vm_with(const std::string& name, uint64_t memory, std::vector<Step> program) {
   VmConfig c;
@@ -63,25 +66,20 @@ TEST_CASE("a program's peak is what it holds at once, freed pages and loops coun
   CHECK(program_peak_bytes({fill(A, 16 * kMiB)}) == 16 * kMiB);
   CHECK(program_peak_bytes({fill(A, 16 * kMiB), fill(B, 8 * kMiB)}) == 24 * kMiB);
   CHECK(program_peak_bytes({fill(A, 16 * kMiB), fill(A + 8 * kMiB, 16 * kMiB)}) == 24 * kMiB);  // overlap once
-  CHECK(program_peak_bytes({fill(A, 16 * kMiB), Step::free(A, 16 * kMiB, 4096, Step::FreeMode::kSync, 64),
+  CHECK(program_peak_bytes({fill(A, 16 * kMiB), free(A, 16 * kMiB, guest::FreeMode::kSync),
                             fill(B, 8 * kMiB)}) == 16 * kMiB);
   // Reading freed pages commits them again.
-  CHECK(program_peak_bytes({fill(A, 16 * kMiB), Step::free(A, 16 * kMiB, 4096, Step::FreeMode::kAsync, 64),
-                            Step::range(Step::Op::kVerify, A, 16 * kMiB, Pattern{}), fill(B, 8 * kMiB)}) == 24 * kMiB);
+  CHECK(program_peak_bytes({fill(A, 16 * kMiB), free(A, 16 * kMiB, guest::FreeMode::kAsync),
+                            guest::Verify{A, 16 * kMiB, Pattern{}}, fill(B, 8 * kMiB)}) == 24 * kMiB);
   // A 12-byte fill commits its page.
   CHECK(program_peak_bytes({fill(A + 100, 12)}) == 4096);
-  Step loop;
-  loop.op = Step::Op::kLoop;
-  loop.count = 1000;
-  loop.body = {fill(A, 2 * kMiB), Step::free(A, 2 * kMiB, 4096, Step::FreeMode::kSync, 64)};
+  Step loop = guest::Loop{1000, {fill(A, 2 * kMiB), free(A, 2 * kMiB, guest::FreeMode::kSync)}};
   CHECK(program_peak_bytes({loop}) == 2 * kMiB);
   // A touch every 64 KiB commits one page per touch.
-  Step touch = Step::range(Step::Op::kTouch, A, 64 * kMiB, Pattern{});
-  touch.stride = 64 << 10;
+  Step touch = guest::Touch{.at = A, .length = 64 * kMiB, .stride = 64 << 10, .pattern = Pattern{}};
   CHECK(program_peak_bytes({touch}) == 1024 * 4096);
   // What a raw hypercall or an exit does next is not known: the rest is left out.
-  Step exit;
-  exit.op = Step::Op::kExit;
+  Step exit = guest::Exit{};
   CHECK(program_peak_bytes({fill(A, 2 * kMiB), exit, fill(B, 64 * kMiB)}) == 2 * kMiB);
 }
 
@@ -133,7 +131,7 @@ TEST_CASE("the watch stops the VM holding the most RAM, once, and leaves page ca
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(128 * kMiB));
   REQUIRE(file);
-  auto image = guest::build_program({}, abi::kProgramAddr, abi::kProgramEnd);
+  auto image = guest::build({}, {.ram_bytes = 64 * kMiB});
   REQUIRE(image);
   auto hungry = Vm::create(*kvm, **file, vm_with("hungry", 64 * kMiB, {}), *image);
   auto honest = Vm::create(*kvm, **file, vm_with("honest", 64 * kMiB, {}), *image);
@@ -187,14 +185,12 @@ TEST_CASE("run_vms reports the limit it kept under and every VM when one is stop
   // VMs exist stops the larger one; the small one runs to its end.
   FakeCgroup cg(64 * kMiB);
   cg.set_usage(63 * kMiB);
-  Step spin;
-  spin.op = Step::Op::kFault;
-  spin.fault = Step::Fault::kSpin;
+  Step spin = guest::Fault{guest::FaultKind::kSpin};
   std::vector<VmConfig> vms{vm_with("spinner", 128 * kMiB, {fill(4 * kMiB, 32 * kMiB), spin}),
                             vm_with("quick", 16 * kMiB, {})};
   vms[0].timeout_ms = 20'000;
   std::vector<guest::Image> images;
-  for (const VmConfig& v : vms) images.push_back(*guest::build_program(v.program, abi::kProgramAddr, abi::kProgramEnd));
+  for (const VmConfig& v : vms) images.push_back(*guest::build(v.program, {.ram_bytes = v.memory}));
   RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{cg.limit(), 5});
   REQUIRE(t.vms.size() == 2);
   INFO(t.to_json().dump(2));

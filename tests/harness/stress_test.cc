@@ -45,16 +45,26 @@ Result<StressSummary> stress(const StressConfig& c) {
 TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
   StressConfig c = small();
   StressVm a = make_stress_vm(c, 42, 0, 1), b = make_stress_vm(c, 42, 0, 1), other = make_stress_vm(c, 43, 0, 1);
-  auto img = [](const StressVm& v) { return guest::build_program(v.config.program, abi::kProgramAddr, abi::kProgramEnd)->bytes; };
+  auto img = [](const StressVm& v) { return guest::build(v.config.program, {.ram_bytes = v.config.memory})->bytes; };
   CHECK(img(a) == img(b));
   CHECK(img(a) != img(other));
   CHECK(a.bytes_written == b.bytes_written);
   CHECK(a.config.name == "r0-vm1");
   // Every range a program touches lies in RAM above the boot area's 2 MiB page.
   for (const auto& s : a.config.program) {
-    CHECK(s.at >= (2u << 20));
-    CHECK(s.at + s.length <= c.vm_memory);
-    if (s.op == guest::Step::Op::kFree) CHECK(s.length % s.granule == 0);
+    uint64_t at = 0, length = 0;
+    if (const auto* f = std::get_if<guest::Fill>(&s)) {
+      at = f->at, length = f->length;
+    } else if (const auto* v = std::get_if<guest::Verify>(&s)) {
+      at = v->at, length = v->length;
+    } else if (const auto* fr = std::get_if<guest::Free>(&s)) {
+      at = fr->at, length = fr->length;
+      CHECK(fr->length % fr->granule == 0);
+    } else {
+      FAIL("a stress program has only fill, verify and free steps, not " << guest::op_name(s));
+    }
+    CHECK(at >= (2u << 20));
+    CHECK(at + length <= c.vm_memory);
   }
 }
 

@@ -18,6 +18,7 @@
 #include "base/thread.h"
 #include "config/vm_config.h"
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "harness/runner.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
@@ -169,7 +170,7 @@ namespace {
 
 const json& ring_refused_program() {
   static const json program = config_with(
-      {{{"op", "hypercall"}, {"nr", abi::kHcFreeRingSetup}, {"args", {abi::kFreeRingAddr, 1024}}, {"expect", "-EAGAIN"}},
+      {{{"op", "hypercall"}, {"nr", abi::kHcFreeRingSetup}, {"args", {guest::layout::kFreeRingAddr, 1024}}, {"expect", "-EAGAIN"}},
        {{"op", "free"}, {"at", "2M"}, {"length", "2M"}, {"granule", "64K"}, {"mode", "sync"}},
        {{"op", "print"}, {"text", "still here"}}});
   return program;
@@ -226,7 +227,7 @@ TwoVms two_vms() {
     j["name"] = name;
     auto c = parse_vm_config(j, name);
     REQUIRE(c);
-    auto img = guest::build_program(c->program, abi::kProgramAddr, abi::kProgramEnd);
+    auto img = guest::build(c->program, {.ram_bytes = c->memory});
     REQUIRE(img);
     t.configs.push_back(*c);
     t.images.push_back(*img);

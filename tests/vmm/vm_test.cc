@@ -10,7 +10,10 @@
 
 #include "guest/abi.h"
 #include "vmm/devices/console.h"
+#include "guest/layout.h"
 #include "config/vm_config.h"
+#include "guest/program.h"
+#include "harness/runner.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
 
@@ -59,7 +62,7 @@ TEST_CASE("each pattern the guest writes is the word the host computes", "[kvm][
     REQUIRE(run.result.outcome == Outcome::kExited);
     auto c = parse_vm_config(config_with({{{"op", "fill"}, {"at", "1M"}, {"length", 8}, {"pattern", p}}}), "t");
     REQUIRE(c);
-    const guest::Pattern pattern = c->program[0].pattern;
+    const guest::Pattern pattern = c->program[0].as<guest::Fill>().pattern;
     for (uint64_t gpa = 1 << 20; gpa < (1 << 20) + (16 << 10); gpa += 8) {
       if (word_at(*run.vm, gpa) != pattern.word(gpa)) {
         FAIL(fmt::format("word at {:#x} is {:#x}, host expects {:#x}", gpa, word_at(*run.vm, gpa), pattern.word(gpa)));
@@ -167,12 +170,12 @@ TEST_CASE("hostile hypercall arguments get a negative errno and are counted", "[
   };
   auto run = test::run_guest(config_with({
       hc(abi::kHcVersion, json::array(), abi::kVersion),
-      hc(abi::kHcConsoleWrite, {abi::kProgramAddr, 0}, 0),                      // empty write is fine
+      hc(abi::kHcConsoleWrite, {guest::layout::kProgramAddr, 0}, 0),                      // empty write is fine
       hc(abi::kHcConsoleWrite, {ram - 4, 8}, "-EFAULT"),                         // runs past RAM
       hc(abi::kHcConsoleWrite, {ram, 1}, "-EFAULT"),                             // starts at the end
       hc(abi::kHcConsoleWrite, {"0xfffffffffffffff0", "0x20"}, "-EFAULT"),      // wraps past 2^64
       hc(abi::kHcConsoleWrite, {"0x8000000000000000", 1}, "-EFAULT"),           // far outside
-      hc(abi::kHcConsoleWrite, {abi::kProgramAddr, abi::kConsoleMax + 1}, "-EINVAL"),  // too long
+      hc(abi::kHcConsoleWrite, {guest::layout::kProgramAddr, abi::kConsoleMax + 1}, "-EINVAL"),  // too long
       hc(abi::kHcConsoleWrite, {"0xffffffffffffffff", "0xffffffffffffffff"}, "-EINVAL"),
       hc(99, json::array(), "-ENOSYS"),
       hc(0xffffffff, {1, 2, 3, 4, 5, 6}, "-ENOSYS"),
@@ -355,4 +358,30 @@ TEST_CASE("a paused VM makes no progress until it is resumed", "[kvm][vm][thread
   CHECK(before > 0);
   CHECK(during - before <= 1);  // a hypercall under way when the pause began may finish
   CHECK(after > during + 10);
+}
+
+TEST_CASE("a touch whose cursor would wrap past 2^64 stops there, in the guest's code too", "[kvm][vm]") {
+  REQUIRE_KVM();
+  // Built on the host, past config validation: the cursor after the first
+  // word would wrap to the report list, which the program may write.
+  const uint64_t at = 0x100000, target = guest::layout::kReportListAddr;
+  std::vector<guest::Step> steps{guest::Touch{.at = at, .length = 2 << 20, .stride = target - at}};
+  auto image = guest::build(steps, {.ram_bytes = 8 << 20});
+  REQUIRE(image);
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  auto file = MemoryFile::create(memory_file_options_for(8 << 20));
+  REQUIRE(file);
+  VmConfig c;
+  c.name = "wrap";
+  c.memory = 8 << 20;
+  c.timeout_ms = 5000;
+  c.program = steps;
+  auto vm = Vm::create(*kvm, **file, c, *image);
+  REQUIRE(vm);
+  auto r = (*vm)->run(nullptr);
+  INFO(r.message);
+  CHECK(r.outcome == Outcome::kExited);
+  CHECK(word_at(**vm, at) == at);
+  CHECK(word_at(**vm, target) == 0);
 }

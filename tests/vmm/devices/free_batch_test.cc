@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/memory/guest_memory.h"
 
@@ -92,17 +93,17 @@ TEST_CASE("report_free_list writes each status back and returns how many were pu
   Guest g = make_guest(8 << 20, 2 << 20);
   write_pages(*g.memory, 2 << 20, 1 << 20);
   abi::FreeReport list[3] = {{0x200000, 0x1000, 7, 0}, {0x900000, 0x1000, 7, 0}, {0x201000, 0x1000, 7, 0}};
-  std::memcpy(g.memory->host(GuestAddr(abi::kReportListAddr)), list, sizeof list);
+  std::memcpy(g.memory->host(GuestAddr(guest::layout::kReportListAddr)), list, sizeof list);
   FreeStats stats;
-  CHECK(report_free_list(*g.memory, stats, abi::kReportListAddr, 3) == 2);
-  std::memcpy(list, g.memory->host(GuestAddr(abi::kReportListAddr)), sizeof list);
+  CHECK(report_free_list(*g.memory, stats, guest::layout::kReportListAddr, 3) == 2);
+  std::memcpy(list, g.memory->host(GuestAddr(guest::layout::kReportListAddr)), sizeof list);
   CHECK(list[0].status == 0);
   CHECK(list[1].status == -EFAULT);
   CHECK(list[2].status == 0);
-  CHECK(report_free_list(*g.memory, stats, abi::kReportListAddr, 0) == -EINVAL);
-  CHECK(report_free_list(*g.memory, stats, abi::kReportListAddr, abi::kReportMax + 1) == -EINVAL);
+  CHECK(report_free_list(*g.memory, stats, guest::layout::kReportListAddr, 0) == -EINVAL);
+  CHECK(report_free_list(*g.memory, stats, guest::layout::kReportListAddr, abi::kReportMax + 1) == -EINVAL);
   CHECK(report_free_list(*g.memory, stats, (8 << 20) - 16, 1) == -EFAULT);
-  CHECK(report_free_list(*g.memory, stats, abi::kReportListAddr + 4, 1) == -EFAULT);
+  CHECK(report_free_list(*g.memory, stats, guest::layout::kReportListAddr + 4, 1) == -EFAULT);
 }
 
 TEST_CASE("guest RAM in 2 MiB units is one segment per contiguous run of allocations", "[free]") {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "guest/layout.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
 #include "config/vm_config.h"
@@ -136,19 +137,19 @@ TEST_CASE("hostile report_free and ring-setup calls are refused as a whole", "[k
     return json{{"op", "hypercall"}, {"nr", nr}, {"args", std::move(args)}, {"expect", std::move(expect)}};
   };
   auto run = test::run_guest(vm({
-      hc(abi::kHcReportFree, {abi::kReportListAddr, 0}, "-EINVAL"),                   // no entries
-      hc(abi::kHcReportFree, {abi::kReportListAddr, abi::kReportMax + 1}, "-EINVAL"), // too many
+      hc(abi::kHcReportFree, {guest::layout::kReportListAddr, 0}, "-EINVAL"),                   // no entries
+      hc(abi::kHcReportFree, {guest::layout::kReportListAddr, abi::kReportMax + 1}, "-EINVAL"), // too many
       hc(abi::kHcReportFree, {"0x1fffff0", 1}, "-EFAULT"),                            // list runs past RAM
       hc(abi::kHcReportFree, {"0xfffffffffffffff8", 1}, "-EFAULT"),                   // list wraps
-      hc(abi::kHcReportFree, {abi::kReportListAddr + 4, 1}, "-EFAULT"),               // list unaligned
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 3}, "-EINVAL"),                  // not a power of two
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 0}, "-EINVAL"),
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, abi::kRingMaxEntries * 2}, "-EINVAL"),
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr + 8, 16}, "-EINVAL"),             // unaligned
+      hc(abi::kHcReportFree, {guest::layout::kReportListAddr + 4, 1}, "-EFAULT"),               // list unaligned
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 3}, "-EINVAL"),                  // not a power of two
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 0}, "-EINVAL"),
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, abi::kRingMaxEntries * 2}, "-EINVAL"),
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr + 8, 16}, "-EINVAL"),             // unaligned
       hc(abi::kHcFreeRingSetup, {"0x1ffff00", 1024}, "-EFAULT"),                      // past RAM
       hc(abi::kHcFreeRingWait, {0}, "-EINVAL"),                                       // no ring yet
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 16}, 0),
-      hc(abi::kHcFreeRingSetup, {abi::kFreeRingAddr, 16}, "-EBUSY"),                  // only once
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 16}, 0),
+      hc(abi::kHcFreeRingSetup, {guest::layout::kFreeRingAddr, 16}, "-EBUSY"),                  // only once
       hc(abi::kHcFreeRingWait, {0}, 0),                                               // nothing produced: done
       hc(abi::kHcFreeRingWait, {5}, "-EINVAL"),                                       // never produced
   }));
@@ -212,7 +213,7 @@ TEST_CASE("a VM cannot free another VM's memory: its addresses name only its own
       "t");
   REQUIRE(config);
   std::vector<guest::Image> images;
-  for (const auto& c : config->vms) images.push_back(*guest::build_program(c.program, abi::kProgramAddr, abi::kProgramEnd));
+  for (const auto& c : config->vms) images.push_back(*guest::build(c.program, {.ram_bytes = c.memory}));
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));
@@ -231,7 +232,7 @@ TEST_CASE("RAM a VM gave back serves the next VM: the file does not grow", "[kvm
   REQUIRE_KVM();
   auto config = parse_run_config(vm({fill("1M", "31M", "address")}), "t");
   REQUIRE(config);
-  std::vector<guest::Image> images{*guest::build_program(config->vms[0].program, abi::kProgramAddr, abi::kProgramEnd)};
+  std::vector<guest::Image> images{*guest::build(config->vms[0].program, {.ram_bytes = config->vms[0].memory})};
   auto kvm = Kvm::open();
   REQUIRE(kvm);
   auto file = MemoryFile::create(memory_file_options_for(256ull << 20));

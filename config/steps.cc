@@ -1,0 +1,375 @@
+#include "config/steps.h"
+
+#include <algorithm>
+#include <string>
+
+#include "guest/abi.h"
+#include "guest/layout.h"
+
+namespace kvmem {
+namespace {
+
+using namespace json_fields;
+using namespace guest;
+
+// Where a step is parsed: the VM's RAM, and the steps and loops so far.
+struct Context {
+  uint64_t memory;
+  size_t steps = 0;
+  unsigned depth = 0;
+};
+
+// Returns the error of a failed Result or Status from the enclosing function.
+#define KVMEM_STEP_TRY(expr)                                   \
+  do {                                                         \
+    if (auto kvmem_r = (expr); !kvmem_r) return std::unexpected(kvmem_r.error()); \
+  } while (0)
+
+Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx);
+
+Result<Pattern> pattern_value(const json& j, const Ptr& p) {
+  if (j.is_string()) {
+    if (j == "zero") return Pattern{Pattern::Kind::kZero, 0};
+    if (j == "address") return Pattern{Pattern::Kind::kAddress, 0};
+    return p.fail("unknown pattern \"{}\" (expected \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}})",
+                  j.get<std::string>());
+  }
+  if (j.is_object() && j.size() == 1) {
+    if (j.contains("seed")) {
+      auto v = size_value(j.at("seed"), p / "seed");
+      if (!v) return std::unexpected(v.error());
+      return Pattern{Pattern::Kind::kSeed, *v};
+    }
+    if (j.contains("byte")) {
+      auto v = size_value(j.at("byte"), p / "byte");
+      if (!v) return std::unexpected(v.error());
+      if (*v > 0xff) return (p / "byte").fail("must be 0..255, found {}", *v);
+      return Pattern{Pattern::Kind::kByte, *v};
+    }
+  }
+  return p.fail("expected a pattern: \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}}");
+}
+
+Result<FreeMode> free_mode(const json& j, const Ptr& p) {
+  if (!j.contains("mode")) return FreeMode::kSync;
+  if (j.at("mode") == "sync") return FreeMode::kSync;
+  if (j.at("mode") == "async") return FreeMode::kAsync;
+  return (p / "mode").fail("expected \"sync\" or \"async\"");
+}
+
+// [at, at + length) must be aligned, non-empty, a whole number of words,
+// outside the boot area and inside RAM.
+Status check_range(const json& j, const Ptr& p, const Context& cx, uint64_t at, uint64_t length, uint64_t align) {
+  if (at % align != 0) return (p / "at").fail("{:#x} is not a multiple of {}", at, align);
+  if (length == 0) return (p / "length").fail("must be > 0");
+  if (length % 8 != 0) return (p / "length").fail("{:#x} is not a multiple of 8", length);
+  if (at < abi::kBootAreaEnd)
+    return (p / "at").fail("{:#x} lies in the reserved boot area [0x0, {:#x})", at, abi::kBootAreaEnd);
+  if (at >= cx.memory || length > cx.memory - at)
+    return (p / (j.contains("length") ? "length" : "at"))
+        .fail("the range at {:#x} of {:#x} bytes runs past the end of RAM ({:#x})", at, length, cx.memory);
+  return {};
+}
+
+// Reads "at" and "length", and checks the range they make.
+Status at_length(const json& j, const Ptr& p, const Context& cx, uint64_t align, uint64_t* at, uint64_t* length) {
+  auto a = required_size(j, p, "at");
+  if (!a) return std::unexpected(a.error());
+  auto l = required_size(j, p, "length");
+  if (!l) return std::unexpected(l.error());
+  *at = *a;
+  *length = *l;
+  return check_range(j, p, cx, *at, *length, align);
+}
+
+// "pattern", required unless a default is given.
+Status pattern_key(const json& j, const Ptr& p, bool required, Pattern* out) {
+  if (!j.contains("pattern")) {
+    if (required) return p.fail("missing required key \"pattern\"");
+    return {};
+  }
+  auto pat = pattern_value(j.at("pattern"), p / "pattern");
+  if (!pat) return std::unexpected(pat.error());
+  *out = *pat;
+  return {};
+}
+
+Result<Step> parse_print(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "text"}));
+  if (!j.contains("text") || !j.at("text").is_string()) return (p / "text").fail("expected a string");
+  Print s{j.at("text").get<std::string>()};
+  if (s.text.size() > 65536) return (p / "text").fail("longer than 65536 bytes");
+  return s;
+}
+
+Result<Step> parse_fill(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern"}));
+  Fill s;
+  KVMEM_STEP_TRY(at_length(j, p, cx, 8, &s.at, &s.length));
+  KVMEM_STEP_TRY(pattern_key(j, p, true, &s.pattern));
+  return s;
+}
+
+Result<Step> parse_verify(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern"}));
+  Verify s;
+  KVMEM_STEP_TRY(at_length(j, p, cx, 8, &s.at, &s.length));
+  KVMEM_STEP_TRY(pattern_key(j, p, true, &s.pattern));
+  return s;
+}
+
+Result<Step> parse_touch(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern", "stride", "write"}));
+  Touch s;
+  KVMEM_STEP_TRY(at_length(j, p, cx, 8, &s.at, &s.length));
+  KVMEM_STEP_TRY(pattern_key(j, p, false, &s.pattern));
+  if (j.contains("stride")) {
+    auto st = size_value(j.at("stride"), p / "stride");
+    if (!st) return std::unexpected(st.error());
+    if (*st == 0 || *st % 8 != 0) return (p / "stride").fail("must be a non-zero multiple of 8");
+    // The guest steps with a 64-bit add: past 2^64 it would go on below `at`.
+    if (*st > UINT64_MAX - (s.at + s.length))
+      return (p / "stride").fail("{:#x} carries past 2^64 from the end of the range", *st);
+    s.stride = *st;
+  }
+  // The guest's cursor goes on from the last word by one more stride; that
+  // must not wrap past 2^64 into low memory (the boot area).
+  const uint64_t last = last_touched(s);
+  if (s.stride > UINT64_MAX - last)
+    return (p / "stride").fail("{:#x} from the last word at {:#x} wraps past 2^64 to {:#x}", s.stride, last,
+                               last + s.stride);
+  if (j.contains("write")) {
+    if (!j.at("write").is_boolean()) return (p / "write").fail("expected true or false");
+    s.write = j.at("write").get<bool>();
+  }
+  return s;
+}
+
+Result<Step> parse_loop(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "count", "body"}));
+  if (cx.depth + 1 > kMaxLoopDepth) return p.fail("loops nest deeper than {}", kMaxLoopDepth);
+  auto count = required_size(j, p, "count");
+  if (!count) return std::unexpected(count.error());
+  if (*count == 0) return (p / "count").fail("must be >= 1");
+  if (!j.contains("body")) return p.fail("missing required key \"body\"");
+  cx.depth++;
+  auto body = parse_list(j.at("body"), p / "body", cx);
+  cx.depth--;
+  if (!body) return std::unexpected(body.error());
+  return Loop{*count, std::move(*body)};
+}
+
+Result<Step> parse_hypercall(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "nr", "args", "expect"}));
+  auto nr = required_size(j, p, "nr");
+  if (!nr) return std::unexpected(nr.error());
+  if (*nr > UINT32_MAX) return (p / "nr").fail("must fit in 32 bits, found {}", *nr);
+  Hypercall s;
+  s.nr = static_cast<uint32_t>(*nr);
+  if (j.contains("args")) {
+    const json& args = j.at("args");
+    if (!args.is_array()) return (p / "args").fail("expected an array, found {}", args.type_name());
+    if (args.size() > 6) return (p / "args").fail("at most 6 arguments, found {}", args.size());
+    for (size_t i = 0; i < args.size(); i++) {
+      // Negative integers are allowed here: they travel as their two's complement.
+      if (args[i].is_number_integer() && !args[i].is_number_unsigned()) {
+        s.args[i] = static_cast<uint64_t>(args[i].get<int64_t>());
+        continue;
+      }
+      auto v = size_value(args[i], p / "args" / i);
+      if (!v) return std::unexpected(v.error());
+      s.args[i] = *v;
+    }
+  }
+  if (j.contains("expect")) {
+    auto e = signed_value(j.at("expect"), p / "expect");
+    if (!e) return std::unexpected(e.error());
+    s.expect = *e;
+  }
+  return s;
+}
+
+Result<Step> parse_exit(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "code"}));
+  Exit s;
+  if (j.contains("code")) {
+    auto c = size_value(j.at("code"), p / "code");
+    if (!c) return std::unexpected(c.error());
+    if (*c > 255) return (p / "code").fail("must be 0..255, found {}", *c);
+    s.code = *c;
+  }
+  return s;
+}
+
+Result<Step> parse_fault(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "kind"}));
+  const json* kind = j.contains("kind") ? &j.at("kind") : nullptr;
+  for (int f = 0; kind && kind->is_string() && f < kFaultKinds; f++)
+    if (*kind == fault_name(static_cast<FaultKind>(f))) return Fault{static_cast<FaultKind>(f)};
+  return (p / "kind").fail("expected one of: divide-by-zero, invalid-opcode, breakpoint, unmapped-read, "
+                           "halt, unknown-port, spin");
+}
+
+// "granule", "stride" and "batch" of a free step whose mode is known.
+Status free_sizes(const json& j, const Ptr& p, Free* s) {
+  if (j.contains("granule")) {
+    auto g = size_value(j.at("granule"), p / "granule");
+    if (!g) return std::unexpected(g.error());
+    if (*g == 0 || *g % 4096 != 0) return (p / "granule").fail("must be a non-zero multiple of 4K");
+    s->granule = *g;
+  }
+  if (j.contains("stride")) {
+    auto st = size_value(j.at("stride"), p / "stride");
+    if (!st) return std::unexpected(st.error());
+    if (*st < s->granule || *st % 4096 != 0)
+      return (p / "stride").fail("must be a multiple of 4K no smaller than the granule ({:#x})", s->granule);
+    s->stride = *st;
+  }
+  if (s->length % s->stride_or_granule() != 0)
+    return (p / "length").fail("{:#x} is not a multiple of the {} ({:#x})", s->length,
+                               s->stride ? "stride" : "granule", s->stride_or_granule());
+  const uint64_t max_batch = s->mode == FreeMode::kSync ? abi::kReportMax : guest::layout::kFreeRingEntries;
+  if (j.contains("batch")) {
+    auto b = size_value(j.at("batch"), p / "batch");
+    if (!b) return std::unexpected(b.error());
+    if (*b == 0 || *b > max_batch) return (p / "batch").fail("must be 1..{} in this mode, found {}", max_batch, *b);
+    s->batch = *b;
+  }
+  return {};
+}
+
+Result<Step> parse_free(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "granule", "stride", "batch", "mode"}));
+  Free s;
+  auto mode = free_mode(j, p);
+  if (!mode) return std::unexpected(mode.error());
+  s.mode = *mode;
+  KVMEM_STEP_TRY(at_length(j, p, cx, 4096, &s.at, &s.length));
+  KVMEM_STEP_TRY(free_sizes(j, p, &s));
+  return s;
+}
+
+Result<Step> parse_report(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "ranges", "expect", "mode"}));
+  Report s;
+  auto mode = free_mode(j, p);
+  if (!mode) return std::unexpected(mode.error());
+  s.mode = *mode;
+  if (!j.contains("ranges")) return p.fail("missing required key \"ranges\"");
+  const json& ranges = j.at("ranges");
+  if (!ranges.is_array() || ranges.empty() || ranges.size() > kMaxReportRanges)
+    return (p / "ranges").fail("expected an array of 1..{} [address, length] pairs", kMaxReportRanges);
+  for (size_t i = 0; i < ranges.size(); i++) {
+    const json& r = ranges[i];
+    if (!r.is_array() || r.size() != 2) return (p / "ranges" / i).fail("expected [address, length]");
+    auto gpa = size_value(r[0], p / "ranges" / i / 0);
+    if (!gpa) return std::unexpected(gpa.error());
+    auto len = size_value(r[1], p / "ranges" / i / 1);
+    if (!len) return std::unexpected(len.error());
+    s.ranges.emplace_back(*gpa, *len);  // deliberately unchecked: the VMM must refuse bad ones
+  }
+  s.expects.assign(s.ranges.size(), std::nullopt);
+  if (j.contains("expect")) {
+    const json& e = j.at("expect");
+    if (!e.is_array() || e.size() != s.ranges.size())
+      return (p / "expect").fail("expected an array with one status (or null) per range");
+    for (size_t i = 0; i < e.size(); i++) {
+      if (e[i].is_null()) continue;
+      auto v = signed_value(e[i], p / "expect" / i);
+      if (!v) return std::unexpected(v.error());
+      s.expects[i] = *v;
+    }
+  }
+  return s;
+}
+
+Result<Step> parse_timestamp(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "slot"}));
+  auto slot = required_size(j, p, "slot");
+  if (!slot) return std::unexpected(slot.error());
+  // The slots live in whole pages at the top of RAM, above the boot area.
+  const uint64_t room = (cx.memory - abi::kBootAreaEnd) / kPageSize * kPageSize / 8;
+  const uint64_t slots = std::min(layout::kMaxResultSlots, room);
+  if (*slot >= slots) return (p / "slot").fail("must be 0..{}, found {}", slots - 1, *slot);
+  return Timestamp{*slot};
+}
+
+Result<Step> parse_out(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "port", "value"}));
+  auto port = required_size(j, p, "port");
+  if (!port) return std::unexpected(port.error());
+  if (*port > 0xff) return (p / "port").fail("must be 0..255, found {}", *port);
+  Out s;
+  s.port = static_cast<uint8_t>(*port);
+  if (j.contains("value")) {
+    auto v = size_value(j.at("value"), p / "value");
+    if (!v) return std::unexpected(v.error());
+    if (*v > UINT32_MAX) return (p / "value").fail("must fit in 32 bits");
+    s.value = static_cast<uint32_t>(*v);
+  }
+  return s;
+}
+
+using Parser = Result<Step> (*)(const json&, const Ptr&, Context&);
+struct OpParser {
+  const char* name;
+  Parser parse;
+};
+constexpr OpParser kParsers[] = {
+    {"print", parse_print},   {"fill", parse_fill},     {"touch", parse_touch},   {"verify", parse_verify},
+    {"loop", parse_loop},     {"hypercall", parse_hypercall}, {"exit", parse_exit}, {"fault", parse_fault},
+    {"free", parse_free},     {"report", parse_report}, {"out", parse_out},       {"timestamp", parse_timestamp},
+};
+static_assert(std::size(kParsers) == std::variant_size_v<StepVariant>, "one parser per op");
+
+Result<Step> parse_step(const json& j, const Ptr& p, Context& cx) {
+  if (++cx.steps > kMaxSteps) return p.fail("too many steps (at most {})", kMaxSteps);
+  if (!j.is_object()) return p.fail("expected a step object, found {}", j.type_name());
+  if (!j.contains("op")) return p.fail("missing required key \"op\"");
+  const json& op = j.at("op");
+  if (!op.is_string()) return (p / "op").fail("expected a string, found {}", op.type_name());
+  for (const OpParser& parser : kParsers)
+    if (op == parser.name) return parser.parse(j, p, cx);
+  return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, "
+                         "free, report, out or timestamp)",
+                         op.get<std::string>());
+}
+
+Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx) {
+  if (!j.is_array()) return p.fail("expected an array of steps, found {}", j.type_name());
+  std::vector<Step> out;
+  for (size_t i = 0; i < j.size(); i++) {
+    auto s = parse_step(j[i], p / i, cx);
+    if (!s) return std::unexpected(s.error());
+    out.push_back(std::move(*s));
+  }
+  return out;
+}
+
+// No step of `steps` (at pointer p) walks memory in `reserved`.
+Status check_clear_of(const std::vector<Step>& steps, const Ptr& p, GuestRange reserved, const char* what) {
+  for (size_t i = 0; i < steps.size(); i++) {
+    if (const auto* l = std::get_if<Loop>(&steps[i])) {
+      KVMEM_STEP_TRY(check_clear_of(l->body, p / i / "body", reserved, what));
+      continue;
+    }
+    const auto walked = memory_walked(steps[i]);
+    if (walked && walked->overlaps(reserved))
+      return (p / i).fail("{} {} overlaps {}, {}", op_name(steps[i]), *walked, reserved, what);
+  }
+  return {};
+}
+
+}  // namespace
+
+Result<std::vector<Step>> parse_program(const json& j, const Ptr& p, uint64_t memory) {
+  Context cx{memory};
+  auto steps = parse_list(j, p, cx);
+  if (!steps) return steps;
+  if (const uint64_t slots = result_slots_used(*steps))
+    KVMEM_STEP_TRY(check_clear_of(*steps, p, layout::result_slots_range(memory, slots),
+                                  "the result slots of the program's timestamp steps at the top of RAM"));
+  return steps;
+}
+
+}  // namespace kvmem

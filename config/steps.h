@@ -1,0 +1,26 @@
+// Program steps, parsed from untrusted JSON: one small parser per op.
+//
+// Each rejection names the JSON pointer of the bad value and why:
+// "/program/3/length: 0xc is not a multiple of 8". docs/config.md documents
+// every op and key.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "base/error.h"
+#include "config/fields.h"
+#include "guest/step.h"
+
+namespace kvmem {
+
+inline constexpr size_t kMaxSteps = 10'000;
+inline constexpr unsigned kMaxLoopDepth = 8;
+
+// Parses a VM's "program" (at pointer p): an array of steps for a VM with
+// `memory` bytes of RAM.
+Result<std::vector<guest::Step>> parse_program(const nlohmann::json& j, const json_fields::Ptr& p, uint64_t memory);
+
+}  // namespace kvmem

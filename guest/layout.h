@@ -1,0 +1,129 @@
+// Where the VMM places things in a guest's RAM: the boot area, the pieces
+// each vCPU gets, and the result slots at the top of RAM.
+//
+// guest/abi.h is the contract both sides keep (hypercalls, report structs,
+// the boot area's end); this file is the VMM's own placement inside it. The
+// boot area [0, abi::kBootAreaEnd) is mapped with 4 KiB pages, each with the
+// access of the area it lies in (kAreas), so that a CPL3 program can write
+// only its stack, its report lists and its free ring, and read its own code:
+//
+//   [0x00000, 0x01000)  —            not mapped (catches null pointers)
+//   [0x01000, 0x02000)  supervisor   GDT: Linux's selectors, one TSS descriptor per vCPU
+//   [0x02000, 0x03000)  supervisor   IDT, 256 interrupt gates
+//   [0x03000, 0x04000)  supervisor   ring-0 exception stubs
+//   [0x10000, 0x40000)  supervisor   page tables
+//   [0x40000, 0x50000)  supervisor   per vCPU: a page with its TSS and its ring-0 stack
+//   [0x50000, 0xc0000)  user, read   the program's code and string data
+//   [0xd0000, 0xe0000)  user, write  FreeReport lists of `free`/`report` steps
+//   [0xe0000, 0xf0000)  user, write  the free ring of programs that use one
+//   [0xf0000, 0x100000) user, write  per vCPU: a user stack
+//   [0x100000, ...)     user, write  RAM for steps (4 KiB pages up to 2 MiB, then 2 MiB or 1 GiB)
+//   [top - N pages, top) user, write the result slots of a program with timestamp steps
+//
+// The ring-0 pieces are supervisor-only: a CPL3 write to any of them is a
+// #PF, so a program cannot repoint a gate or a page table at its own code.
+#pragma once
+
+#include <cstdint>
+
+#include "guest/abi.h"
+#include "memory/range.h"
+
+namespace kvmem::guest::layout {
+
+// vCPUs the boot area has room for: a TSS, a ring-0 stack and a user stack each.
+inline constexpr unsigned kMaxVcpus = 16;
+
+inline constexpr uint64_t kGdtAddr = 0x1000;
+inline constexpr uint64_t kIdtAddr = 0x2000;
+inline constexpr uint64_t kStubsAddr = 0x3000;
+inline constexpr uint64_t kStubsEnd = 0x4000;
+
+// PML4, PDPT, then up to kMaxPds page directories (one per GiB of RAM), then
+// the page table of the first 2 MiB.
+inline constexpr uint64_t kPageTablesAddr = 0x10000;
+inline constexpr uint64_t kPml4Addr = kPageTablesAddr;
+inline constexpr uint64_t kPdptAddr = kPageTablesAddr + 0x1000;
+inline constexpr uint64_t kPdsAddr = kPageTablesAddr + 0x2000;
+inline constexpr uint64_t kMaxPds = 32;
+inline constexpr uint64_t kLowPtAddr = kPdsAddr + kMaxPds * 0x1000;
+inline constexpr uint64_t kPageTablesEnd = 0x40000;
+static_assert(kLowPtAddr + 0x1000 <= kPageTablesEnd);
+
+// Per vCPU one page: its TSS at the start, its ring-0 stack growing down
+// from the end (the stubs push 7 words).
+inline constexpr uint64_t kVcpuKernelAddr = 0x40000;
+inline constexpr uint64_t kVcpuKernelSize = 0x1000;
+inline constexpr uint64_t kVcpuKernelEnd = kVcpuKernelAddr + kMaxVcpus * kVcpuKernelSize;
+static_assert(kVcpuKernelEnd <= 0x50000);
+
+inline constexpr uint64_t kProgramAddr = 0x50000;
+inline constexpr uint64_t kProgramEnd = 0xc0000;
+inline constexpr uint64_t kReportListAddr = 0xd0000;
+inline constexpr uint64_t kReportListEnd = 0xe0000;
+static_assert(kReportListEnd - kReportListAddr >= abi::kReportMax * sizeof(abi::FreeReport));
+inline constexpr uint64_t kFreeRingAddr = 0xe0000;
+inline constexpr uint64_t kFreeRingEntries = 1024;  // the ring of generated programs
+inline constexpr uint64_t kFreeRingEnd = 0xf0000;
+static_assert(kFreeRingEnd - kFreeRingAddr >=
+              sizeof(abi::FreeRingHeader) + kFreeRingEntries * sizeof(abi::FreeReport));
+
+// Per vCPU: a user stack of kUserStackSize bytes; vCPU 0's ends at the boot area's end.
+inline constexpr uint64_t kUserStacksAddr = 0xf0000;
+inline constexpr uint64_t kUserStackSize = 0x1000;
+inline constexpr uint64_t kUserStacksEnd = kUserStacksAddr + kMaxVcpus * kUserStackSize;
+static_assert(kUserStacksEnd == abi::kBootAreaEnd);
+
+constexpr uint64_t tss_addr(unsigned vcpu) { return kVcpuKernelAddr + vcpu * kVcpuKernelSize; }
+constexpr uint64_t kernel_stack_top(unsigned vcpu) { return tss_addr(vcpu) + kVcpuKernelSize; }
+constexpr uint64_t user_stack_top(unsigned vcpu) { return abi::kBootAreaEnd - vcpu * kUserStackSize; }
+
+// GDT selectors (Linux's layout, so 0x33 / 0x2b as on a Linux user task),
+// then one 16-byte TSS descriptor per vCPU.
+inline constexpr uint16_t kKernelCs = 0x10;
+inline constexpr uint16_t kKernelDs = 0x18;
+inline constexpr uint16_t kUserDs = 0x2b;  // index 5, RPL 3
+inline constexpr uint16_t kUserCs = 0x33;  // index 6, RPL 3
+inline constexpr uint16_t kFirstTssSel = 0x40;  // index 8
+constexpr uint16_t tss_selector(unsigned vcpu) { return static_cast<uint16_t>(kFirstTssSel + vcpu * 16); }
+inline constexpr unsigned kGdtEntries = 8 + 2 * kMaxVcpus;
+
+// The 64-bit result slots of a program that writes `slots` of them (its
+// largest timestamp slot + 1) live in whole pages at the top of RAM, out of
+// reach of every step (config validation refuses a step that overlaps them).
+// Slot i is at start + 8 * i. Sized by the program: none when it writes none.
+inline constexpr uint64_t kMaxResultSlots = uint64_t{1} << 24;  // 128 MiB of slots
+// Bytes of RAM the result slots take, whole pages. Precondition: slots <= kMaxResultSlots.
+constexpr uint64_t result_slots_bytes(uint64_t slots) { return (slots * 8 + kPageSize - 1) / kPageSize * kPageSize; }
+// Precondition: result_slots_bytes(slots) <= ram_bytes.
+constexpr GuestRange result_slots_range(uint64_t ram_bytes, uint64_t slots) {
+  return GuestRange(ram_bytes - result_slots_bytes(slots), ram_bytes);
+}
+
+// How the CPL3 program may reach an area of the boot area.
+enum class Access { kNone, kSupervisor, kUserRead, kUserWrite };
+struct Area {
+  GuestRange range;
+  Access access;
+  const char* name;
+};
+inline constexpr Area kAreas[] = {
+    {{kGdtAddr, kGdtAddr + 0x1000}, Access::kSupervisor, "GDT"},
+    {{kIdtAddr, kIdtAddr + 0x1000}, Access::kSupervisor, "IDT"},
+    {{kStubsAddr, kStubsEnd}, Access::kSupervisor, "exception stubs"},
+    {{kPageTablesAddr, kPageTablesEnd}, Access::kSupervisor, "page tables"},
+    {{kVcpuKernelAddr, kVcpuKernelEnd}, Access::kSupervisor, "TSSes and ring-0 stacks"},
+    {{kProgramAddr, kProgramEnd}, Access::kUserRead, "program"},
+    {{kReportListAddr, kReportListEnd}, Access::kUserWrite, "report lists"},
+    {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free ring"},
+    {{kUserStacksAddr, kUserStacksEnd}, Access::kUserWrite, "user stacks"},
+};
+
+// The access of the boot-area page at gpa (kNone outside every area).
+constexpr Access access_at(uint64_t gpa) {
+  for (const Area& a : kAreas)
+    if (a.range.contains(gpa)) return a.access;
+  return Access::kNone;
+}
+
+}  // namespace kvmem::guest::layout

@@ -1,0 +1,170 @@
+// The steps a guest program is made of: one struct per op, and Step, the
+// variant of them all.
+//
+// Every address a step names is guest-physical; the guest's page tables are
+// an identity map, so the code uses them as they are. config/steps.cc parses
+// and validates steps from JSON; stress and the benchmarks build them on the
+// host. guest::build() (guest/program.h) assembles them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "memory/range.h"
+
+namespace kvmem::guest {
+
+// What a word of guest memory should hold, as a function of its address.
+struct Pattern {
+  enum class Kind { kZero, kAddress, kSeed, kByte };
+  Kind kind = Kind::kZero;
+  uint64_t arg = 0;  // the seed, or the byte
+
+  // The 64-bit word at guest-physical address gpa. The guest computes the
+  // same values in its own code; tests and the VMM use this to check it.
+  uint64_t word(uint64_t gpa) const;
+  std::string describe() const;  // "zero", "address", "seed 42", "byte 0xab"
+};
+
+// A fixed 64-bit mix (MurmurHash3's finaliser) of addr ^ seed.
+uint64_t seed_mix(uint64_t addr, uint64_t seed);
+
+enum class FreeMode { kSync, kAsync };
+
+// Deliberate misbehaviour, to see how the VMM reports it.
+enum class FaultKind { kDivideByZero, kInvalidOpcode, kBreakpoint, kUnmappedRead, kHalt, kUnknownPort, kSpin };
+
+struct Step;
+
+// Writes the text to the console, one hypercall per abi::kConsoleMax bytes.
+struct Print {
+  std::string text;
+};
+
+// Writes every word of [at, at + length).
+struct Fill {
+  uint64_t at = 0;
+  uint64_t length = 0;
+  Pattern pattern;
+};
+
+// Writes (or reads) one word every `stride` bytes of [at, at + length).
+struct Touch {
+  uint64_t at = 0;
+  uint64_t length = 0;
+  uint64_t stride = 4096;
+  bool write = true;
+  Pattern pattern{Pattern::Kind::kAddress, 0};
+};
+
+// Reads every word of [at, at + length); the first mismatch fails the run.
+struct Verify {
+  uint64_t at = 0;
+  uint64_t length = 0;
+  Pattern pattern;
+};
+
+// Runs `body` `count` (>= 1) times.
+struct Loop {
+  uint64_t count = 1;
+  std::vector<Step> body;
+};
+
+// A raw hypercall; with `expect`, any other status fails the run.
+struct Hypercall {
+  uint32_t nr = 0;
+  std::array<uint64_t, 6> args{};  // rdi, rsi, rdx, r10, r8, r9
+  std::optional<int64_t> expect;
+};
+
+struct Exit {
+  uint64_t code = 0;
+};
+
+struct Fault {
+  FaultKind kind = FaultKind::kSpin;
+};
+
+// Hands [at, at + length) back in `granule`-sized ranges every `stride`
+// bytes (0: every granule, back to back), `batch` ranges per report.
+struct Free {
+  uint64_t at = 0;
+  uint64_t length = 0;
+  uint64_t granule = 4096;
+  uint64_t stride = 0;
+  uint64_t batch = 64;
+  FreeMode mode = FreeMode::kSync;
+
+  uint64_t stride_or_granule() const { return stride ? stride : granule; }
+};
+
+// Reports exactly these ranges, hostile ones included; each status is
+// checked against `expects[i]` where one is given.
+struct Report {
+  std::vector<std::pair<uint64_t, uint64_t>> ranges;  // (gpa, length)
+  std::vector<std::optional<int64_t>> expects;        // one per range
+  FreeMode mode = FreeMode::kSync;
+};
+
+// Writes `value` to an 8-bit I/O port.
+struct Out {
+  uint8_t port = 0;
+  uint32_t value = 0;
+};
+
+// Stores the TSC in result slot `slot` (guest/program.h: ResultSlots).
+struct Timestamp {
+  uint64_t slot = 0;
+};
+
+using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp>;
+
+// One step of a program: exactly one of the ops above.
+struct Step : StepVariant {
+  using StepVariant::StepVariant;
+
+  template <class Op>
+  bool is() const { return std::holds_alternative<Op>(*this); }
+  template <class Op>
+  const Op& as() const { return std::get<Op>(*this); }
+  template <class Op>
+  Op& as() { return std::get<Op>(*this); }
+};
+
+inline constexpr uint64_t kMaxReportRanges = 64;  // ranges in one `report` step
+// Status the guest leaves in a report entry before the VMM answers: no
+// answer reads as this (the VMM writes only 0 or a negative errno).
+inline constexpr int64_t kStatusUnanswered = 1;
+
+// The config's name of each op: "print", "fill", ... "timestamp".
+const char* op_name(const Step& s);
+
+// Names used in configs: "divide-by-zero", "invalid-opcode", "breakpoint",
+// "unmapped-read", "halt", "unknown-port", "spin".
+const char* fault_name(FaultKind f);
+inline constexpr int kFaultKinds = static_cast<int>(FaultKind::kSpin) + 1;
+
+// True when a step of `steps`, or one inside a loop, uses the asynchronous
+// free ring.
+bool uses_free_ring(const std::vector<Step>& steps);
+
+// The guest-physical range holding every address the step's own code reads
+// or writes (fill, touch, verify) or hands back (free); nullopt for the ops
+// that walk no memory of their own (a loop's body is its own steps; a
+// report's ranges are hostile on purpose and checked by the VMM).
+std::optional<GuestRange> memory_walked(const Step& s);
+
+// The last word a touch step touches: at + k * stride for the largest k
+// that stays below at + length. Precondition: the range does not wrap.
+uint64_t last_touched(const Touch& t);
+
+// The number of result slots the program writes: its largest timestamp
+// slot + 1, or 0 when it has no timestamp step.
+uint64_t result_slots_used(const std::vector<Step>& steps);
+
+}  // namespace kvmem::guest
