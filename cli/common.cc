@@ -1,0 +1,35 @@
+#include <cstdio>
+
+#include "cli/cli.h"
+#include "guest/abi.h"
+
+namespace kvmem::cli {
+
+double ms_since(Clock::time_point t) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - t).count();
+}
+
+int report_error(bool as_json, int code, const std::string& message) {
+  if (as_json) {
+    print_json(json{{"exit_code", code}, {"error", message}});
+  } else {
+    std::fprintf(stderr, "kvmem: %s\n", message.c_str());
+  }
+  return code;
+}
+
+Result<Prepared> prepare(const std::string& path) {
+  auto config = load_run_config(path);
+  if (!config) return std::unexpected(config.error());
+  Prepared p{std::move(*config), {}};
+  for (const VmConfig& vm : p.config.vms) {
+    auto image = guest::build_program(vm.program, abi::kProgramAddr, abi::kProgramEnd);
+    if (!image) return std::unexpected(image.error().context(fmt::format("{}: vm {}", path, vm.name)));
+    p.images.push_back(std::move(*image));
+  }
+  return p;
+}
+
+void print_json(const json& j) { std::printf("%s\n", j.dump().c_str()); }
+
+}  // namespace kvmem::cli
