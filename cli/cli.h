@@ -42,6 +42,7 @@ struct Prepared {
   std::vector<guest::Image> images;
 };
 Result<Prepared> prepare(const std::string& path);
+Result<Prepared> assemble(RunConfig config, const std::string& path);
 
 // One subcommand: it registers its options on construction and runs when
 // the command line chose it.

@@ -21,7 +21,11 @@ int report_error(bool as_json, int code, const std::string& message) {
 Result<Prepared> prepare(const std::string& path) {
   auto config = load_run_config(path);
   if (!config) return std::unexpected(config.error());
-  Prepared p{std::move(*config), {}};
+  return assemble(std::move(*config), path);
+}
+
+Result<Prepared> assemble(RunConfig config, const std::string& path) {
+  Prepared p{std::move(config), {}};
   for (const VmConfig& vm : p.config.vms) {
     auto image = guest::build_program(vm.program, abi::kProgramAddr, abi::kProgramEnd);
     if (!image) return std::unexpected(image.error().context(fmt::format("{}: vm {}", path, vm.name)));

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "cli/cli.h"
+#include "config/fields.h"
 #include "guest/abi.h"
 
 namespace kvmem::cli {
@@ -39,4 +40,24 @@ int main_impl(int argc, char** argv) {
 }  // namespace
 }  // namespace kvmem::cli
 
-int main(int argc, char** argv) { return kvmem::cli::main_impl(argc, argv); }
+// The last net: no exception leaves main. The config parsers catch the JSON
+// library's own, so one arriving here is a reader that missed it (exit 2,
+// as it came from a config); anything else is a bug or the host.
+int main(int argc, char** argv) {
+  using namespace kvmem::cli;
+  try {
+    return main_impl(argc, argv);
+  } catch (const nlohmann::json::exception& e) {
+    std::fprintf(stderr, "kvmem: %s\n", kvmem::json_fields::library_error(e).message.c_str());
+    return kExitUsage;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "kvmem: out of memory\n");
+    return kExitHost;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "kvmem: internal error: %s\n", e.what());
+    return kExitFailed;
+  } catch (...) {
+    std::fprintf(stderr, "kvmem: internal error: an unknown exception\n");
+    return kExitFailed;
+  }
+}

@@ -20,15 +20,17 @@ class ValidateCommand : public Command {
     cmd_->add_flag("--json", json_, "print the result as JSON");
   }
 
+  // The file is read once (it may be a pipe), then parsed as what it is.
   int run(Clock::time_point) override {
-    if (auto j = read_config_json(file_); j && j->is_object() && j->contains("stress")) return validate_stress();
-    return validate_vms();
+    auto j = read_config_json(file_);
+    if (!j) return report_error(json_, kExitUsage, j.error().message);
+    return is_stress_config(*j) ? validate_stress(*j) : validate_vms(*j);
   }
 
  private:
   // A stress config validates as one, with what a round will run.
-  int validate_stress() {
-    auto c = load_stress_config(file_);
+  int validate_stress(const json& j) {
+    auto c = stress_config_from(j, file_);
     if (!c) return report_error(json_, kExitUsage, c.error().message);
     // Assemble one VM's program to be sure a round can be built.
     StressVm vm = make_stress_vm(*c, c->seed ? c->seed : 1, 0, 0);
@@ -51,8 +53,10 @@ class ValidateCommand : public Command {
     return kExitOk;
   }
 
-  int validate_vms() {
-    auto p = prepare(file_);
+  int validate_vms(const json& j) {
+    auto config = run_config_from(j, file_);
+    if (!config) return report_error(json_, kExitUsage, config.error().message);
+    auto p = assemble(std::move(*config), file_);
     if (!p) return report_error(json_, kExitUsage, p.error().message);
     json vms = json::array();
     std::string text;

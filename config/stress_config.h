@@ -33,5 +33,9 @@ Result<StressConfig> load_stress_config(const std::string& path);
 // The JSON of a config file, for a caller that must look before it parses.
 Result<nlohmann::json> read_config_json(const std::string& path);
 Result<StressConfig> parse_stress_config(const nlohmann::json& j);
+// Parses a config read from `path`; errors start with the path.
+Result<StressConfig> stress_config_from(const nlohmann::json& j, const std::string& path);
+// True when j is a stress config ({"stress": ...}) rather than a run config.
+bool is_stress_config(const nlohmann::json& j);
 
 }  // namespace kvmem
