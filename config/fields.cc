@@ -1,9 +1,11 @@
 #include "config/fields.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 #include "config/vm_config.h"
 
@@ -161,12 +163,45 @@ Result<std::string> string_value(const json& j, const Ptr& p) {
   return j.get<std::string>();
 }
 
+namespace {
+
+// The file's bytes, refusing more than kMaxConfigBytes: a regular file by
+// its size before any read, anything else (a pipe, a device) by a read
+// that stops one byte past the limit.
+Result<std::string> read_bounded(const std::string& path) {
+  const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return sys_fail(fmt::format("cannot read config {}", path), "open", errno);
+  struct Closer {
+    int fd;
+    ~Closer() { close(fd); }
+  } closer{fd};
+  struct stat st {};
+  if (fstat(fd, &st) < 0) return sys_fail(fmt::format("cannot read config {}", path), "fstat", errno);
+  if (S_ISDIR(st.st_mode)) return fail("cannot read config {}: it is a directory", path);
+  const auto too_big = [&](std::string_view size) {
+    return fail("{}: the config is {}more than the {} bytes ({} MiB) kvmem reads", path, size, kMaxConfigBytes,
+                kMaxConfigBytes >> 20);
+  };
+  if (S_ISREG(st.st_mode) && static_cast<uint64_t>(st.st_size) > kMaxConfigBytes)
+    return too_big(fmt::format("{} bytes, ", st.st_size));
+  std::string text;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = read(fd, buf, sizeof buf);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return sys_fail(fmt::format("cannot read config {}", path), "read", errno);
+    if (n == 0) return text;
+    text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxConfigBytes) return too_big("");  // a pipe: no size to name
+  }
+}
+
+}  // namespace
+
 Result<json> read_json(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return sys_fail(fmt::format("cannot read config {}", path), "open", errno);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  const std::string text = ss.str();
+  auto bytes = read_bounded(path);
+  if (!bytes) return std::unexpected(bytes.error());
+  const std::string& text = *bytes;
   try {
     return json::parse(text);
   } catch (const json::parse_error& e) {

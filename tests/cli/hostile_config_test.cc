@@ -1,6 +1,7 @@
 // Configs that are valid JSON but hostile: the CLI answers exit 2 with the
 // file, the JSON pointer and the reason, and never aborts.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "tests/cli/cli_support.h"
@@ -45,4 +46,27 @@ TEST_CASE("fractions and integers past 64 bits are refused as such", "[cli]") {
   CHECK(s.exit_code == 2);
   CHECK(s.err.find("/stress/rounds: expected a whole number of bytes, found 1.8446744073709552e+19") !=
         std::string::npos);
+}
+
+TEST_CASE("a config over 4 MiB is refused by its size, from a file or a pipe", "[cli]") {
+  // Valid JSON, so nothing but the size can refuse it.
+  const std::string big = R"({"memory": "4M", "program": [], "name": ")" + std::string(5 << 20, 'x') + "\"}";
+  TempConfig file(big);
+  auto r = run_kvmem({"validate", file.path()});
+  CHECK(r.exit_code == 2);
+  CHECK(r.err == fmt::format("kvmem: {}: the config is {} bytes, more than the 4194304 bytes (4 MiB) kvmem reads\n",
+                             file.path(), big.size()));
+  auto piped = test::run_command({"/bin/sh", "-c", "cat \"$0\" | \"$1\" validate /dev/stdin", file.path(),
+                                  test::kvmem_binary()});
+  CHECK(piped.exit_code == 2);
+  CHECK(piped.err == "kvmem: /dev/stdin: the config is more than the 4194304 bytes (4 MiB) kvmem reads\n");
+  auto dir = run_kvmem({"validate", "/tmp"});
+  CHECK(dir.exit_code == 2);
+  CHECK(dir.err == "kvmem: cannot read config /tmp: it is a directory\n");
+}
+
+TEST_CASE("a config read from a pipe validates", "[cli]") {
+  auto r = test::run_command({"/bin/sh", "-c", "\"$0\" validate /dev/stdin < configs/hello.json", test::kvmem_binary()});
+  INFO(r.err);
+  CHECK(r.exit_code == 0);
 }
