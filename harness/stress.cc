@@ -33,7 +33,10 @@ uint64_t random_stress_seed() {
 }
 
 StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index) {
-  std::seed_seq seq{seed, round, index};
+  // seed_seq keeps 32 bits of each value: give it both halves of each.
+  const auto lo = [](uint64_t v) { return static_cast<uint32_t>(v); };
+  const auto hi = [](uint64_t v) { return static_cast<uint32_t>(v >> 32); };
+  std::seed_seq seq{lo(seed), hi(seed), lo(round), hi(round), lo(index), hi(index)};
   std::mt19937_64 rng(seq);
   StressVm vm;
   vm.config.name = fmt::format("r{}-vm{}", round, index);
@@ -79,6 +82,7 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
 nlohmann::json StressSummary::to_json() const {
   return {{"exit_code", exit_code()},
           {"seed", seed},
+          {"seed_string", std::to_string(seed)},  // JSON tools round integers above 2^53
           {"rounds", rounds},
           {"vms_booted", vms_booted},
           {"bytes_written", bytes_written},

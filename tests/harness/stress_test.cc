@@ -58,6 +58,27 @@ TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
   }
 }
 
+TEST_CASE("every bit of a 64-bit stress seed, round and VM index changes the program", "[stress]") {
+  StressConfig c = small();
+  auto img = [&](uint64_t seed, uint64_t round, uint64_t index) {
+    return guest::build_program(make_stress_vm(c, seed, round, index).config.program, abi::kProgramAddr,
+                                abi::kProgramEnd)
+        ->bytes;
+  };
+  CHECK(img(5, 0, 0) != img(4294967301ull, 0, 0));  // 5 + 2^32
+  CHECK(img(5, 0, 0) != img(5 | (1ull << 63), 0, 0));
+  CHECK(img(5, 1, 0) != img(5, 1 + (1ull << 32), 0));
+  CHECK(img(5, 0, 1) != img(5, 0, 1 + (1ull << 32)));
+}
+
+TEST_CASE("the stress JSON summary carries the seed as a string too", "[stress]") {
+  StressSummary sum;
+  sum.seed = 18446744073709551557ull;  // above 2^53: a double cannot hold it
+  const json j = sum.to_json();
+  CHECK(j["seed"] == 18446744073709551557ull);
+  CHECK(j["seed_string"] == "18446744073709551557");
+}
+
 TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress][kvm]") {
   REQUIRE_KVM();
   StressConfig c = small();
