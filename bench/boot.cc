@@ -61,7 +61,9 @@ Result<Sample> one_run(const std::string& self, const std::string& config) {
   if (j.is_discarded() || !j.contains("vms") || !j["vms"].is_array())
     return fail("kvmem run --json {} printed no usable report: {}", config, report);
   uint64_t guest = 0;
-  for (const auto& vm : j["vms"]) guest += vm.value("committed_bytes", uint64_t{0});
+  for (const auto& vm : j["vms"])
+    if (vm.is_object() && vm.contains("committed_bytes") && vm["committed_bytes"].is_number_unsigned())
+      guest += vm["committed_bytes"].get<uint64_t>();
   return Sample{wall, static_cast<uint64_t>(ru.ru_maxrss) * 1024, guest};
 }
 

@@ -28,11 +28,13 @@ using Clock = std::chrono::steady_clock;
 
 double ms_since(Clock::time_point t);
 
-// Prints an error the human way (stderr: "kvmem: message") or as the one
-// JSON report ({"exit_code": code, "error": message} on stdout). Returns code.
+// Prints an error the human way (stderr: "kvmem: message", made
+// terminal-safe: it may quote a config or a file name) or as the one JSON
+// report ({"exit_code": code, "error": message} on stdout). Returns code.
 int report_error(bool as_json, int code, const std::string& message);
 
-// Prints one JSON report as one line on stdout.
+// Prints one JSON report as one line on stdout, through dump_report()
+// (harness/report.h): invalid UTF-8 is replaced, never thrown.
 void print_json(const json& j);
 
 // A run config with every VM's program assembled (for run and validate);

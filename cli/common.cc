@@ -2,6 +2,7 @@
 
 #include "cli/cli.h"
 #include "guest/abi.h"
+#include "harness/report.h"
 
 namespace kvmem::cli {
 
@@ -13,7 +14,7 @@ int report_error(bool as_json, int code, const std::string& message) {
   if (as_json) {
     print_json(json{{"exit_code", code}, {"error", message}});
   } else {
-    std::fprintf(stderr, "kvmem: %s\n", message.c_str());
+    std::fprintf(stderr, "kvmem: %s\n", terminal_safe(message).c_str());
   }
   return code;
 }
@@ -34,6 +35,6 @@ Result<Prepared> assemble(RunConfig config, const std::string& path) {
   return p;
 }
 
-void print_json(const json& j) { std::printf("%s\n", j.dump().c_str()); }
+void print_json(const json& j) { std::printf("%s\n", dump_report(j).c_str()); }
 
 }  // namespace kvmem::cli

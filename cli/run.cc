@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "harness/memory_limit.h"
+#include "harness/report.h"
 #include "harness/runner.h"
 #include "memory/host_limits.h"
 #include "memory/memory_file.h"
@@ -15,33 +16,43 @@ namespace kvmem::cli {
 namespace {
 
 // Console text to stdout; with several VMs each line starts with "[name] ".
+// Guest bytes are untrusted: what reaches the reader is valid UTF-8 with
+// control characters (but \n and \t) escaped, so a guest cannot drive the
+// user's terminal.
 class ConsoleEcho {
  public:
   explicit ConsoleEcho(bool prefix) : prefix_(prefix) {}
   void operator()(std::string_view vm, std::string_view text) {
     std::lock_guard lock(mu_);
     if (!prefix_) {
-      std::fwrite(text.data(), 1, text.size(), stdout);
+      write_out(raw_.feed(text));
     } else {
       std::string& pending = pending_[std::string(vm)];
       pending.append(text);
+      // A '\n' byte is never inside a UTF-8 sequence: a whole line is safe to clean alone.
       for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
-        std::fprintf(stdout, "[%.*s] %.*s\n", static_cast<int>(vm.size()), vm.data(), static_cast<int>(nl),
-                     pending.data());
+        write_out(fmt::format("[{}] {}\n", vm, terminal_safe(std::string_view(pending).substr(0, nl))));
     }
-    std::fflush(stdout);
   }
   // Lines a guest left unfinished.
   void flush() {
     std::lock_guard lock(mu_);
+    write_out(raw_.finish());
     for (auto& [vm, pending] : pending_)
-      if (!pending.empty()) std::fprintf(stdout, "[%s] %s\n", vm.c_str(), pending.c_str());
+      if (!pending.empty()) write_out(fmt::format("[{}] {}\n", vm, terminal_safe(pending)));
     pending_.clear();
   }
 
  private:
+  void write_out(const std::string& s) {
+    if (s.empty()) return;
+    std::fwrite(s.data(), 1, s.size(), stdout);
+    std::fflush(stdout);
+  }
+
   bool prefix_;
   std::mutex mu_;
+  TerminalText raw_;                            // protected by mu_
   std::map<std::string, std::string> pending_;  // protected by mu_
 };
 
@@ -72,7 +83,7 @@ class RunCommand : public Command {
     RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo, RunOptions{*limit});
     totals.wall_ms = ms_since(start);
     if (json_) {
-      print_json(totals.to_json());
+      print_json(run_report(totals));
       return totals.exit_code();
     }
     console.flush();
@@ -85,7 +96,7 @@ class RunCommand : public Command {
   static void print_summary(const RunTotals& totals) {
     for (const VmOutcome& v : totals.vms) {
       const std::string& why = v.setup_error.empty() ? v.result.message : v.setup_error;
-      if (!why.empty()) std::fprintf(stderr, "kvmem: %s: %s\n", v.name.c_str(), why.c_str());
+      if (!why.empty()) std::fprintf(stderr, "kvmem: %s: %s\n", v.name.c_str(), terminal_safe(why).c_str());
     }
     if (totals.vms.size() > 1) {
       size_t ok = 0;

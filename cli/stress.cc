@@ -7,6 +7,7 @@
 
 #include "cli/cli.h"
 #include "config/stress_config.h"
+#include "harness/report.h"
 #include "harness/runner.h"
 #include "harness/stress.h"
 #include "memory/memory_file.h"
@@ -51,9 +52,9 @@ class StressCommand : public Command {
     if (tty) std::fprintf(stderr, "\n");
     if (!sum) return report_error(json_, kExitHost, sum.error().message);
     if (json_)
-      print_json(sum->to_json());
+      print_json(stress_report(*sum));
     else
-      std::printf("%s", sum->to_text().c_str());
+      std::printf("%s", terminal_safe(sum->to_text()).c_str());
     if (sum->exit_code() != 0 && !json_)
       std::fprintf(stderr, "kvmem: stress failed; replay with --seed %llu\n",
                    static_cast<unsigned long long>(sum->seed));

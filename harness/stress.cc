@@ -79,29 +79,6 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
   return vm;
 }
 
-nlohmann::json StressSummary::to_json() const {
-  return {{"exit_code", exit_code()},
-          {"seed", seed},
-          {"seed_string", std::to_string(seed)},  // JSON tools round integers above 2^53
-          {"rounds", rounds},
-          {"vms_booted", vms_booted},
-          {"bytes_written", bytes_written},
-          {"bytes_freed", bytes_freed},
-          {"bytes_reclaimed", bytes_reclaimed},
-          {"baseline_commit_bytes", baseline_commit_bytes},
-          {"peak_commit_bytes", peak_commit_bytes},
-          {"final_commit_bytes", final_commit_bytes},
-          {"commit_budget_bytes", commit_budget_bytes},
-          {"budget_exceeded", budget_exceeded},
-          {"integrity_errors", integrity_errors},
-          {"vm_failures", vm_failures},
-          {"commit_leaks", commit_leaks},
-          {"elapsed_s", elapsed_s},
-          {"vms_per_s", elapsed_s > 0 ? static_cast<double>(vms_booted) / elapsed_s : 0.0},
-          {"gib_reclaimed_per_s", elapsed_s > 0 ? gib(bytes_reclaimed) / elapsed_s : 0.0},
-          {"problems", problems}};
-}
-
 std::string StressSummary::to_text() const {
   std::string out = fmt::format(
       "stress: seed {}: {} rounds, {} VMs in {:.1f} s ({:.1f} VMs/s)\n"

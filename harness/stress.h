@@ -62,8 +62,7 @@ struct StressSummary {
   int exit_code() const {
     return integrity_errors || vm_failures || commit_leaks || budget_exceeded ? 1 : 0;
   }
-  nlohmann::json to_json() const;
-  std::string to_text() const;
+  std::string to_text() const;  // the JSON is harness/report.h's stress_report()
 };
 
 // One VM of one round, with what its program will write and free.
