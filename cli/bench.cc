@@ -18,7 +18,7 @@ class BenchCommand : public Command {
     boot_->add_option("FILE", boot_opts_.config, "the config to run")->capture_default_str();
     boot_->add_option("--runs", boot_opts_.runs, "measured runs (after a few warm-up runs)")
         ->capture_default_str()
-        ->check(CLI::Range(1u, 100000u));
+        ->check(whole_number(1, 100000));
     boot_->add_flag("--json", boot_json_, "print one JSON object instead of the table");
     alloc_ = cmd_->add_subcommand(
         "alloc", "The allocator: Allocate+DecRef pairs/s by live count, decommit vs raw fallocate, usage scans vs mincore");

@@ -37,6 +37,11 @@ int report_error(bool as_json, int code, const std::string& message);
 // (harness/report.h): invalid UTF-8 is replaced, never thrown.
 void print_json(const json& j);
 
+// A CLI11 check for a whole number in [min, max], decimal digits only: "-1"
+// (which CLI11 would read into a uint64_t as 2^64-1), "1e3" and numbers past
+// 64 bits (which it would saturate) are refused with what was wrong.
+CLI::Validator whole_number(uint64_t min, uint64_t max);
+
 // A run config with every VM's program assembled (for run and validate);
 // errors are the config's (exit 2) and start with the path.
 struct Prepared {

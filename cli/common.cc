@@ -1,3 +1,4 @@
+#include <charconv>
 #include <cstdio>
 
 #include "cli/cli.h"
@@ -33,6 +34,20 @@ Result<Prepared> assemble(RunConfig config, const std::string& path) {
     p.images.push_back(std::move(*image));
   }
   return p;
+}
+
+CLI::Validator whole_number(uint64_t min, uint64_t max) {
+  return CLI::Validator(
+      [min, max](std::string& s) -> std::string {
+        uint64_t v = 0;
+        const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+        const bool digits = !s.empty() && end == s.data() + s.size();
+        if (ec == std::errc::result_out_of_range || (ec == std::errc{} && digits && (v < min || v > max)))
+          return fmt::format("{} is out of range: it must be {}..{}", s, min, max);
+        if (ec != std::errc{} || !digits) return fmt::format("{} is not a whole number {}..{}", s, min, max);
+        return {};
+      },
+      fmt::format("{}..{}", min, max));
 }
 
 void print_json(const json& j) { std::printf("%s\n", dump_report(j).c_str()); }

@@ -24,9 +24,12 @@ class StressCommand : public Command {
                   "come back down");
     cmd_->add_option("FILE", file_, "the stress config (see docs/config.md)")->required();
     cmd_->add_flag("--json", json_, "print one JSON summary on stdout");
-    cmd_->add_option("--rounds", rounds_, "run exactly this many rounds (overrides the config)");
-    cmd_->add_option("--duration", duration_s_, "run for about this many seconds (overrides the config)");
-    cmd_->add_option("--seed", seed_, "replay a run: the seed it printed");
+    cmd_->add_option("--rounds", rounds_, "run exactly this many rounds (overrides the config)")
+        ->check(whole_number(0, kMaxStressRounds));
+    cmd_->add_option("--duration", duration_s_, "run for about this many seconds (overrides the config)")
+        ->check(whole_number(0, kMaxStressDurationS));
+    cmd_->add_option("--seed", seed_, "replay a run: the seed it printed (0 picks one)")
+        ->check(whole_number(0, UINT64_MAX));
   }
 
   int run(Clock::time_point) override {
@@ -38,8 +41,7 @@ class StressCommand : public Command {
     if (duration_s_ && !rounds_) config->rounds = 0;
     if (seed_) config->seed = *seed_;
     if (config->seed == 0) config->seed = random_stress_seed();
-    if (config->rounds == 0 && config->duration_s == 0)
-      return report_error(json_, kExitUsage, "--rounds 0 with --duration 0 would never end");
+    if (config->rounds == 0 && config->duration_s == 0) return report_error(json_, kExitUsage, never_ends());
     auto kvm = Kvm::open();
     if (!kvm) return report_error(json_, kExitHost, kvm.error().message);
     auto file = MemoryFile::create(memory_file_options_for(config->vms_per_round * config->vm_memory));
@@ -87,6 +89,14 @@ class StressCommand : public Command {
         std::fprintf(stderr, "%s\n", line.c_str());
       }
     };
+  }
+
+  // Why a run with neither a round limit nor a time limit was asked for,
+  // in terms of what the user passed.
+  std::string never_ends() const {
+    if (rounds_ && duration_s_) return "--rounds 0 with --duration 0 would never end";
+    if (rounds_) return "--rounds 0 alone sets no limit at all: give 1 or more rounds, or --duration";
+    return "--duration 0 alone sets no limit at all: give 1 or more seconds, or --rounds";
   }
 
   std::string file_;

@@ -25,8 +25,8 @@ Result<StressConfig> parse_stress_at(const json& j) {
     uint64_t* out;
     uint64_t min, max;
   } fields[] = {{"seed", &c.seed, 0, UINT64_MAX},
-                {"rounds", &c.rounds, 0, 1'000'000},
-                {"duration_s", &c.duration_s, 0, 86'400},
+                {"rounds", &c.rounds, 0, kMaxStressRounds},
+                {"duration_s", &c.duration_s, 0, kMaxStressDurationS},
                 {"vms_per_round", &c.vms_per_round, 1, kMaxVms},
                 {"vm_memory", &c.vm_memory, 4ull << 20, guest::kMaxRamBytes},
                 {"ram_unit", &c.ram_unit, 2ull << 20, guest::kMaxRamBytes},

@@ -11,6 +11,9 @@
 
 namespace kvmem {
 
+inline constexpr uint64_t kMaxStressRounds = 1'000'000;
+inline constexpr uint64_t kMaxStressDurationS = 86'400;
+
 // `kvmem stress`: rounds of VMs that write, free and verify at random.
 struct StressConfig {
   uint64_t seed = 0;            // 0: pick one at random (and print it)
