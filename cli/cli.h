@@ -33,6 +33,10 @@ double ms_since(Clock::time_point t);
 // report ({"exit_code": code, "error": message} on stdout). Returns code.
 int report_error(bool as_json, int code, const std::string& message);
 
+// Writes bytes to stdout and flushes. Once a write fails (EPIPE: the
+// reader left) nothing more is written; the run goes on regardless.
+void write_stdout(std::string_view bytes);
+
 // Prints one JSON report as one line on stdout, through dump_report()
 // (harness/report.h): invalid UTF-8 is replaced, never thrown.
 void print_json(const json& j);

@@ -1,3 +1,4 @@
+#include <atomic>
 #include <charconv>
 #include <cstdio>
 
@@ -50,6 +51,15 @@ CLI::Validator whole_number(uint64_t min, uint64_t max) {
       fmt::format("{}..{}", min, max));
 }
 
-void print_json(const json& j) { std::printf("%s\n", dump_report(j).c_str()); }
+void write_stdout(std::string_view bytes) {
+  static std::atomic<bool> reader_gone{false};
+  if (reader_gone.load() || bytes.empty()) return;
+  if (std::fwrite(bytes.data(), 1, bytes.size(), stdout) != bytes.size() || std::fflush(stdout) != 0) {
+    reader_gone.store(true);
+    std::clearerr(stdout);
+  }
+}
+
+void print_json(const json& j) { write_stdout(dump_report(j) + "\n"); }
 
 }  // namespace kvmem::cli

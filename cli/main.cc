@@ -1,5 +1,6 @@
 // kvmem: the command line. This file holds the app and the dispatch; each
 // subcommand lives in its own file (cli/cli.h).
+#include <csignal>
 #include <cstdio>
 #include <memory>
 #include <vector>
@@ -15,6 +16,10 @@ constexpr const char* kVersion = "0.1.0";
 
 int main_impl(int argc, char** argv) {
   const auto start = Clock::now();
+  // A reader that goes away (`kvmem run ... | head`) must not kill the run
+  // with SIGPIPE: writes fail with EPIPE instead, the output stops
+  // (cli/common.cc), and the run ends with its own exit code.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"kvmem: a small KVM VMM whose heart is its memory backend.\n"
                "Exit codes: 0 success, 1 the guest or a check failed, 2 bad usage or config,\n"
                "3 the host cannot run it.",

@@ -44,11 +44,7 @@ class ConsoleEcho {
   }
 
  private:
-  void write_out(const std::string& s) {
-    if (s.empty()) return;
-    std::fwrite(s.data(), 1, s.size(), stdout);
-    std::fflush(stdout);
-  }
+  void write_out(const std::string& s) { write_stdout(s); }
 
   bool prefix_;
   std::mutex mu_;
