@@ -52,7 +52,9 @@ class StressCommand : public Command {
                    static_cast<unsigned long long>(config->seed), static_cast<unsigned long long>(config->seed));
     auto sum = run_stress(*kvm, **file, *config, progress_printer(*config, tty));
     if (tty) std::fprintf(stderr, "\n");
-    if (!sum) return report_error(json_, kExitHost, sum.error().message);
+    // A host call's failure carries its errno (exit 3); without one the
+    // config made a program that cannot be assembled (exit 2).
+    if (!sum) return report_error(json_, sum.error().code ? kExitHost : kExitUsage, sum.error().message);
     if (json_)
       print_json(stress_report(*sum));
     else

@@ -124,7 +124,23 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
   bool done = false;
   std::atomic<uint64_t> peak{0};
   StressProgress shown;  // protected by mu
-  std::thread ticker([&] {
+  // Joined on every way out of this function, the error returns included:
+  // a joinable std::thread destroyed is std::terminate (exit 134).
+  struct TickerJoiner {
+    std::mutex& mu;
+    std::condition_variable& cv;
+    bool& done;
+    std::thread thread;
+    ~TickerJoiner() {
+      {
+        std::lock_guard lock(mu);
+        done = true;
+      }
+      cv.notify_all();
+      if (thread.joinable()) thread.join();
+    }
+  } ticker{mu, cv, done, {}};
+  ticker.thread = std::thread([&] {
     std::unique_lock lock(mu);
     while (!done) {
       cv.wait_for(lock, std::chrono::milliseconds(250));
@@ -197,7 +213,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
     done = true;
   }
   cv.notify_all();
-  ticker.join();
+  ticker.thread.join();
   sum.elapsed_s = elapsed();
   sum.peak_commit_bytes = peak.load();
   if (config.commit_budget && sum.peak_commit_bytes > config.commit_budget) {

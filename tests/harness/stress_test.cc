@@ -164,3 +164,33 @@ TEST_CASE("bad stress configs exit 2 with the pointer", "[stress][cli]") {
   REQUIRE_FALSE(unknown);
   CHECK(unknown.error().message.rfind("/stress/vms: unknown key", 0) == 0);
 }
+
+TEST_CASE("a later round whose program cannot be assembled is an error, not an abort", "[stress][kvm]") {
+  REQUIRE_KVM();
+  // Find a size at which round 0's program fits the program area and round 1's does not.
+  StressConfig c = small();
+  c.vms_per_round = 1;
+  c.rounds = 2;
+  c.commit_budget = 0;
+  auto fits = [&](uint64_t seed, uint64_t round) {
+    return guest::build_program(make_stress_vm(c, seed, round, 0).config.program, abi::kProgramAddr,
+                                abi::kProgramEnd)
+        .has_value();
+  };
+  bool found = false;
+  for (uint64_t seed = 1; seed < 40 && !found; seed++) {
+    c.seed = seed;
+    uint64_t n = 1;
+    for (c.regions_per_vm = 1; c.regions_per_vm <= 1000 && fits(seed, 0); c.regions_per_vm *= 2) n = c.regions_per_vm;
+    for (c.regions_per_vm = n; c.regions_per_vm <= 1000 && fits(seed, 0); c.regions_per_vm++)
+      if (!fits(seed, 1)) {
+        found = true;
+        break;
+      }
+  }
+  REQUIRE(found);
+  INFO("seed " << c.seed << ", " << c.regions_per_vm << " regions per VM");
+  auto sum = stress(c);
+  REQUIRE_FALSE(sum);
+  CHECK(sum.error().message.find("bytes it may use") != std::string::npos);
+}
