@@ -5,6 +5,7 @@
 #include "bench/boot.h"
 #include "bench/reclaim.h"
 #include "cli/cli.h"
+#include "vmm/kvm/kvm.h"
 
 namespace kvmem::cli {
 namespace {
@@ -15,7 +16,7 @@ class BenchCommand : public Command {
     cmd_ = app.add_subcommand("bench", "Measure kvmem; each benchmark prints a table, or JSON lines with --json");
     cmd_->require_subcommand(1);
     boot_ = cmd_->add_subcommand("boot", "Whole-process wall time and peak RSS of `kvmem run FILE`, over many runs");
-    boot_->add_option("FILE", boot_opts_.config, "the config to run")->capture_default_str();
+    boot_->add_option("FILE", boot_opts_.config, "the config to run (default: configs/hello.json)");
     boot_->add_option("--runs", boot_opts_.runs, "measured runs (after a few warm-up runs)")
         ->capture_default_str()
         ->check(whole_number(1, 100000));
@@ -39,7 +40,12 @@ class BenchCommand : public Command {
   }
 
  private:
+  // The config and KVM are checked here, so that their absence is exit 2
+  // and 3 as for `run`, not a child's failure (1).
   int boot() {
+    if (boot_opts_.config.empty()) boot_opts_.config = default_boot_config();
+    if (auto p = prepare(boot_opts_.config); !p) return report_error(boot_json_, kExitUsage, p.error().message);
+    if (auto kvm = Kvm::open(); !kvm) return report_error(boot_json_, kExitHost, kvm.error().message);
     if (!boot_json_) std::fprintf(stderr, "running %s %u times...\n", boot_opts_.config.c_str(), boot_opts_.runs);
     auto r = run_boot_bench(boot_opts_);
     if (!r) return report_error(boot_json_, kExitFailed, r.error().message);
