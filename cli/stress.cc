@@ -1,12 +1,15 @@
 // `kvmem stress FILE`: rounds of VMs that write, free and verify at random.
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <optional>
 
 #include "cli/cli.h"
 #include "config/stress_config.h"
+#include "harness/interrupt.h"
 #include "harness/report.h"
 #include "harness/runner.h"
 #include "harness/stress.h"
@@ -35,6 +38,8 @@ class StressCommand : public Command {
   int run(Clock::time_point) override {
     auto config = load_stress_config(file_);
     if (!config) return report_error(json_, kExitUsage, config.error().message);
+    if (auto ok = check_stress_programs(*config); !ok)
+      return report_error(json_, kExitUsage, ok.error().context(file_).message);
     if (rounds_) config->rounds = *rounds_;
     if (duration_s_) config->duration_s = *duration_s_;
     if (rounds_ && !duration_s_) config->duration_s = 0;  // --rounds alone: exactly that many
@@ -52,9 +57,12 @@ class StressCommand : public Command {
                    static_cast<unsigned long long>(config->seed), static_cast<unsigned long long>(config->seed));
     auto sum = run_stress(*kvm, **file, *config, progress_printer(*config, tty));
     if (tty) std::fprintf(stderr, "\n");
-    // A host call's failure carries its errno (exit 3); without one the
-    // config made a program that cannot be assembled (exit 2).
-    if (!sum) return report_error(json_, sum.error().code ? kExitHost : kExitUsage, sum.error().message);
+    if (StopRequests::process().requested())  // the seed, even with --json on a pipe
+      std::fprintf(stderr, "kvmem: stress interrupted; seed %llu (replay with --seed %llu)\n",
+                   static_cast<unsigned long long>(config->seed), static_cast<unsigned long long>(config->seed));
+    // A program that cannot be assembled was refused above (exit 2), by
+    // check_stress_programs; what is left is the host's (exit 3).
+    if (!sum) return report_error(json_, kExitHost, sum.error().message);
     if (json_)
       print_json(stress_report(*sum));
     else
@@ -66,31 +74,29 @@ class StressCommand : public Command {
   }
 
  private:
-  // The progress line: redrawn in place on a terminal, one line per round elsewhere.
+  // The progress line: redrawn in place on a terminal (cut to its width,
+  // one column short so the cursor never wraps), one line per round elsewhere.
   static std::function<void(const StressProgress&)> progress_printer(const StressConfig& config, bool tty) {
     return [config, tty, printed_round = uint64_t{0}](const StressProgress& p) mutable {
-      auto gib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 30); };
-      auto mib = [](uint64_t b) { return static_cast<double>(b) / (1ull << 20); };
-      std::string line = fmt::format(
-          "round {}{} | {} VMs | written {:.2f} GiB, freed {:.2f}, reclaimed {:.2f} | commit {:.0f} MiB (peak {:.0f}{}) "
-          "| {:.0f} s",
-          p.round, config.rounds ? fmt::format("/{}", config.rounds) : std::string(), p.vms_booted,
-          gib(p.bytes_written), gib(p.bytes_freed), gib(p.bytes_reclaimed), mib(p.commit_bytes),
-          mib(p.peak_commit_bytes), config.commit_budget ? fmt::format(" of {:.0f}", mib(config.commit_budget)) : "",
-          p.elapsed_s);
       if (tty) {
-        // The bar fills with rounds done, or with time when only a duration bounds the run.
-        const double frac =
-            std::min(1.0, config.rounds ? static_cast<double>(p.round) / static_cast<double>(config.rounds)
-                                        : p.elapsed_s / static_cast<double>(config.duration_s));
-        const int filled = static_cast<int>(frac * 20);
-        std::fprintf(stderr, "\r\033[K[%s%s] %s", std::string(static_cast<size_t>(filled), '#').c_str(),
-                     std::string(static_cast<size_t>(20 - filled), '.').c_str(), line.c_str());
+        const size_t width = terminal_width(2);
+        std::fprintf(stderr, "\r\033[K%s", format_progress_line(p, config, width > 1 ? width - 1 : 0, true).c_str());
       } else if (p.round != printed_round) {
         printed_round = p.round;
-        std::fprintf(stderr, "%s\n", line.c_str());
+        std::fprintf(stderr, "%s\n", format_progress_line(p, config, 0, false).c_str());
       }
     };
+  }
+
+  // The terminal's columns (TIOCGWINSZ), else $COLUMNS, else 80.
+  static size_t terminal_width(int fd) {
+    winsize ws{};
+    if (ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+    if (const char* c = std::getenv("COLUMNS")) {
+      const size_t n = std::strtoul(c, nullptr, 10);
+      if (n > 0 && n < 10000) return n;
+    }
+    return 80;
   }
 
   // Why a run with neither a round limit nor a time limit was asked for,

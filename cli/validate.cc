@@ -32,10 +32,8 @@ class ValidateCommand : public Command {
   int validate_stress(const json& j) {
     auto c = stress_config_from(j, file_);
     if (!c) return report_error(json_, kExitUsage, c.error().message);
-    // Assemble one VM's program to be sure a round can be built.
-    StressVm vm = make_stress_vm(*c, c->seed ? c->seed : 1, 0, 0);
-    auto img = guest::build_program(vm.config.program, abi::kProgramAddr, abi::kProgramEnd);
-    if (!img) return report_error(json_, kExitUsage, img.error().context(file_).message);
+    // Every program any round's VM can get must assemble, not just one.
+    if (auto ok = check_stress_programs(*c); !ok) return report_error(json_, kExitUsage, ok.error().context(file_).message);
     if (json_) {
       print_json({{"exit_code", 0},
                   {"stress",

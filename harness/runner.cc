@@ -1,4 +1,5 @@
 #include "harness/runner.h"
+#include "harness/interrupt.h"
 
 #include <algorithm>
 #include <bit>
@@ -80,7 +81,10 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
       watch.add(i, **vm);
       std::function<void(std::string_view)> vm_echo;
       if (echo) vm_echo = [&echo, name = vms[i].name](std::string_view text) { echo(name, text); };
-      out.result = (*vm)->run(vm_echo);
+      {
+        StopRegistration stoppable(**vm);  // a signal stops it (harness/interrupt.h)
+        out.result = (*vm)->run(vm_echo);
+      }
       out.memslots = (*vm)->memory().memslots().size();
       if (auto resident = (*vm)->memory().resident_bytes()) out.host_committed_bytes = *resident;
       if (file.update_usage())
