@@ -18,6 +18,9 @@ OPT      ?= -O2
 CXXFLAGS ?= $(OPT) -g
 CXXFLAGS += -std=c++2b -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion \
             -MMD -MP -I. -pthread
+# The JSON library's exceptions name the pointer of the value they are about,
+# for config errors (config/fields.h); every file must agree on it.
+CXXFLAGS += -DJSON_DIAGNOSTICS=1
 LDLIBS   += -lasmjit -lfmt -pthread
 
 DEBIAN_PACKAGES := g++ make linux-libc-dev libasmjit-dev catch2 nlohmann-json3-dev \

@@ -1,4 +1,5 @@
 #include "bench/alloc.h"
+#include "harness/report.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -319,7 +320,7 @@ std::string format_alloc_bench_table(const std::vector<json>& rows) {
         std::string v;
         if (r->contains(cols[i])) {
           const json& x = (*r)[cols[i]];
-          v = x.is_string() ? x.get<std::string>() : x.dump();
+          v = x.is_string() ? x.get<std::string>() : dump_report(x);
         }
         width[i] = std::max(width[i], v.size());
         line.push_back(std::move(v));

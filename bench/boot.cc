@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <climits>
+#include <cstring>
 #include <vector>
 
 extern char** environ;
@@ -56,12 +57,14 @@ Result<Sample> one_run(const std::string& self, const std::string& config) {
   if (wait4(pid, &status, 0, &ru) < 0) return sys_fail("cannot reap kvmem", "wait4", errno);
   const double wall = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
-    return fail("kvmem run {} did not succeed (status {:#x}): {}", config, status, report);
+    return fail("kvmem run {} did not succeed ({}): {}", config, describe_wait_status(status), report);
   auto j = nlohmann::json::parse(report, nullptr, false);
   if (j.is_discarded() || !j.contains("vms") || !j["vms"].is_array())
     return fail("kvmem run --json {} printed no usable report: {}", config, report);
   uint64_t guest = 0;
-  for (const auto& vm : j["vms"]) guest += vm.value("committed_bytes", uint64_t{0});
+  for (const auto& vm : j["vms"])
+    if (vm.is_object() && vm.contains("committed_bytes") && vm["committed_bytes"].is_number_unsigned())
+      guest += vm["committed_bytes"].get<uint64_t>();
   return Sample{wall, static_cast<uint64_t>(ru.ru_maxrss) * 1024, guest};
 }
 
@@ -72,6 +75,24 @@ double percentile(std::vector<double> v, double p) {
 }
 
 }  // namespace
+
+std::string default_boot_config() {
+  const std::string rel = "configs/hello.json";
+  if (access(rel.c_str(), R_OK) == 0) return rel;
+  auto self = self_path();
+  if (!self) return rel;
+  const std::string dir = self->substr(0, self->find_last_of('/'));  // .../build
+  return dir.substr(0, dir.find_last_of('/') + 1) + rel;
+}
+
+std::string describe_wait_status(int status) {
+  if (WIFEXITED(status)) return fmt::format("exited {}", WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    const char* name = sigabbrev_np(WTERMSIG(status));
+    return name ? fmt::format("killed by signal SIG{}", name) : fmt::format("killed by signal {}", WTERMSIG(status));
+  }
+  return fmt::format("wait status {:#x}", status);
+}
 
 Result<nlohmann::json> run_boot_bench(const BootBenchOptions& o) {
   if (o.runs == 0) return fail("--runs must be at least 1");

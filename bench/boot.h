@@ -16,10 +16,18 @@
 namespace kvmem {
 
 struct BootBenchOptions {
-  std::string config = "configs/hello.json";
+  std::string config;  // empty: default_boot_config()
   unsigned runs = 200;
   unsigned warmup = 5;
 };
+
+// configs/hello.json: under the current directory when it is there, else
+// beside the kvmem binary's build directory (found through /proc/self/exe),
+// so `bench boot` works from any directory.
+std::string default_boot_config();
+
+// A child's wait status in words: "exited 1", "killed by signal SIGSEGV".
+std::string describe_wait_status(int status);
 
 // One JSON object with "bench":"boot" and the figures; see docs/benchmarks.md.
 Result<nlohmann::json> run_boot_bench(const BootBenchOptions& options);

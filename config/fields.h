@@ -1,8 +1,10 @@
 // Reading typed values out of untrusted JSON, for the config parsers.
 //
 // Every failure names the JSON pointer of the bad value and says why:
-// "/program/3/length: must be a multiple of 8". Internal to vmm/: the config
-// parsers (vmm/config.cc, vmm/stress_config.cc) share it.
+// "/program/3/length: must be a multiple of 8". Each reader checks the
+// value's type before it converts it, so the JSON library never throws on
+// a value of the wrong kind; guarded() catches whatever it throws anyway,
+// at the config edge. Internal to config/: the parsers share it.
 #pragma once
 
 #include <cstdint>
@@ -18,12 +20,18 @@ namespace kvmem::json_fields {
 
 using json = nlohmann::json;
 
-// A JSON pointer under construction, and errors that start with it.
+// The largest config kvmem reads: far above any real one (the shipped
+// configs are a few KiB), far below what would cost noticeable memory.
+inline constexpr uint64_t kMaxConfigBytes = 4ull << 20;
+
+// A JSON pointer under construction (RFC 6901: "~" and "/" in a key are
+// written "~0" and "~1"), and errors that start with it.
 class Ptr {
  public:
   Ptr() = default;
-  Ptr operator/(std::string_view key) const { return Ptr(path_ + "/" + std::string(key)); }
+  Ptr operator/(std::string_view key) const;
   Ptr operator/(size_t index) const { return Ptr(path_ + "/" + std::to_string(index)); }
+  const std::string& str() const { return path_; }
   template <class... Args>
   std::unexpected<Error> fail(fmt::format_string<Args...> f, Args&&... args) const {
     return std::unexpected(Error{0, fmt::format("{}: {}", path_.empty() ? "/" : path_,
@@ -43,7 +51,28 @@ Result<uint64_t> size_value(const json& j, const Ptr& p);
 Result<uint64_t> required_size(const json& obj, const Ptr& p, const char* key);
 // An integer, negative allowed, or an errno name such as "-EINVAL".
 Result<int64_t> signed_value(const json& j, const Ptr& p);
-// The file's JSON; a syntax error gives the line and column.
+// true or false.
+Result<bool> bool_value(const json& j, const Ptr& p);
+// A string.
+Result<std::string> string_value(const json& j, const Ptr& p);
+
+// The file's JSON, at most kMaxConfigBytes of it; a syntax error gives the
+// line and column, a number no double can hold gives its pointer.
 Result<json> read_json(const std::string& path);
+
+// An exception of the JSON library as an error: "/memory: type must be
+// number, but is string" (the pointer is there when the library knows it).
+Error library_error(const json::exception& e);
+
+// Runs parse() (which returns a Result), turning any exception the JSON
+// library throws into an error: the safety net at the config edge.
+template <class F>
+auto guarded(F&& parse) -> decltype(parse()) {
+  try {
+    return parse();
+  } catch (const json::exception& e) {
+    return std::unexpected(library_error(e));
+  }
+}
 
 }  // namespace kvmem::json_fields

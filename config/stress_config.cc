@@ -6,7 +6,9 @@ namespace kvmem {
 
 using namespace json_fields;
 
-Result<StressConfig> parse_stress_config(const json& j) {
+namespace {
+
+Result<StressConfig> parse_stress_at(const json& j) {
   Ptr root;
   if (auto k = check_keys(j, root, {"stress"}); !k) return std::unexpected(k.error());
   if (!j.contains("stress")) return root.fail("missing required key \"stress\"");
@@ -23,8 +25,8 @@ Result<StressConfig> parse_stress_config(const json& j) {
     uint64_t* out;
     uint64_t min, max;
   } fields[] = {{"seed", &c.seed, 0, UINT64_MAX},
-                {"rounds", &c.rounds, 0, 1'000'000},
-                {"duration_s", &c.duration_s, 0, 86'400},
+                {"rounds", &c.rounds, 0, kMaxStressRounds},
+                {"duration_s", &c.duration_s, 0, kMaxStressDurationS},
                 {"vms_per_round", &c.vms_per_round, 1, kMaxVms},
                 {"vm_memory", &c.vm_memory, 4ull << 20, guest::kMaxRamBytes},
                 {"ram_unit", &c.ram_unit, 2ull << 20, guest::kMaxRamBytes},
@@ -35,8 +37,9 @@ Result<StressConfig> parse_stress_config(const json& j) {
                 {"slack", &c.slack, 0, UINT64_MAX},
                 {"timeout_ms", &c.timeout_ms, 1, kMaxTimeoutMs}};
   if (s.contains("inject_corruption")) {
-    if (!s.at("inject_corruption").is_boolean()) return (p / "inject_corruption").fail("expected true or false");
-    c.inject_corruption = s.at("inject_corruption").get<bool>();
+    auto b = bool_value(s.at("inject_corruption"), p / "inject_corruption");
+    if (!b) return std::unexpected(b.error());
+    c.inject_corruption = *b;
   }
   for (const Field& f : fields) {
     if (!s.contains(f.key)) continue;
@@ -55,14 +58,26 @@ Result<StressConfig> parse_stress_config(const json& j) {
   return c;
 }
 
+}  // namespace
+
+Result<StressConfig> parse_stress_config(const json& j) {
+  return guarded([&] { return parse_stress_at(j); });
+}
+
+bool is_stress_config(const json& j) { return j.is_object() && j.contains("stress"); }
+
 Result<json> read_config_json(const std::string& path) { return read_json(path); }
+
+Result<StressConfig> stress_config_from(const json& j, const std::string& path) {
+  auto c = parse_stress_config(j);
+  if (!c) return std::unexpected(c.error().context(path));
+  return c;
+}
 
 Result<StressConfig> load_stress_config(const std::string& path) {
   auto j = read_json(path);
   if (!j) return std::unexpected(j.error());
-  auto c = parse_stress_config(*j);
-  if (!c) return std::unexpected(c.error().context(path));
-  return c;
+  return stress_config_from(*j, path);
 }
 
 }  // namespace kvmem

@@ -11,6 +11,9 @@
 
 namespace kvmem {
 
+inline constexpr uint64_t kMaxStressRounds = 1'000'000;
+inline constexpr uint64_t kMaxStressDurationS = 86'400;
+
 // `kvmem stress`: rounds of VMs that write, free and verify at random.
 struct StressConfig {
   uint64_t seed = 0;            // 0: pick one at random (and print it)
@@ -33,5 +36,9 @@ Result<StressConfig> load_stress_config(const std::string& path);
 // The JSON of a config file, for a caller that must look before it parses.
 Result<nlohmann::json> read_config_json(const std::string& path);
 Result<StressConfig> parse_stress_config(const nlohmann::json& j);
+// Parses a config read from `path`; errors start with the path.
+Result<StressConfig> stress_config_from(const nlohmann::json& j, const std::string& path);
+// True when j is a stress config ({"stress": ...}) rather than a run config.
+bool is_stress_config(const nlohmann::json& j);
 
 }  // namespace kvmem

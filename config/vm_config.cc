@@ -113,13 +113,7 @@ std::string stem_of(const std::string& path) {
   return valid_name(stem) ? stem : "vm";
 }
 
-}  // namespace
-
-Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
-  return parse_vm_at(j, Ptr(), default_name);
-}
-
-Result<RunConfig> parse_run_config(const json& j, std::string_view default_name) {
+Result<RunConfig> parse_run_at(const json& j, std::string_view default_name) {
   RunConfig rc;
   if (!j.is_object() || !j.contains("vms")) {
     auto c = parse_vm_config(j, default_name);
@@ -142,12 +136,26 @@ Result<RunConfig> parse_run_config(const json& j, std::string_view default_name)
   return rc;
 }
 
+}  // namespace
+
+Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
+  return guarded([&] { return parse_vm_at(j, Ptr(), default_name); });
+}
+
+Result<RunConfig> parse_run_config(const json& j, std::string_view default_name) {
+  return guarded([&] { return parse_run_at(j, default_name); });
+}
+
+Result<RunConfig> run_config_from(const json& j, const std::string& path) {
+  auto c = parse_run_config(j, stem_of(path));
+  if (!c) return std::unexpected(c.error().context(path));
+  return c;
+}
+
 Result<RunConfig> load_run_config(const std::string& path) {
   auto j = read_json(path);
   if (!j) return std::unexpected(j.error());
-  auto c = parse_run_config(*j, stem_of(path));
-  if (!c) return std::unexpected(c.error().context(path));
-  return c;
+  return run_config_from(*j, path);
 }
 
 }  // namespace kvmem

@@ -39,7 +39,14 @@ Result<VmConfig> parse_vm_config(const nlohmann::json& j, std::string_view defau
 // must differ.
 Result<RunConfig> parse_run_config(const nlohmann::json& j, std::string_view default_name);
 
+// Parses a config read from `path` (either form); VMs are named after the
+// file unless they say otherwise. Errors start with the path.
+Result<RunConfig> run_config_from(const nlohmann::json& j, const std::string& path);
+
 // Reads and parses a config file (either form). Errors start with the path.
 Result<RunConfig> load_run_config(const std::string& path);
+
+// Every parse_* and load_* function catches what the JSON library throws
+// and returns it as an error with the pointer: no exception leaves config/.
 
 }  // namespace kvmem

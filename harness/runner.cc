@@ -1,4 +1,5 @@
 #include "harness/runner.h"
+#include "harness/interrupt.h"
 
 #include <algorithm>
 #include <bit>
@@ -16,40 +17,6 @@ MemoryFileOptions memory_file_options_for(uint64_t guest_bytes) {
   return o;
 }
 
-nlohmann::json VmOutcome::to_json() const {
-  nlohmann::json j{{"name", name}, {"exit_code", exit_code()}, {"memory_bytes", memory_bytes}};
-  if (!setup_error.empty()) {
-    j["outcome"] = "not_started";
-    j["message"] = setup_error;
-    return j;
-  }
-  const RunResult& r = result;
-  nlohmann::json hc = nlohmann::json::object();
-  for (uint32_t i = 0; i < abi::kHypercallCount; i++)
-    if (r.hypercalls.calls[i]) hc[hypercall_name(i)] = r.hypercalls.calls[i];
-  j.update({{"outcome", r.outcome_name()},
-            {"failure", failure_kind_name(r.failure)},
-            {"console", r.console},
-            {"console_dropped_bytes", r.console_dropped_bytes},
-            {"exits", r.exits},
-            {"hypercalls", hc},
-            {"hypercalls_unknown", r.hypercalls.unknown},
-            {"hypercalls_invalid", r.hypercalls.invalid},
-            {"memslots", memslots},
-            {"committed_bytes", committed_bytes},
-            {"host_committed_bytes", host_committed_bytes},
-            {"free_reports", r.free_reports},
-            {"free_ranges", r.free_ranges},
-            {"free_ranges_invalid", r.free_ranges_invalid},
-            {"bytes_reported_free", r.bytes_reported_free},
-            {"bytes_decommitted", r.bytes_decommitted},
-            {"run_ms", r.run_ms},
-            {"timestamps", r.timestamps.empty() ? nlohmann::json(nullptr) : nlohmann::json(r.timestamps)}});
-  if (r.outcome == RunResult::Outcome::kExited) j["guest_exit_code"] = r.guest_exit_code;
-  if (!r.message.empty()) j["message"] = r.message;
-  return j;
-}
-
 int RunTotals::exit_code() const {
   int code = 0;
   for (const VmOutcome& v : vms) {
@@ -57,22 +24,6 @@ int RunTotals::exit_code() const {
     if (v.exit_code() != 0) code = 1;
   }
   return code;
-}
-
-nlohmann::json RunTotals::to_json() const {
-  nlohmann::json list = nlohmann::json::array();
-  for (const VmOutcome& v : vms) list.push_back(v.to_json());
-  return {{"exit_code", exit_code()},
-          {"vms", list},
-          {"memory",
-           {{"peak_host_committed_bytes", peak_committed_bytes},
-            {"limit_bytes", memory_limit.none() ? nlohmann::json(nullptr) : nlohmann::json(memory_limit.tightest().bytes)},
-            {"limit", memory_limit.none() ? nlohmann::json(nullptr) : nlohmann::json(memory_limit.tightest().describe())},
-            {"limit_stops", memory_limit_stops},
-            {"limit_error", memory_limit_error.empty() ? nlohmann::json(nullptr) : nlohmann::json(memory_limit_error)},
-            {"committed_bytes_after", committed_bytes_after},
-            {"host_committed_bytes_after", host_committed_bytes_after}}},
-          {"wall_ms", wall_ms}};
 }
 
 CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* watch)
@@ -136,7 +87,10 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
       watch.add(i, **vm);
       std::function<void(std::string_view)> vm_echo;
       if (echo) vm_echo = [&echo, name = vms[i].name](std::string_view text) { echo(name, text); };
-      out.result = (*vm)->run(vm_echo);
+      {
+        StopRegistration stoppable(**vm);  // a signal stops it (harness/interrupt.h)
+        out.result = (*vm)->run(vm_echo);
+      }
       out.memslots = (*vm)->memory().memslots().size();
       if (auto resident = (*vm)->memory().resident_bytes()) out.host_committed_bytes = *resident;
       if (file.update_usage())

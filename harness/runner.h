@@ -6,6 +6,7 @@
 // drops its references on its RAM, and the MemoryFile's reclaimer punches
 // the ranges and makes them allocatable for whatever VM comes next. One VM's
 // failure is its own: the others run on, and the report names it.
+// harness/report.h writes the JSON of what happened.
 #pragma once
 
 #include <cstdint>
@@ -44,7 +45,6 @@ struct VmOutcome {
 
   // 0 exited with 0 · 1 failed · 3 could not be created.
   int exit_code() const { return setup_error.empty() ? result.process_exit_code() : 3; }
-  nlohmann::json to_json() const;
 };
 
 struct RunTotals {
@@ -59,7 +59,6 @@ struct RunTotals {
 
   // 3 if any VM could not be created, else 1 if any failed, else 0.
   int exit_code() const;
-  nlohmann::json to_json() const;
 };
 
 // Samples the file's st_blocks every `period_ms` on a thread of its own and

@@ -1,5 +1,6 @@
 #include "harness/stress.h"
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -8,6 +9,7 @@
 
 #include "guest/abi.h"
 #include "guest/layout.h"
+#include "harness/interrupt.h"
 #include "harness/runner.h"
 
 namespace kvmem {
@@ -15,6 +17,7 @@ namespace {
 
 using guest::FreeMode;
 using guest::Pattern;
+using guest::Step;
 constexpr uint64_t k2M = 2ull << 20;
 constexpr uint64_t kFirstByte = 2ull << 20;  // regions start above the boot area's 2 MiB page
 
@@ -33,71 +36,135 @@ uint64_t random_stress_seed() {
   return seed ? seed : 1;
 }
 
-StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index) {
-  std::seed_seq seq{seed, round, index};
-  std::mt19937_64 rng(seq);
+std::string format_progress_line(const StressProgress& p, const StressConfig& config, size_t width, bool bar) {
+  std::string line = fmt::format(
+      "round {}{} | {} VMs | written {:.2f} GiB, freed {:.2f}, reclaimed {:.2f} | commit {:.0f} MiB (peak {:.0f}{}) "
+      "| {:.0f} s",
+      p.round, config.rounds ? fmt::format("/{}", config.rounds) : std::string(), p.vms_booted, gib(p.bytes_written),
+      gib(p.bytes_freed), gib(p.bytes_reclaimed), mib(p.commit_bytes), mib(p.peak_commit_bytes),
+      config.commit_budget ? fmt::format(" of {:.0f}", mib(config.commit_budget)) : "", p.elapsed_s);
+  if (bar) {
+    const double limit = config.rounds ? static_cast<double>(config.rounds) : static_cast<double>(config.duration_s);
+    const double done = config.rounds ? static_cast<double>(p.round) : p.elapsed_s;
+    const double frac = limit > 0 ? std::clamp(done / limit, 0.0, 1.0) : 0.0;
+    const size_t filled = static_cast<size_t>(frac * 20);
+    line = fmt::format("[{}{}] {}", std::string(filled, '#'), std::string(20 - filled, '.'), line);
+  }
+  if (width > 0 && line.size() > width) line.resize(width);
+  return line;
+}
+
+namespace {
+
+// One region's part of a stress program: what make_stress_vm draws, and
+// what worst_case_stress_vms() sets to the largest values.
+struct RegionPlan {
+  uint64_t at, length;
+  Pattern pattern;
+  uint64_t granule;
+  FreeMode mode;
+  uint64_t batch;
+  uint64_t free_at, free_len;  // the sub-range freed first
+  bool corrupt;                // fault injection: verify a pattern it never held
+  FreeMode final_mode;   // the free of the whole region
+};
+
+void append_region(std::vector<Step>& p, const RegionPlan& r) {
+  const guest::Free free_part{.at = r.free_at, .length = r.free_len, .granule = r.granule, .batch = r.batch, .mode = r.mode};
+  p.push_back(guest::Fill{r.at, r.length, r.pattern});
+  p.push_back(free_part);
+  p.push_back(guest::Verify{r.free_at, r.free_len, Pattern{}});
+  // Reading the holes committed fresh zero pages: hand them back again.
+  p.push_back(free_part);
+  if (r.corrupt) p.push_back(guest::Verify{r.at, r.length, Pattern{Pattern::Kind::kSeed, r.pattern.arg + 1}});
+  if (r.free_at > r.at) p.push_back(guest::Verify{r.at, r.free_at - r.at, r.pattern});
+  if (r.free_at + r.free_len < r.at + r.length)
+    p.push_back(guest::Verify{r.free_at + r.free_len, r.at + r.length - r.free_at - r.free_len, r.pattern});
+  // Done with the region: all of it goes back, so a VM's commit stays small.
+  p.push_back(guest::Free{.at = r.at, .length = r.length, .granule = k2M, .batch = 64, .mode = r.final_mode});
+}
+
+StressVm empty_stress_vm(const StressConfig& c, std::string name) {
   StressVm vm;
-  vm.config.name = fmt::format("r{}-vm{}", round, index);
+  vm.config.name = std::move(name);
   vm.config.memory = c.vm_memory;
   vm.config.ram_unit = c.ram_unit;
   vm.config.timeout_ms = c.timeout_ms;
+  return vm;
+}
+
+}  // namespace
+
+StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index) {
+  // seed_seq keeps 32 bits of each value: give it both halves of each.
+  const auto lo = [](uint64_t v) { return static_cast<uint32_t>(v); };
+  const auto hi = [](uint64_t v) { return static_cast<uint32_t>(v >> 32); };
+  std::seed_seq seq{lo(seed), hi(seed), lo(round), hi(round), lo(index), hi(index)};
+  std::mt19937_64 rng(seq);
+  StressVm vm = empty_stress_vm(c, fmt::format("r{}-vm{}", round, index));
   const uint64_t granules[] = {4096, 64 << 10, k2M};
   const uint64_t batches[] = {1, 7, 64, 512};
   for (uint64_t r = 0; r < c.regions_per_vm; r++) {
-    const uint64_t length = pick(rng, c.region_min / k2M, c.region_max / k2M) * k2M;
-    const uint64_t at = pick(rng, kFirstByte / k2M, (c.vm_memory - length) / k2M) * k2M;
-    const Pattern pattern{Pattern::Kind::kSeed, rng()};
-    const uint64_t granule = granules[rng() % 3];
-    const FreeMode mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync;
-    const uint64_t batch = std::min<uint64_t>(batches[rng() % 4], guest::layout::kFreeRingEntries);
+    RegionPlan plan{};
+    plan.length = pick(rng, c.region_min / k2M, c.region_max / k2M) * k2M;
+    plan.at = pick(rng, kFirstByte / k2M, (c.vm_memory - plan.length) / k2M) * k2M;
+    plan.pattern = Pattern{Pattern::Kind::kSeed, rng()};
+    plan.granule = granules[rng() % 3];
+    plan.mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync;
+    plan.batch = std::min<uint64_t>(batches[rng() % 4], guest::layout::kFreeRingEntries);
     // A sub-range of whole granules, smaller than the region when it can be.
-    const uint64_t units = length / granule;
+    const uint64_t units = plan.length / plan.granule;
     const uint64_t free_units = units > 1 ? pick(rng, 1, units - 1) : 1;
-    const uint64_t free_at = at + pick(rng, 0, units - free_units) * granule;
-    const uint64_t free_len = free_units * granule;
-
-    auto& p = vm.config.program;
-    const guest::Free free_part{.at = free_at, .length = free_len, .granule = granule, .batch = batch, .mode = mode};
-    p.push_back(guest::Fill{at, length, pattern});
-    p.push_back(free_part);
-    p.push_back(guest::Verify{free_at, free_len, Pattern{}});
-    // Reading the holes committed fresh zero pages: hand them back again.
-    p.push_back(free_part);
-    if (c.inject_corruption && index == 0 && r == 0) {
-      // Fault injection: a pattern this region never held.
-      p.push_back(guest::Verify{at, length, Pattern{Pattern::Kind::kSeed, pattern.arg + 1}});
-    }
-    if (free_at > at) p.push_back(guest::Verify{at, free_at - at, pattern});
-    if (free_at + free_len < at + length)
-      p.push_back(guest::Verify{free_at + free_len, at + length - free_at - free_len, pattern});
-    // Done with the region: all of it goes back, so a VM's commit stays small.
-    p.push_back(guest::Free{.at = at, .length = length, .granule = k2M, .mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync});
-    vm.bytes_written += length;
-    vm.bytes_freed += 2 * free_len + length;
+    plan.free_at = plan.at + pick(rng, 0, units - free_units) * plan.granule;
+    plan.free_len = free_units * plan.granule;
+    plan.corrupt = c.inject_corruption && index == 0 && r == 0;
+    plan.final_mode = rng() % 2 ? FreeMode::kSync : FreeMode::kAsync;
+    append_region(vm.config.program, plan);
+    vm.bytes_written += plan.length;
+    vm.bytes_freed += 2 * plan.free_len + plan.length;
   }
   return vm;
 }
 
-nlohmann::json StressSummary::to_json() const {
-  return {{"exit_code", exit_code()},
-          {"seed", seed},
-          {"rounds", rounds},
-          {"vms_booted", vms_booted},
-          {"bytes_written", bytes_written},
-          {"bytes_freed", bytes_freed},
-          {"bytes_reclaimed", bytes_reclaimed},
-          {"baseline_commit_bytes", baseline_commit_bytes},
-          {"peak_commit_bytes", peak_commit_bytes},
-          {"final_commit_bytes", final_commit_bytes},
-          {"commit_budget_bytes", commit_budget_bytes},
-          {"budget_exceeded", budget_exceeded},
-          {"integrity_errors", integrity_errors},
-          {"vm_failures", vm_failures},
-          {"commit_leaks", commit_leaks},
-          {"elapsed_s", elapsed_s},
-          {"vms_per_s", elapsed_s > 0 ? static_cast<double>(vms_booted) / elapsed_s : 0.0},
-          {"gib_reclaimed_per_s", elapsed_s > 0 ? gib(bytes_reclaimed) / elapsed_s : 0.0},
-          {"problems", problems}};
+std::vector<StressVm> worst_case_stress_vms(const StressConfig& c) {
+  // Every region at its largest and highest (the widest immediates), with
+  // every optional step (both verifies around the freed sub-range, the
+  // injected one on region 0), the largest batch. Which free mode encodes
+  // longer is the assembler's business, and the ring's setup comes once per
+  // program: all sync, all async, and all sync but one async cover it.
+  std::vector<StressVm> out;
+  for (int variant = 0; variant < 3; variant++) {
+    StressVm vm = empty_stress_vm(c, fmt::format("worst-case-{}", variant));
+    for (uint64_t r = 0; r < c.regions_per_vm; r++) {
+      const bool async = variant == 1 || (variant == 2 && r == 0);
+      const FreeMode mode = async ? FreeMode::kAsync : FreeMode::kSync;
+      RegionPlan plan{};
+      plan.length = c.region_max;
+      plan.at = (c.vm_memory - plan.length) / k2M * k2M;
+      plan.pattern = Pattern{Pattern::Kind::kSeed, ~0ull};
+      plan.granule = 4096;
+      plan.mode = mode;
+      plan.batch = std::min<uint64_t>(512, guest::layout::kFreeRingEntries);
+      plan.free_at = plan.at + plan.granule;
+      plan.free_len = plan.length > 2 * plan.granule ? plan.length - 2 * plan.granule : plan.granule;
+      plan.corrupt = c.inject_corruption && r == 0;
+      plan.final_mode = mode;
+      append_region(vm.config.program, plan);
+    }
+    out.push_back(std::move(vm));
+  }
+  return out;
+}
+
+Status check_stress_programs(const StressConfig& c) {
+  for (const StressVm& vm : worst_case_stress_vms(c)) {
+    auto img = guest::build(vm.config.program, {.ram_bytes = vm.config.memory});
+    if (!img)
+      return fail("/stress/regions_per_vm: the largest program a stress VM can get ({} regions of up to {:#x} bytes) "
+                  "cannot be assembled: {}",
+                  c.regions_per_vm, c.region_max, img.error().message);
+  }
+  return {};
 }
 
 std::string StressSummary::to_text() const {
@@ -145,7 +212,23 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
   bool done = false;
   std::atomic<uint64_t> peak{0};
   StressProgress shown;  // protected by mu
-  std::thread ticker([&] {
+  // Joined on every way out of this function, the error returns included:
+  // a joinable std::thread destroyed is std::terminate (exit 134).
+  struct TickerJoiner {
+    std::mutex& mu;
+    std::condition_variable& cv;
+    bool& done;
+    std::thread thread;
+    ~TickerJoiner() {
+      {
+        std::lock_guard lock(mu);
+        done = true;
+      }
+      cv.notify_all();
+      if (thread.joinable()) thread.join();
+    }
+  } ticker{mu, cv, done, {}};
+  ticker.thread = std::thread([&] {
     std::unique_lock lock(mu);
     while (!done) {
       cv.wait_for(lock, std::chrono::milliseconds(250));
@@ -162,6 +245,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
 
   for (uint64_t round = 0;; round++) {
     if (config.rounds && round >= config.rounds) break;
+    if (StopRequests::process().requested()) break;  // a signal: report what ran
     if (config.duration_s && round > 0 && elapsed() >= static_cast<double>(config.duration_s)) break;
     std::vector<VmConfig> vms;
     std::vector<guest::Image> images;
@@ -218,7 +302,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
     done = true;
   }
   cv.notify_all();
-  ticker.join();
+  ticker.thread.join();
   sum.elapsed_s = elapsed();
   sum.peak_commit_bytes = peak.load();
   if (config.commit_budget && sum.peak_commit_bytes > config.commit_budget) {

@@ -62,9 +62,14 @@ struct StressSummary {
   int exit_code() const {
     return integrity_errors || vm_failures || commit_leaks || budget_exceeded ? 1 : 0;
   }
-  nlohmann::json to_json() const;
-  std::string to_text() const;
+  std::string to_text() const;  // the JSON is harness/report.h's stress_report()
 };
+
+// One progress line, at most `width` columns (ASCII only; 0: no limit).
+// With `bar`, it starts with a 20-column bar of rounds done (or of time,
+// when only a duration bounds the run); a line that does not fit is cut,
+// never wrapped, so a terminal can redraw it in place.
+std::string format_progress_line(const StressProgress& p, const StressConfig& config, size_t width, bool bar);
 
 // One VM of one round, with what its program will write and free.
 struct StressVm {
@@ -73,6 +78,12 @@ struct StressVm {
   uint64_t bytes_freed = 0;
 };
 StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index);
+
+// Programs at least as large as any make_stress_vm() can generate for this
+// config, for any seed, round or VM; and a check that they assemble, so that
+// `validate` and `stress` refuse up front what a later round could not build.
+std::vector<StressVm> worst_case_stress_vms(const StressConfig& c);
+Status check_stress_programs(const StressConfig& c);
 
 // A random non-zero seed, for a config that names none.
 uint64_t random_stress_seed();

@@ -11,36 +11,13 @@
 #include "guest/abi.h"
 #include "guest/layout.h"
 #include "tests/support.h"
+#include "tests/cli/cli_support.h"
 
 using namespace kvmem;
+using test::run_kvmem;
+using test::TempConfig;
 using json = nlohmann::json;
 
-namespace {
-
-test::CommandResult run_kvmem(std::vector<std::string> args, std::vector<std::string> env = {}) {
-  args.insert(args.begin(), test::kvmem_binary());
-  return test::run_command(args, env);
-}
-
-// A config file that is removed when the test ends.
-class TempConfig {
- public:
-  explicit TempConfig(const std::string& text) {
-    char tmpl[] = "/tmp/kvmem-cli-XXXXXX";
-    int fd = mkstemp(tmpl);
-    REQUIRE(fd >= 0);
-    close(fd);
-    path_ = tmpl;
-    std::ofstream(path_) << text;
-  }
-  ~TempConfig() { unlink(path_.c_str()); }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
-
-}  // namespace
 
 TEST_CASE("the kvmem binary exists for the CLI tests", "[cli]") {
   REQUIRE(access(test::kvmem_binary().c_str(), X_OK) == 0);

@@ -1,11 +1,14 @@
 // Seeded random mutations of valid configs: the parser never crashes, and
 // whatever it accepts is a config the rest of kvmem can use as it is.
+#include <filesystem>
+#include <fstream>
 #include <random>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
 #include "guest/abi.h"
+#include "config/stress_config.h"
 #include "config/vm_config.h"
 
 using namespace kvmem;
@@ -104,4 +107,41 @@ TEST_CASE("randomly mutated configs are refused cleanly or accepted whole", "[co
   }
   CHECK(accepted > 100);
   CHECK(refused > 100);
+}
+
+TEST_CASE("mutated shipped configs are refused by a reader, never by a library exception", "[config][fuzz]") {
+  // Values of every JSON type, and numbers the library holds only as doubles.
+  const json pool[] = {nullptr, true, 0, -1, 1.5, -0.0, 1e300, 18446744073709551615ULL, 9.3e18, "", "1M", "zero",
+                       json::array(), json::array({1, 2}), json::array({json::array({1})}), json::object(),
+                       json{{"seed", 1.5}}, json{{"byte", json::array()}}, json{{"op", 1}}, json{{"stress", 1}}};
+  const uint64_t seed = Catch::rngSeed() ? Catch::rngSeed() : 20261201;
+  std::mt19937_64 rng(seed);
+  INFO("seed " << seed);
+  std::vector<std::string> files;
+  for (const auto& e : std::filesystem::recursive_directory_iterator("configs"))
+    if (e.path().extension() == ".json") files.push_back(e.path().string());
+  REQUIRE(files.size() >= 8);
+  for (const std::string& f : files) {
+    std::ifstream in(f);
+    const json base = json::parse(in);
+    for (int iter = 0; iter < 500; iter++) {
+      json c = base;
+      std::vector<json::json_pointer> ptrs;
+      collect(c, json::json_pointer(), ptrs);
+      c[ptrs[rng() % ptrs.size()]] = pool[rng() % std::size(pool)];
+      INFO(f << ": " << c.dump().substr(0, 2000));
+      const bool stress = c.is_object() && c.contains("stress");
+      std::string refusal;
+      try {
+        if (stress) {
+          if (auto r = parse_stress_config(c); !r) refusal = r.error().message;
+        } else if (auto r = parse_run_config(c, "t"); !r) {
+          refusal = r.error().message;
+        }
+      } catch (const std::exception& e) {
+        FAIL("the parser threw: " << e.what());
+      }
+      if (!refusal.empty()) REQUIRE(refusal.rfind("/", 0) == 0);
+    }
+  }
 }

@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "guest/abi.h"
+#include "harness/report.h"
 #include "harness/runner.h"
 #include "memory/host_limits.h"
 #include "tests/support.h"
@@ -124,7 +125,7 @@ Step fill(uint64_t at, uint64_t length, uint64_t seed) {
     images.push_back(std::move(*img));
   }
   RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{*limit, 5});
-  const std::string report = t.to_json().dump();
+  const std::string report = run_report(t).dump();
   if (write(out, report.data(), report.size()) != static_cast<ssize_t>(report.size())) _exit(15);
   _exit(0);
 }

@@ -10,6 +10,7 @@
 #include <fstream>
 
 #include "guest/abi.h"
+#include "harness/report.h"
 #include "harness/memory_limit.h"
 #include "harness/runner.h"
 #include "tests/support.h"
@@ -193,11 +194,11 @@ TEST_CASE("run_vms reports the limit it kept under and every VM when one is stop
   for (const VmConfig& v : vms) images.push_back(*guest::build(v.program, {.ram_bytes = v.memory}));
   RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{cg.limit(), 5});
   REQUIRE(t.vms.size() == 2);
-  INFO(t.to_json().dump(2));
+  INFO(run_report(t).dump(2));
   CHECK(t.vms[0].result.failure == FailureKind::kMemoryLimit);
   CHECK(t.vms[0].result.run_ms < 15'000);  // stopped, not timed out
   CHECK(t.memory_limit_stops >= 1);
-  const auto j = t.to_json();
+  const auto j = run_report(t);
   CHECK(j["memory"]["limit_bytes"] == 64 * kMiB);
   CHECK(j["memory"]["limit"] == cg.bound().describe());
   CHECK(j["vms"][0]["failure"] == "memory_limit");

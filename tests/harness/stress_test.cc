@@ -7,6 +7,7 @@
 
 #include "guest/abi.h"
 #include "tests/support.h"
+#include "harness/report.h"
 #include "harness/runner.h"
 #include "harness/stress.h"
 
@@ -66,6 +67,26 @@ TEST_CASE("stress programs are a function of seed, round and VM", "[stress]") {
     CHECK(at >= (2u << 20));
     CHECK(at + length <= c.vm_memory);
   }
+}
+
+TEST_CASE("every bit of a 64-bit stress seed, round and VM index changes the program", "[stress]") {
+  StressConfig c = small();
+  auto img = [&](uint64_t seed, uint64_t round, uint64_t index) {
+    return guest::build(make_stress_vm(c, seed, round, index).config.program, {.ram_bytes = c.vm_memory})
+        ->bytes;
+  };
+  CHECK(img(5, 0, 0) != img(4294967301ull, 0, 0));  // 5 + 2^32
+  CHECK(img(5, 0, 0) != img(5 | (1ull << 63), 0, 0));
+  CHECK(img(5, 1, 0) != img(5, 1 + (1ull << 32), 0));
+  CHECK(img(5, 0, 1) != img(5, 0, 1 + (1ull << 32)));
+}
+
+TEST_CASE("the stress JSON summary carries the seed as a string too", "[stress]") {
+  StressSummary sum;
+  sum.seed = 18446744073709551557ull;  // above 2^53: a double cannot hold it
+  const json j = stress_report(sum);
+  CHECK(j["seed"] == 18446744073709551557ull);
+  CHECK(j["seed_string"] == "18446744073709551557");
 }
 
 TEST_CASE("a short stress run loses nothing and gives all commit back", "[stress][kvm]") {
@@ -151,4 +172,102 @@ TEST_CASE("bad stress configs exit 2 with the pointer", "[stress][cli]") {
   auto unknown = parse_stress_config(json{{"stress", {{"vms", 1}}}});
   REQUIRE_FALSE(unknown);
   CHECK(unknown.error().message.rfind("/stress/vms: unknown key", 0) == 0);
+}
+
+TEST_CASE("a later round whose program cannot be assembled is an error, not an abort", "[stress][kvm]") {
+  REQUIRE_KVM();
+  // Find a size at which round 0's program fits the program area and round 1's does not.
+  StressConfig c = small();
+  c.vms_per_round = 1;
+  c.rounds = 2;
+  c.commit_budget = 0;
+  auto fits = [&](uint64_t seed, uint64_t round) {
+    return guest::build(make_stress_vm(c, seed, round, 0).config.program, {.ram_bytes = c.vm_memory})
+        .has_value();
+  };
+  bool found = false;
+  for (uint64_t seed = 1; seed < 40 && !found; seed++) {
+    c.seed = seed;
+    uint64_t n = 1;
+    for (c.regions_per_vm = 1; c.regions_per_vm <= 1000 && fits(seed, 0); c.regions_per_vm *= 2) n = c.regions_per_vm;
+    for (c.regions_per_vm = n; c.regions_per_vm <= 1000 && fits(seed, 0); c.regions_per_vm++)
+      if (!fits(seed, 1)) {
+        found = true;
+        break;
+      }
+  }
+  REQUIRE(found);
+  INFO("seed " << c.seed << ", " << c.regions_per_vm << " regions per VM");
+  auto sum = stress(c);
+  REQUIRE_FALSE(sum);
+  CHECK(sum.error().message.find("bytes it may use") != std::string::npos);
+}
+
+TEST_CASE("the progress line fits the terminal's width and never wraps", "[stress]") {
+  StressConfig c = small();
+  c.rounds = 1000;
+  c.commit_budget = 2ull << 30;
+  StressProgress p;
+  p.round = 999;
+  p.vms_booted = 123456;
+  p.bytes_written = p.bytes_freed = p.bytes_reclaimed = 1234ull << 30;
+  p.commit_bytes = p.peak_commit_bytes = 2000ull << 20;
+  p.elapsed_s = 86399;
+  const std::string full = format_progress_line(p, c, 0, true);
+  CHECK(full.size() > 130);  // longer than most terminals, so the cut matters
+  for (size_t width : {40, 80, 200}) {
+    INFO("width " << width);
+    const std::string line = format_progress_line(p, c, width, true);
+    CHECK(line.size() <= width);
+    CHECK(line.find('\n') == std::string::npos);
+    CHECK(full.rfind(line, 0) == 0);  // a cut of the whole line, not another line
+  }
+  CHECK(format_progress_line(p, c, 200, true) == full);  // it fits whole in 200
+  CHECK(format_progress_line(p, c, 40, true).rfind("[###################.] round 999/1000", 0) == 0);
+}
+
+TEST_CASE("no stress program is larger than the worst case validate assembles", "[stress]") {
+  for (bool inject : {false, true}) {
+    StressConfig c = small();
+    c.regions_per_vm = 40;
+    c.vm_memory = 8ull << 30;  // addresses past 4 GiB take the widest immediates
+    c.region_max = 64ull << 20;
+    c.inject_corruption = inject;
+    size_t worst = 0;
+    for (const StressVm& vm : worst_case_stress_vms(c))
+      worst = std::max(worst, guest::build(vm.config.program, {.ram_bytes = vm.config.memory})->bytes.size());
+    for (uint64_t seed = 1; seed <= 60; seed++) {
+      const StressVm vm = make_stress_vm(c, seed * 0x9e3779b97f4a7c15ull, seed % 7, seed % 3);
+      auto img = guest::build(vm.config.program, {.ram_bytes = vm.config.memory});
+      REQUIRE(img);
+      CHECK(img->bytes.size() <= worst);
+    }
+  }
+}
+
+TEST_CASE("validate refuses a stress config whose largest program cannot be assembled", "[stress][cli]") {
+  // A size at which seed 1's round 0, VM 0 (all that validate built) fits and the worst case does not.
+  StressConfig c = small();
+  c.seed = 1;
+  auto fits = [&] {
+    return guest::build(make_stress_vm(c, 1, 0, 0).config.program, {.ram_bytes = c.vm_memory})
+        .has_value();
+  };
+  for (c.regions_per_vm = 64; fits(); c.regions_per_vm += 64) {}
+  while (!fits()) c.regions_per_vm--;
+  REQUIRE_FALSE(check_stress_programs(c));
+  char path[] = "/tmp/kvmem-stress-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::ofstream(path) << json{{"stress", {{"seed", 1}, {"rounds", 2}, {"vms_per_round", 2}, {"vm_memory", "32M"},
+                                          {"ram_unit", "2M"}, {"regions_per_vm", c.regions_per_vm},
+                                          {"region_max", "6M"}}}}
+                             .dump();
+  auto v = test::run_command({test::kvmem_binary(), "validate", path});
+  auto s = test::run_command({test::kvmem_binary(), "stress", path});
+  unlink(path);
+  CHECK(v.exit_code == 2);
+  CHECK(v.err.find("/stress/regions_per_vm: the largest program a stress VM can get") != std::string::npos);
+  CHECK(s.exit_code == 2);
 }

@@ -19,6 +19,7 @@
 #include "config/vm_config.h"
 #include "guest/abi.h"
 #include "guest/layout.h"
+#include "harness/report.h"
 #include "harness/runner.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
@@ -254,7 +255,7 @@ TEST_CASE("a VM the runner cannot start a thread for is not started, as the host
   CHECK(a.setup_error == "cannot start the thread of VM a: pthread_create: EAGAIN (Resource temporarily unavailable)");
   CHECK(a.result.failure == FailureKind::kHost);
   CHECK(a.exit_code() == 3);
-  CHECK(a.to_json()["outcome"] == "not_started");
+  CHECK(vm_report(a)["outcome"] == "not_started");
   CHECK(t.vms[1].setup_error == "");
   CHECK(t.vms[1].result.console == "b");
   CHECK(t.exit_code() == 3);
@@ -268,8 +269,8 @@ TEST_CASE("VMs under a thread limit are not started, and nothing aborts", "[kvm]
   ChildResult r = in_child([&] {
     if (std::string e = limit_threads(0); !e.empty()) return "cannot impose a thread limit: " + e;
     RunTotals t = run_vms(*kvm, *v.file, v.configs, v.images, nullptr);
-    return fmt::format("{} {} {}", t.exit_code(), t.vms[0].to_json()["outcome"].get<std::string>(),
-                       t.vms[1].to_json()["outcome"].get<std::string>());
+    return fmt::format("{} {} {}", t.exit_code(), vm_report(t.vms[0])["outcome"].get<std::string>(),
+                       vm_report(t.vms[1])["outcome"].get<std::string>());
   });
   if (r.output.rfind("cannot impose", 0) == 0) {
     WARN(r.output);

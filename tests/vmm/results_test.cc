@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "guest/layout.h"
+#include "harness/report.h"
 #include "harness/runner.h"
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
@@ -57,11 +58,11 @@ TEST_CASE("a VM's report carries its timestamps, or null when it has none", "[re
   VmOutcome with;
   with.result.outcome = RunResult::Outcome::kExited;
   with.result.timestamps = {0, 12345, 0};
-  CHECK(with.to_json().at("timestamps") == json::array({0, 12345, 0}));
+  CHECK(vm_report(with).at("timestamps") == json::array({0, 12345, 0}));
   VmOutcome without;
   without.result.outcome = RunResult::Outcome::kExited;
-  REQUIRE(without.to_json().contains("timestamps"));
-  CHECK(without.to_json().at("timestamps").is_null());
+  REQUIRE(vm_report(without).contains("timestamps"));
+  CHECK(vm_report(without).at("timestamps").is_null());
 }
 
 TEST_CASE("run --json reports the timestamps the guest wrote", "[kvm][cli][results]") {

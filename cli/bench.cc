@@ -1,0 +1,93 @@
+// `kvmem bench boot|alloc|reclaim`: measurements, as a table or JSON lines.
+#include <cstdio>
+
+#include "bench/alloc.h"
+#include "bench/boot.h"
+#include "bench/reclaim.h"
+#include "cli/cli.h"
+#include "vmm/kvm/kvm.h"
+
+namespace kvmem::cli {
+namespace {
+
+class BenchCommand : public Command {
+ public:
+  explicit BenchCommand(CLI::App& app) {
+    cmd_ = app.add_subcommand("bench", "Measure kvmem; each benchmark prints a table, or JSON lines with --json");
+    cmd_->require_subcommand(1);
+    boot_ = cmd_->add_subcommand("boot", "Whole-process wall time and peak RSS of `kvmem run FILE`, over many runs");
+    boot_->add_option("FILE", boot_opts_.config, "the config to run (default: configs/hello.json)");
+    boot_->add_option("--runs", boot_opts_.runs, "measured runs (after a few warm-up runs)")
+        ->capture_default_str()
+        ->check(whole_number(1, 100000));
+    boot_->add_flag("--json", boot_json_, "print one JSON object instead of the table");
+    alloc_ = cmd_->add_subcommand(
+        "alloc", "The allocator: Allocate+DecRef pairs/s by live count, decommit vs raw fallocate, usage scans vs mincore");
+    alloc_->add_flag("--quick", alloc_opts_.quick, "a short run with smaller sizes (a smoke check; not figures to quote)");
+    alloc_->add_flag("--json", alloc_json_, "print one JSON object per line instead of the table");
+    reclaim_ = cmd_->add_subcommand(
+        "reclaim",
+        "Free-page reports (sync and async) from report to pages gone, against raw fallocate; and one report's latency");
+    reclaim_->add_flag("--quick", reclaim_opts_.quick, "a small region (a smoke check; not figures to quote)");
+    reclaim_->add_flag("--json", reclaim_json_, "print one JSON object per line instead of the table");
+  }
+
+  int run(Clock::time_point) override {
+    if (boot_->parsed()) return boot();
+    if (alloc_->parsed()) return alloc();
+    if (reclaim_->parsed()) return reclaim();
+    return kExitUsage;
+  }
+
+ private:
+  // The config and KVM are checked here, so that their absence is exit 2
+  // and 3 as for `run`, not a child's failure (1).
+  int boot() {
+    if (boot_opts_.config.empty()) boot_opts_.config = default_boot_config();
+    if (auto p = prepare(boot_opts_.config); !p) return report_error(boot_json_, kExitUsage, p.error().message);
+    if (auto kvm = Kvm::open(); !kvm) return report_error(boot_json_, kExitHost, kvm.error().message);
+    if (!boot_json_) std::fprintf(stderr, "running %s %u times...\n", boot_opts_.config.c_str(), boot_opts_.runs);
+    auto r = run_boot_bench(boot_opts_);
+    if (!r) return report_error(boot_json_, kExitFailed, r.error().message);
+    if (boot_json_)
+      print_json(*r);
+    else
+      std::printf("%s", format_boot_bench(*r).c_str());
+    return kExitOk;
+  }
+
+  int alloc() {
+    std::function<void(const std::string&)> progress;
+    if (!alloc_json_) progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    auto rows = run_alloc_bench(alloc_opts_, progress);
+    bool failed = false;
+    for (const auto& row : rows) failed = failed || row.contains("error");
+    if (alloc_json_)
+      for (const auto& row : rows) print_json(row);
+    else
+      std::printf("%s", format_alloc_bench_table(rows).c_str());
+    return failed ? kExitFailed : kExitOk;
+  }
+
+  int reclaim() {
+    auto rows = run_reclaim_bench(reclaim_opts_);
+    if (!rows) return report_error(reclaim_json_, kExitHost, rows.error().message);
+    if (reclaim_json_)
+      for (const auto& row : *rows) print_json(row);
+    else
+      std::printf("%s", format_reclaim_bench(*rows).c_str());
+    return kExitOk;
+  }
+
+  CLI::App *boot_, *alloc_, *reclaim_;
+  BootBenchOptions boot_opts_;
+  AllocBenchOptions alloc_opts_;
+  ReclaimBenchOptions reclaim_opts_;
+  bool boot_json_ = false, alloc_json_ = false, reclaim_json_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> add_bench_command(CLI::App& app) { return std::make_unique<BenchCommand>(app); }
+
+}  // namespace kvmem::cli
