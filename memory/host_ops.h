@@ -1,9 +1,16 @@
-// The host calls through which MemoryFile changes the file and its mappings.
+// The host calls through which MemoryFile changes the file and maps it:
+// fallocate (punch, commit), ftruncate (growth) and mmap of chunks.
 //
 // This is the fault-injection seam: tests pass a HostOps whose calls fail on
 // demand, so the fallback paths (zeroing when a hole cannot be punched, the
 // errors when the file cannot grow or a chunk cannot be mapped) run for real.
 // The default forwards to the kernel and holds no state.
+//
+// It is not every call the allocator makes. Calls that only look, or whose
+// failure has no fallback worth injecting, go to the kernel directly:
+// fstat, lseek(SEEK_DATA/SEEK_HOLE) and mincore in the usage scans,
+// madvise (MADV_HUGEPAGE advice, MADV_POPULATE_WRITE commits) and the
+// munmap of the reservation at destruction.
 #pragma once
 
 #include <sys/types.h>
