@@ -13,12 +13,18 @@
 // munmap of the reservation at destruction.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/types.h>
 
 #include <cstddef>
 #include <cstdint>
 
 namespace kvmem {
+
+// "After a successful call, subsequent reads from this range will return
+// zeroes. The FALLOC_FL_PUNCH_HOLE flag must be ORed with
+// FALLOC_FL_KEEP_SIZE" - fallocate(2). Punching frees the pages' memory.
+inline constexpr int kPunchHole = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
 class HostOps {
  public:

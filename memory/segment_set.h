@@ -1,6 +1,10 @@
 // SegmentSet: an ordered map from disjoint ranges to values, kept maximally
 // merged, with an index over its gaps.
 //
+// (Past the ~500-line guide on purpose: one container, its node type, its
+// iterators and its gap index belong together, as LLVM's IntervalMap is one
+// header.)
+//
 // It is the one range map behind the allocator's usage, a file's data map and
 // the guest-physical map. The key space is [0, 2^64 - 1). Every key is either
 // in exactly one segment or in exactly one gap; gaps lie between segments (and
