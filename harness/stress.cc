@@ -7,6 +7,7 @@
 #include <mutex>
 #include <thread>
 
+#include "base/thread.h"
 #include "guest/abi.h"
 #include "guest/layout.h"
 #include "harness/interrupt.h"
@@ -228,7 +229,7 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
       if (thread.joinable()) thread.join();
     }
   } ticker{mu, cv, done, {}};
-  ticker.thread = std::thread([&] {
+  auto thread = start_thread("the stress progress thread", [&] {
     std::unique_lock lock(mu);
     while (!done) {
       cv.wait_for(lock, std::chrono::milliseconds(250));
@@ -242,6 +243,8 @@ Result<StressSummary> run_stress(const Kvm& kvm, MemoryFile& file, const StressC
       if (progress) progress(shown);
     }
   });
+  if (!thread) return std::unexpected(thread.error());
+  ticker.thread = std::move(*thread);
 
   for (uint64_t round = 0;; round++) {
     if (config.rounds && round >= config.rounds) break;

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "guest/abi.h"
+#include "base/thread.h"
 #include "tests/support.h"
 #include "harness/report.h"
 #include "harness/runner.h"
@@ -270,4 +271,18 @@ TEST_CASE("validate refuses a stress config whose largest program cannot be asse
   CHECK(v.exit_code == 2);
   CHECK(v.err.find("/stress/regions_per_vm: the largest program a stress VM can get") != std::string::npos);
   CHECK(s.exit_code == 2);
+}
+
+TEST_CASE("a stress run whose progress thread cannot start is an error, not an abort", "[kvm][stress]") {
+  REQUIRE_KVM();
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  StressConfig c = small();
+  auto file = MemoryFile::create(memory_file_options_for(c.vms_per_round * c.vm_memory));
+  REQUIRE(file);
+  fail_next_thread_starts(1);
+  auto sum = run_stress(*kvm, **file, c, nullptr);
+  fail_next_thread_starts(0);
+  REQUIRE(!sum);
+  CHECK(sum.error().message.find("the stress progress thread") != std::string::npos);
 }
