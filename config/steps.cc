@@ -102,21 +102,18 @@ Result<Step> parse_print(const json& j, const Ptr& p, Context&) {
   return s;
 }
 
-Result<Step> parse_fill(const json& j, const Ptr& p, Context& cx) {
+// fill and verify take the same keys: a range of words and its pattern.
+template <class PatternStep>
+Result<Step> parse_pattern_range(const json& j, const Ptr& p, Context& cx) {
   KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern"}));
-  Fill s;
+  PatternStep s;
   KVMEM_STEP_TRY(at_length(j, p, cx, 8, &s.at, &s.length));
   KVMEM_STEP_TRY(pattern_key(j, p, true, &s.pattern));
   return s;
 }
 
-Result<Step> parse_verify(const json& j, const Ptr& p, Context& cx) {
-  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern"}));
-  Verify s;
-  KVMEM_STEP_TRY(at_length(j, p, cx, 8, &s.at, &s.length));
-  KVMEM_STEP_TRY(pattern_key(j, p, true, &s.pattern));
-  return s;
-}
+Result<Step> parse_fill(const json& j, const Ptr& p, Context& cx) { return parse_pattern_range<Fill>(j, p, cx); }
+Result<Step> parse_verify(const json& j, const Ptr& p, Context& cx) { return parse_pattern_range<Verify>(j, p, cx); }
 
 Result<Step> parse_touch(const json& j, const Ptr& p, Context& cx) {
   KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern", "stride", "write"}));
