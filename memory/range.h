@@ -5,6 +5,7 @@
 //   FileRange             offsets into the memory file (memfd)
 //   GuestRange            guest-physical addresses
 //   HostRange             host virtual addresses of the VMM process
+//   MappableRange         offsets into one tmpfs file (memory/tmpfs)
 //   Address<Tag>          one address in that space (GuestAddr, FileOffset)
 //
 //   Range::of(start, length)   -> Result<Range>, fails if start + length overflows
@@ -59,6 +60,11 @@ struct GuestSpace {
 };
 struct HostSpace {
   static constexpr const char* kName = "host";
+};
+// Offsets into one file of the tmpfs layer (memory/tmpfs): what a mapping
+// maps, before Translate turns it into memory-file offsets.
+struct MappableSpace {
+  static constexpr const char* kName = "mappable";
 };
 
 // One address in the space Tag. Explicit to build, so a guest-physical
@@ -139,6 +145,7 @@ struct Range {
 using FileRange = Range<FileSpace>;
 using GuestRange = Range<GuestSpace>;
 using HostRange = Range<HostSpace>;
+using MappableRange = Range<MappableSpace>;
 
 template <class Tag>
 std::ostream& operator<<(std::ostream& os, const Range<Tag>& r) {

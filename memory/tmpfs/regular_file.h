@@ -1,0 +1,180 @@
+// RegularFile: one tmpfs-style file whose pages are MemoryFile ranges (kind
+// Tmpfs), with the semantics of a Linux memfd, after gVisor's tmpfs regular
+// file.
+//
+// Synopsis
+//   read(offset, dst)              -> Result<uint64_t> bytes; holes read as
+//                                     zero; 0 at or past the end
+//   write(offset, src)             -> Result<uint64_t>; allocates, grows the file
+//   truncate(size)                 shrinking invalidates mappings of the
+//                                  dropped pages first, then drops them;
+//                                  growing allocates nothing
+//   fallocate(mode, offset, length) default, keep-size, punch-hole
+//   add_seals(s)  seals()          memfd seals (F_SEAL_*)
+//   size()  stat()
+//   add_mapping / remove_mapping / translate     the Mappable contract
+//                                  (mappable.h)
+//
+// Errors are what a memfd gives for the same call, errno in Error::code
+// (EPERM for a sealed write, EBUSY for a write seal while writable
+// mappings exist, EINVAL for a bad mode or range, EFBIG past the largest
+// size), with a sentence that names the file, the call and the range. The
+// real memfd is the judge: tests/memory/tmpfs runs the same operations on
+// both and compares.
+//
+// Seals, as the kernel here (6.x) applies them:
+//   SEAL          no more seals (a file created without allow_seals starts with it)
+//   SHRINK        truncate to a smaller size: EPERM
+//   GROW          truncate larger, a write past the end, fallocate past the
+//                 end (without keep-size): EPERM, the whole write refused
+//   WRITE         write and punch-hole: EPERM; a new writable mapping: EPERM;
+//                 adding it while writable mappings exist: EBUSY
+//   FUTURE_WRITE  like WRITE for writes, punches and new writable mappings,
+//                 but existing writable mappings keep working and adding it
+//                 never fails with EBUSY
+//
+// Data: data_ maps page-aligned file offsets to memory-file offsets; a gap
+// is a hole. Every page in data_ holds one reference of the file's, dropped
+// when the page leaves the map (truncate, punch, the file's last owner
+// going). Pages past the end (size rounded up to a page) are never in data_.
+//
+// Lock order: maps_mu_ -> data_mu_ -> MemoryFile's locks. invalidate() is
+// called with maps_mu_ held and data_mu_ not held, so a MappingSpace may
+// take its own locks (GuestMemory::mu_, ...) and drop references on the
+// memory file, but must not call back into the file.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/error.h"
+#include "memory/memory_file.h"
+#include "memory/range.h"
+#include "memory/segment_set.h"
+#include "memory/tmpfs/mappable.h"
+
+namespace kvmem::tmpfs {
+
+// The kernel's F_SEAL_* values.
+inline constexpr uint32_t kSealSeal = 0x0001;
+inline constexpr uint32_t kSealShrink = 0x0002;
+inline constexpr uint32_t kSealGrow = 0x0004;
+inline constexpr uint32_t kSealWrite = 0x0008;
+inline constexpr uint32_t kSealFutureWrite = 0x0010;
+inline constexpr uint32_t kAllSeals = 0x001f;
+
+// "seal", "shrink", "grow", "write", "future_write" (the config's and the
+// replay's names), in that order.
+std::vector<std::string> seal_names(uint32_t seals);
+// One seal's bit from its name; an error naming the word otherwise.
+Result<uint32_t> parse_seal(std::string_view name);
+
+enum class FallocateMode { kDefault, kKeepSize, kPunchHole };
+
+// The largest size a file may have, as tmpfs's s_maxbytes (MAX_LFS_FILESIZE).
+inline constexpr uint64_t kMaxFileSize = (uint64_t{1} << 63) - 1;
+
+struct FileStat {
+  uint64_t size = 0;
+  uint64_t allocated = 0;  // bytes of pages in the data map (st_blocks * 512)
+  uint32_t seals = 0;
+  uint64_t mappings = 0;               // mappings added and not removed
+  uint64_t writable_mapped_pages = 0;  // pages of writable mappings
+};
+
+class RegularFile {
+ public:
+  // A file with no data. allow_seals false: the file starts sealed with
+  // SEAL, as a memfd made without MFD_ALLOW_SEALING.
+  RegularFile(MemoryFile& memory, std::string name, bool allow_seals);
+  RegularFile(const RegularFile&) = delete;
+  RegularFile& operator=(const RegularFile&) = delete;
+  // Drops every page's reference. Precondition: no mapping left (a mapper
+  // holds a shared_ptr to the file while it maps it).
+  ~RegularFile();
+
+  const std::string& name() const { return name_; }
+  MemoryFile& memory() const { return memory_; }
+
+  // pread(2): copies [offset, min(offset + dst.size(), size())) into dst.
+  Result<uint64_t> read(uint64_t offset, std::span<uint8_t> dst) const;
+  // pwrite(2): writes src at offset, allocating the holes it covers and
+  // growing the file. A zero-length write does nothing and succeeds.
+  // Errors: EPERM (WRITE, FUTURE_WRITE, or growing under GROW), EFBIG (the
+  // end passes kMaxFileSize), EINVAL (offset + length overflows), ENOMEM
+  // (the allocator; nothing is written then).
+  Result<uint64_t> write(uint64_t offset, std::span<const uint8_t> src);
+  // ftruncate(2). Errors: EPERM (SHRINK, GROW), EFBIG, and the
+  // invalidations' (none: they cannot fail).
+  Status truncate(uint64_t size);
+  // fallocate(2) with mode 0, FALLOC_FL_KEEP_SIZE, or
+  // FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE. Default and keep-size
+  // allocate the pages of the range below the end of the file (keep-size)
+  // or all of it (default, which grows the file). Punch drops the whole
+  // pages of the range and zeroes the partial ones at its edges, after
+  // invalidating mappings of the whole pages. Errors: EINVAL (length zero,
+  // overflow), EFBIG, EPERM (seals), ENOMEM.
+  Status fallocate(FallocateMode mode, uint64_t offset, uint64_t length);
+
+  // fcntl(F_ADD_SEALS). Errors: EINVAL (unknown bits), EPERM (SEAL set),
+  // EBUSY (WRITE while writable mappings exist).
+  Status add_seals(uint32_t seals);
+  uint32_t seals() const;
+  uint64_t size() const;
+  FileStat stat() const;
+
+  // The Mappable contract (mappable.h). `space` maps file offsets `range`
+  // at its address `addr`. Errors: EINVAL (range empty or unaligned, or
+  // overflowing), EPERM (writable under WRITE or FUTURE_WRITE). A mapping
+  // may extend past the end of the file, as mmap's may.
+  Status add_mapping(MappingSpace* space, uint64_t addr, MappableRange range, bool writable);
+  // Precondition: the mapping exists with these values (checked, abort).
+  void remove_mapping(MappingSpace* space, uint64_t addr, MappableRange range, bool writable);
+  // Fills the holes of `optional` below the end of the file with as few
+  // allocations as it can (one per hole), then returns the translations
+  // of `required`, widened to `optional` where the map is contiguous.
+  // Each translation carries one reference for the caller (mappable.h).
+  // Preconditions (checked, abort): as check_translate_result; the caller
+  // has a mapping of the range.
+  TranslateResult translate(MappableRange required, MappableRange optional, Access at);
+
+  // Aborts with a dump unless the data map and the counters agree.
+  void check_invariants() const;
+
+ private:
+  struct DataPolicy;  // merges neighbours whose memory-file offsets touch
+  struct Mapping {
+    MappingSpace* space;
+    uint64_t addr;
+    MappableRange range;
+    bool writable;
+  };
+
+  // Calls invalidate on every mapping that overlaps r (page-aligned).
+  void invalidate_locked(MappableRange r);  // maps_mu_ held
+  // Drops the pages of r from data_, with their references.
+  void drop_locked(MappableRange r);  // data_mu_ held for writing
+  // Allocates the holes of r (page-aligned), one allocation per hole.
+  Status fill_locked(MappableRange r);  // data_mu_ held for writing
+
+  MemoryFile& memory_;
+  const std::string name_;
+
+  mutable std::mutex maps_mu_;
+  std::vector<Mapping> mappings_;       // protected by maps_mu_
+  uint64_t writable_mapped_pages_ = 0;  // protected by maps_mu_
+
+  mutable std::shared_mutex data_mu_;
+  // File offset ranges -> memory-file offset of each range's start.
+  SegmentSet<MappableRange, uint64_t, DataPolicy>* data_ = nullptr;  // protected by data_mu_
+  uint64_t size_ = 0;   // protected by data_mu_
+  uint32_t seals_ = 0;  // protected by data_mu_
+};
+
+}  // namespace kvmem::tmpfs
