@@ -5,6 +5,7 @@
 #include <mutex>
 
 #include "cli/cli.h"
+#include "harness/files.h"
 #include "harness/memory_limit.h"
 #include "harness/report.h"
 #include "harness/runner.h"
@@ -71,12 +72,14 @@ class RunCommand : public Command {
     if (auto s = check_run_fits(*limit, p->config.vms); !s) return report_error(json_, kExitHost, s.error().message);
     uint64_t guest_bytes = 0;
     for (const VmConfig& vm : p->config.vms) guest_bytes += vm.memory;
-    auto file = MemoryFile::create(memory_file_options_for(guest_bytes));
+    auto file = MemoryFile::create(memory_file_options_for(guest_bytes + file_bytes(p->config.files)));
     if (!file) return report_error(json_, kExitHost, file.error().message);
+    auto files = make_files(**file, p->config.files);
+    if (!files) return report_error(json_, kExitHost, files.error().message);
     ConsoleEcho console(p->config.vms.size() > 1);
     std::function<void(std::string_view, std::string_view)> echo;
     if (!json_) echo = [&console](std::string_view vm, std::string_view text) { console(vm, text); };
-    RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo, RunOptions{*limit});
+    RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo, RunOptions{*limit, 5, files->get()});
     totals.wall_ms = ms_since(start);
     if (json_) {
       print_json(run_report(totals));

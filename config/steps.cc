@@ -12,9 +12,11 @@ namespace {
 using namespace json_fields;
 using namespace guest;
 
-// Where a step is parsed: the VM's RAM, and the steps and loops so far.
+// Where a step is parsed: the VM's RAM and windows, and the steps and
+// loops so far.
 struct Context {
   uint64_t memory;
+  const std::vector<GuestRange>* windows;
   size_t steps = 0;
   unsigned depth = 0;
 };
@@ -28,6 +30,12 @@ struct Context {
 Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx);
 
 Result<Pattern> pattern_value(const json& j, const Ptr& p) {
+  return parse_pattern(j, p);
+}
+
+}  // namespace
+
+Result<Pattern> parse_pattern(const json& j, const Ptr& p) {
   if (j.is_string()) {
     if (j == "zero") return Pattern{Pattern::Kind::kZero, 0};
     if (j == "address") return Pattern{Pattern::Kind::kAddress, 0};
@@ -50,6 +58,8 @@ Result<Pattern> pattern_value(const json& j, const Ptr& p) {
   return p.fail("expected a pattern: \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}}");
 }
 
+namespace {
+
 Result<FreeMode> free_mode(const json& j, const Ptr& p) {
   if (!j.contains("mode")) return FreeMode::kSync;
   if (j.at("mode") == "sync") return FreeMode::kSync;
@@ -58,11 +68,18 @@ Result<FreeMode> free_mode(const json& j, const Ptr& p) {
 }
 
 // [at, at + length) must be aligned, non-empty, a whole number of words,
-// outside the boot area and inside RAM.
+// and wholly in one window, or else outside the boot area and inside RAM.
 Status check_range(const json& j, const Ptr& p, const Context& cx, uint64_t at, uint64_t length, uint64_t align) {
   if (at % align != 0) return (p / "at").fail("{:#x} is not a multiple of {}", at, align);
   if (length == 0) return (p / "length").fail("must be > 0");
   if (length % 8 != 0) return (p / "length").fail("{:#x} is not a multiple of 8", length);
+  for (const GuestRange& w : *cx.windows)
+    if (w.contains(at)) {
+      if (length > w.end - at)
+        return (p / (j.contains("length") ? "length" : "at"))
+            .fail("the range at {:#x} of {:#x} bytes runs past the end of the window {}", at, length, w);
+      return {};
+    }
   if (at < abi::kBootAreaEnd)
     return (p / "at").fail("{:#x} lies in the reserved boot area [0x0, {:#x})", at, abi::kBootAreaEnd);
   if (at >= cx.memory || length > cx.memory - at)
@@ -356,8 +373,9 @@ Status check_clear_of(const std::vector<Step>& steps, const Ptr& p, GuestRange r
 
 }  // namespace
 
-Result<std::vector<Step>> parse_program(const json& j, const Ptr& p, uint64_t memory) {
-  Context cx{memory};
+Result<std::vector<Step>> parse_program(const json& j, const Ptr& p, const GuestLayout& layout) {
+  const uint64_t memory = layout.ram;
+  Context cx{memory, &layout.windows};
   auto steps = parse_list(j, p, cx);
   if (!steps) return steps;
   if (const uint64_t slots = result_slots_used(*steps))

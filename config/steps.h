@@ -19,8 +19,20 @@ namespace kvmem {
 inline constexpr size_t kMaxSteps = 10'000;
 inline constexpr unsigned kMaxLoopDepth = 8;
 
-// Parses a VM's "program" (at pointer p): an array of steps for a VM with
-// `memory` bytes of RAM.
-Result<std::vector<guest::Step>> parse_program(const nlohmann::json& j, const json_fields::Ptr& p, uint64_t memory);
+// Where a VM's steps may walk: RAM [0, ram) above the boot area, and its
+// windows (sorted, disjoint, above RAM). A step's range lies wholly in RAM
+// or wholly in one window.
+struct GuestLayout {
+  uint64_t ram = 0;
+  std::vector<GuestRange> windows;
+};
+
+// Parses a VM's "program" (at pointer p): an array of steps for a VM laid
+// out as `layout`.
+Result<std::vector<guest::Step>> parse_program(const nlohmann::json& j, const json_fields::Ptr& p,
+                                               const GuestLayout& layout);
+
+// A pattern: "zero", "address", {"seed": N} or {"byte": N}.
+Result<guest::Pattern> parse_pattern(const nlohmann::json& j, const json_fields::Ptr& p);
 
 }  // namespace kvmem

@@ -8,6 +8,7 @@
 
 #include "config/fields.h"
 #include "config/steps.h"
+#include "memory/tmpfs/file_system.h"
 
 namespace kvmem {
 namespace {
@@ -54,8 +55,106 @@ Result<uint64_t> parse_size_string(std::string_view s) {
 
 namespace {
 
-Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view default_name) {
-  if (auto k = check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit", "program"}); !k)
+Result<WindowConfig> parse_window(const json& j, const Ptr& p, const std::vector<FileConfig>& files, uint64_t ram) {
+  KVMEM_TRY(check_keys(j, p, {"file", "at", "offset", "length", "writable"}));
+  WindowConfig w;
+  if (!j.contains("file")) return p.fail("missing required key \"file\"");
+  w.file = KVMEM_TRY(string_value(j.at("file"), p / "file"));
+  if (std::none_of(files.begin(), files.end(), [&](const FileConfig& f) { return f.name == w.file; }))
+    return (p / "file").fail("no file \"{}\" in the config's \"files\"", w.file);
+  w.at = KVMEM_TRY(required_size(j, p, "at"));
+  w.length = KVMEM_TRY(required_size(j, p, "length"));
+  if (j.contains("offset")) w.offset = KVMEM_TRY(size_value(j.at("offset"), p / "offset"));
+  if (j.contains("writable")) w.writable = KVMEM_TRY(bool_value(j.at("writable"), p / "writable"));
+  if (w.at % kPageSize) return (p / "at").fail("{:#x} is not a multiple of the page size (4K)", w.at);
+  if (w.offset % kPageSize) return (p / "offset").fail("{:#x} is not a multiple of the page size (4K)", w.offset);
+  if (w.length == 0 || w.length % kPageSize)
+    return (p / "length").fail("must be a non-zero multiple of the page size (4K), found {:#x}", w.length);
+  if (w.at < ram) return (p / "at").fail("{:#x} lies in RAM [0x0, {:#x}): a window goes above RAM", w.at, ram);
+  if (w.at > guest::kMaxGuestPhysical || w.length > guest::kMaxGuestPhysical - w.at)
+    return (p / "length").fail("the window at {:#x} of {:#x} bytes runs past {:#x}, as far as the guest's page tables reach",
+                               w.at, w.length, guest::kMaxGuestPhysical);
+  if (w.offset > tmpfs::kMaxFileSize - w.length)
+    return (p / "offset").fail("offset {:#x} + length {:#x} passes the largest file size", w.offset, w.length);
+  return w;
+}
+
+// "windows": sorted by address on return; overlaps are refused.
+Status parse_windows(const json& j, const Ptr& root, const std::vector<FileConfig>& files, VmConfig& c) {
+  if (!j.contains("windows")) return {};
+  const json& ws = j.at("windows");
+  if (!ws.is_array() || ws.size() > kMaxWindows)
+    return (root / "windows").fail("expected an array of at most {} windows", kMaxWindows);
+  for (size_t i = 0; i < ws.size(); i++) {
+    WindowConfig w = KVMEM_TRY(parse_window(ws[i], root / "windows" / i, files, c.memory));
+    for (const WindowConfig& o : c.windows)
+      if (o.guest().overlaps(w.guest()))
+        return (root / "windows" / i).fail("{} overlaps the window {} onto \"{}\"", w.guest(), o.guest(), o.file);
+    c.windows.push_back(std::move(w));
+  }
+  std::sort(c.windows.begin(), c.windows.end(), [](const WindowConfig& a, const WindowConfig& b) { return a.at < b.at; });
+  return {};
+}
+
+bool valid_file_name(const std::string& n) {
+  if (n.empty() || n.size() > tmpfs::kMaxNameLength) return false;
+  for (char c : n)
+    if (!(isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '_' || c == '.')) return false;
+  return true;
+}
+
+Result<uint32_t> parse_seals(const json& j, const Ptr& p) {
+  if (!j.is_array()) return p.fail("expected an array of seal names (\"seal\", \"shrink\", \"grow\", \"write\", \"future_write\")");
+  uint32_t seals = 0;
+  for (size_t i = 0; i < j.size(); i++) {
+    std::string name = KVMEM_TRY(string_value(j[i], p / i));
+    auto bit = tmpfs::parse_seal(name);
+    if (!bit) return (p / i).fail("{}", bit.error().message);
+    seals |= *bit;
+  }
+  return seals;
+}
+
+Result<FileConfig> parse_file(const json& j, const Ptr& p) {
+  KVMEM_TRY(check_keys(j, p, {"name", "size", "pattern", "seals"}));
+  FileConfig f;
+  if (!j.contains("name")) return p.fail("missing required key \"name\"");
+  f.name = KVMEM_TRY(string_value(j.at("name"), p / "name"));
+  if (!valid_file_name(f.name))
+    return (p / "name").fail("expected 1 to {} characters of letters, digits, '.', '_' or '-'", tmpfs::kMaxNameLength);
+  f.size = KVMEM_TRY(required_size(j, p, "size"));
+  if (f.size > kMaxFileBytes) return (p / "size").fail("{:#x} is more than the {} GiB a file may have", f.size, kMaxFileBytes >> 30);
+  if (j.contains("pattern")) f.pattern = KVMEM_TRY(parse_pattern(j.at("pattern"), p / "pattern"));
+  if (j.contains("seals")) f.seals = KVMEM_TRY(parse_seals(j.at("seals"), p / "seals"));
+  return f;
+}
+
+// The run's "files" (at the top level of either form).
+Result<std::vector<FileConfig>> parse_files(const json& j) {
+  std::vector<FileConfig> files;
+  if (!j.is_object() || !j.contains("files")) return files;
+  const Ptr p = Ptr() / "files";
+  const json& fs = j.at("files");
+  if (!fs.is_array() || fs.size() > kMaxFiles) return p.fail("expected an array of at most {} files", kMaxFiles);
+  uint64_t total = 0;
+  for (size_t i = 0; i < fs.size(); i++) {
+    FileConfig f = KVMEM_TRY(parse_file(fs[i], p / i));
+    for (const FileConfig& o : files)
+      if (o.name == f.name) return (p / i / "name").fail("\"{}\" names two files", f.name);
+    total += f.size;
+    if (total > kMaxFileBytes) return (p / i / "size").fail("the files add up to more than {} GiB", kMaxFileBytes >> 30);
+    files.push_back(std::move(f));
+  }
+  return files;
+}
+
+Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view default_name,
+                             const std::vector<FileConfig>& files, bool top_level) {
+  if (auto k = top_level ? check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit",
+                                                "windows", "program", "files"})
+                         : check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit",
+                                                "windows", "program"});
+      !k)
     return std::unexpected(k.error());
   VmConfig c;
   c.name = default_name;
@@ -100,8 +199,11 @@ Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view de
     if (*t == 0 || *t > kMaxTimeoutMs) return (root / "timeout_ms").fail("must be 1..{}, found {}", kMaxTimeoutMs, *t);
     c.timeout_ms = *t;
   }
+  KVMEM_TRY(parse_windows(j, root, files, c));
   if (!j.contains("program")) return root.fail("missing required key \"program\"");
-  auto program = parse_program(j.at("program"), root / "program", c.memory);
+  std::vector<GuestRange> windows;
+  for (const WindowConfig& w : c.windows) windows.push_back(w.guest());
+  auto program = parse_program(j.at("program"), root / "program", GuestLayout{c.memory, windows});
   if (!program) return std::unexpected(program.error());
   c.program = std::move(*program);
   return c;
@@ -115,19 +217,18 @@ std::string stem_of(const std::string& path) {
 
 Result<RunConfig> parse_run_at(const json& j, std::string_view default_name) {
   RunConfig rc;
+  rc.files = KVMEM_TRY(parse_files(j));
   if (!j.is_object() || !j.contains("vms")) {
-    auto c = parse_vm_config(j, default_name);
-    if (!c) return std::unexpected(c.error());
-    rc.vms.push_back(std::move(*c));
+    rc.vms.push_back(KVMEM_TRY(parse_vm_at(j, Ptr(), default_name, rc.files, true)));
     return rc;
   }
   Ptr root;
-  if (auto k = check_keys(j, root, {"vms"}); !k) return std::unexpected(k.error());
+  if (auto k = check_keys(j, root, {"vms", "files"}); !k) return std::unexpected(k.error());
   const json& vms = j.at("vms");
   if (!vms.is_array() || vms.empty() || vms.size() > kMaxVms)
     return (root / "vms").fail("expected an array of 1..{} VM configs", kMaxVms);
   for (size_t i = 0; i < vms.size(); i++) {
-    auto c = parse_vm_at(vms[i], root / "vms" / i, fmt::format("{}-{}", default_name, i));
+    auto c = parse_vm_at(vms[i], root / "vms" / i, fmt::format("{}-{}", default_name, i), rc.files, false);
     if (!c) return std::unexpected(c.error());
     for (const VmConfig& other : rc.vms)
       if (other.name == c->name) return (root / "vms" / i / "name").fail("\"{}\" names two VMs", c->name);
@@ -139,7 +240,7 @@ Result<RunConfig> parse_run_at(const json& j, std::string_view default_name) {
 }  // namespace
 
 Result<VmConfig> parse_vm_config(const json& j, std::string_view default_name) {
-  return guarded([&] { return parse_vm_at(j, Ptr(), default_name); });
+  return guarded([&] { return parse_vm_at(j, Ptr(), default_name, {}, false); });
 }
 
 Result<RunConfig> parse_run_config(const json& j, std::string_view default_name) {

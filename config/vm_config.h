@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -18,10 +19,25 @@
 
 namespace kvmem {
 
-// What one `kvmem run` boots: one VM, or several sharing one MemoryFile.
+// A shared file of the run (the tmpfs layer), made before any VM starts
+// and seen by every VM that has a window onto it.
+struct FileConfig {
+  std::string name;
+  uint64_t size = 0;
+  std::optional<guest::Pattern> pattern;  // fills the file (word at offset x: pattern.word(x))
+  uint32_t seals = 0;                     // tmpfs::kSeal* bits, added after the pattern
+};
+
+// What one `kvmem run` boots: one VM, or several sharing one MemoryFile,
+// and the files they share.
 struct RunConfig {
+  std::vector<FileConfig> files;
   std::vector<VmConfig> vms;
 };
+
+inline constexpr size_t kMaxFiles = 64;
+inline constexpr size_t kMaxWindows = 16;  // per VM
+inline constexpr uint64_t kMaxFileBytes = 64ull << 30;
 
 inline constexpr uint64_t kMaxTimeoutMs = 3'600'000;
 inline constexpr size_t kMaxVms = 64;

@@ -2,6 +2,7 @@
 
 #include <asmjit/x86.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "base/check.h"
@@ -128,13 +129,18 @@ void write_low_page_table(std::span<uint8_t> ram) {
   }
 }
 
-// Identity page tables over RAM: 2 MiB or 1 GiB leaves, except the first
-// 2 MiB, which the low page table maps (so the first GiB of a 1 GiB-page
-// guest gets a page directory of 2 MiB leaves).
-void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size) {
+// Identity page tables over RAM and the windows: 2 MiB or 1 GiB leaves,
+// except the first 2 MiB, which the low page table maps (so the first GiB
+// of a 1 GiB-page guest gets a page directory of 2 MiB leaves).
+void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size,
+                       std::span<const GuestRange> windows) {
   const uint64_t pml4 = kPml4Addr, pdpt = kPdptAddr, pds = kPdsAddr;
   const bool gib = page_size == PageSize::k1G;
-  const uint64_t pd_pages = gib ? 1 : ((size >> 21) + 511) / 512;
+  const uint64_t leaf = gib ? 1ull << 30 : 1ull << 21;
+  uint64_t reach = size;
+  for (const GuestRange& w : windows) reach = std::max(reach, w.end);
+  const uint64_t pd_pages = gib ? 1 : ((reach >> 21) + 511 + ((reach & ((1ull << 21) - 1)) != 0)) / 512;
+  KVMEM_CHECK(pd_pages <= kMaxPds, "page tables for {:#x} bytes of guest-physical space", reach);
   // Clear only the table pages used: each page touched here is a page the
   // host must commit.
   std::memset(ram.data() + kPageTablesAddr, 0, (2 + pd_pages) * 0x1000);
@@ -147,6 +153,11 @@ void write_page_tables(std::span<uint8_t> ram, uint64_t size, PageSize page_size
   for (uint64_t p = 1; p < pd_leaves; p++) put64(ram, pds + p * 8, (p << 21) | kPte | kPteHuge);
   if (gib)
     for (uint64_t g = 1; g < size >> 30; g++) put64(ram, pdpt + g * 8, (g << 30) | kPte | kPteHuge);
+  for (const GuestRange& w : windows)
+    for (uint64_t a = align_down(w.start, leaf); a < w.end; a += leaf) {
+      if (gib) put64(ram, pdpt + (a >> 30) * 8, a | kPte | kPteHuge);
+      else put64(ram, pds + (a >> 21) * 8, a | kPte | kPteHuge);
+    }
 }
 
 kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
@@ -166,7 +177,8 @@ kvm_segment segment(uint16_t selector, uint8_t type, uint8_t dpl, bool code64) {
 
 }  // namespace
 
-Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size, unsigned vcpus) {
+Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_size, unsigned vcpus,
+                       std::span<const GuestRange> windows) {
   const uint64_t unit = page_size == PageSize::k1G ? (1ull << 30) : (2ull << 20);
   KVMEM_CHECK(ram_size >= unit && ram_size % unit == 0 && ram_size <= kMaxRamBytes,
               "RAM size {:#x} unusable for boot", ram_size);
@@ -175,7 +187,10 @@ Status write_boot_area(std::span<uint8_t> ram, uint64_t ram_size, PageSize page_
   write_gdt(ram, vcpus);
   for (unsigned v = 0; v < vcpus; v++) write_tss(ram, v);
   if (auto s = write_stubs_and_idt(ram); !s) return s;
-  write_page_tables(ram, ram_size, page_size);
+  for (const GuestRange& w : windows)
+    KVMEM_CHECK(w.is_page_aligned() && !w.empty() && w.start >= ram_size && w.end <= kMaxGuestPhysical,
+                "window {} in a guest of {:#x} bytes of RAM", w, ram_size);
+  write_page_tables(ram, ram_size, page_size, windows);
   return {};
 }
 

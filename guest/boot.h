@@ -20,20 +20,28 @@
 #include <span>
 
 #include "base/error.h"
+#include "memory/range.h"
 
 namespace kvmem::guest {
 
 enum class PageSize { k2M, k1G };
 
 inline constexpr uint64_t kMaxRamBytes = 32ull << 30;  // page-table space in the boot area
+// How far the identity page tables can reach: RAM and windows lie below it.
+inline constexpr uint64_t kMaxGuestPhysical = 32ull << 30;
 
 // boot_area is guest-physical [0, abi::kBootAreaEnd) of a guest with
 // ram_size bytes of RAM. Preconditions: ram_size is a multiple of the page
 // size, at least 2 MiB and at most kMaxRamBytes; the boot area reads as zero
 // (fresh or reclaimed memory does). Only the pages that hold boot structures
 // are written, so only those get committed.
-// vcpus (1..layout::kMaxVcpus) is how many vCPUs get a TSS.
-Status write_boot_area(std::span<uint8_t> boot_area, uint64_t ram_size, PageSize page_size, unsigned vcpus = 1);
+// vcpus (1..layout::kMaxVcpus) is how many vCPUs get a TSS. `windows`
+// (page-aligned, above RAM, below kMaxGuestPhysical) are identity-mapped
+// for the program too, user-writable, in the pages that cover them (2 MiB
+// or 1 GiB, as RAM): what lies around a window in those pages has no
+// memory slot, so a guest access there exits to the VMM as MMIO.
+Status write_boot_area(std::span<uint8_t> boot_area, uint64_t ram_size, PageSize page_size, unsigned vcpus = 1,
+                       std::span<const GuestRange> windows = {});
 
 // Adjusts vCPU `vcpu`'s reset-state sregs for 64-bit CPL3 execution.
 void long_mode_sregs(kvm_sregs& sregs, unsigned vcpu = 0);

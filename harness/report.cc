@@ -1,5 +1,7 @@
 #include "harness/report.h"
 
+#include "memory/tmpfs/regular_file.h"
+
 #include "harness/runner.h"
 #include "harness/stress.h"
 #include "vmm/failure.h"
@@ -137,7 +139,13 @@ json run_report(const RunTotals& t) {
   memory["limit_error"] = t.memory_limit_error.empty() ? json(nullptr) : json(t.memory_limit_error);
   memory["committed_bytes_after"] = t.committed_bytes_after;
   memory["host_committed_bytes_after"] = t.host_committed_bytes_after;
-  return {{"exit_code", t.exit_code()}, {"vms", list}, {"memory", memory}, {"wall_ms", t.wall_ms}};
+  json files = json::array();
+  for (const FileOutcome& f : t.files) {
+    json seals = json::array();
+    for (const std::string& s : tmpfs::seal_names(f.seals)) seals.push_back(s);
+    files.push_back({{"name", f.name}, {"size", f.size}, {"allocated_bytes", f.allocated_bytes}, {"seals", seals}});
+  }
+  return {{"exit_code", t.exit_code()}, {"vms", list}, {"files", files}, {"memory", memory}, {"wall_ms", t.wall_ms}};
 }
 
 json stress_report(const StressSummary& s) {

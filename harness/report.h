@@ -29,7 +29,9 @@ inline constexpr std::array<const char*, 23> kVmReportKeys = {
     "run_ms",         "timestamps"};
 
 // The keys of `run --json`'s top level and of its "memory" object.
-inline constexpr std::array<const char*, 4> kRunReportKeys = {"exit_code", "vms", "memory", "wall_ms"};
+inline constexpr std::array<const char*, 5> kRunReportKeys = {"exit_code", "vms", "files", "memory", "wall_ms"};
+// The keys of each object of `run --json`'s "files".
+inline constexpr std::array<const char*, 4> kRunFileKeys = {"name", "size", "allocated_bytes", "seals"};
 inline constexpr std::array<const char*, 7> kRunMemoryKeys = {
     "peak_host_committed_bytes", "limit_bytes", "limit", "limit_stops", "limit_error", "committed_bytes_after",
     "host_committed_bytes_after"};

@@ -79,7 +79,7 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
     first.memory_bytes = vms[i].memory;
     auto thread = start_thread(fmt::format("the thread of VM {}", vms[i].name), [&, i] {
       VmOutcome& out = totals.vms[i];
-      auto vm = Vm::create(kvm, file, vms[i], images[i]);
+      auto vm = Vm::create(kvm, file, vms[i], images[i], options.files);
       if (!vm) {
         out.setup_error = vm.error().message;
         return;
@@ -119,6 +119,10 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
   totals.memory_limit = options.memory_limit;
   totals.memory_limit_stops = watch.stops();
   totals.memory_limit_error = watch.error();
+  if (options.files)
+    for (const std::string& name : options.files->list())
+      if (auto st = options.files->stat(name))
+        totals.files.push_back(FileOutcome{name, st->size, st->allocated, st->seals});
   file.wait_for_reclaim();
   if (file.update_usage()) totals.committed_bytes_after = file.usage().total();
   if (auto b = file.total_usage()) totals.host_committed_bytes_after = *b;

@@ -25,6 +25,7 @@
 #include "harness/memory_limit.h"
 #include "memory/host_limits.h"
 #include "memory/memory_file.h"
+#include "memory/tmpfs/file_system.h"
 #include "vmm/vm_config.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/vm.h"
@@ -47,8 +48,17 @@ struct VmOutcome {
   int exit_code() const { return setup_error.empty() ? result.process_exit_code() : 3; }
 };
 
+// A shared file as the run left it.
+struct FileOutcome {
+  std::string name;
+  uint64_t size = 0;
+  uint64_t allocated_bytes = 0;  // pages in its data map
+  uint32_t seals = 0;
+};
+
 struct RunTotals {
   std::vector<VmOutcome> vms;
+  std::vector<FileOutcome> files;  // every file of the run, once every VM is gone
   uint64_t peak_committed_bytes = 0;   // st_blocks, sampled while VMs ran
   uint64_t committed_bytes_after = 0;  // ours (update_usage) once every VM is gone and reclaimed
   uint64_t host_committed_bytes_after = 0;  // the kernel's (st_blocks) at the same moment
@@ -96,6 +106,9 @@ struct RunOptions {
   // this process's own; the default is none).
   MemoryLimit memory_limit;
   unsigned sample_period_ms = 5;
+  // The run's shared files (harness/files.h), on the same MemoryFile; null
+  // when the VMs have no windows.
+  tmpfs::FileSystem* files = nullptr;
 };
 
 // Runs every VM of `vms` (with its assembled `images`) concurrently. `echo`

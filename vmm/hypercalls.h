@@ -41,6 +41,7 @@ struct HypercallOutcome {
 class Console;
 class FreeReports;
 class FreeRingDevice;
+class Windows;
 
 // The devices of one VM that hypercalls reach; they outlive every vCPU.
 struct Devices {
@@ -51,6 +52,8 @@ struct Devices {
   // which has no KVM to bind a doorbell with): setup gets -ENODEV, wait
   // -EINVAL.
   FreeRingDevice* free_ring;
+  // The VM's file windows: MMIO exits inside one are theirs. Null: none.
+  Windows* windows = nullptr;
 };
 
 // "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.

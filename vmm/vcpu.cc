@@ -1,5 +1,7 @@
 #include "vmm/vcpu.h"
 
+#include "vmm/memory/window.h"
+
 #include <signal.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -249,6 +251,17 @@ bool Vcpu::handle_exit(const Devices& devices, VcpuRun& out) {
       return end(out, RunOutcome::kFailed, FailureKind::kGuest,
                  fmt::format("guest halted without calling exit (rip {:#x})", rip));
     case KVM_EXIT_MMIO:
+      if (devices.windows) {
+        // KVM_MEM_READONLY writes and pages a window has not mapped (yet,
+        // or any more) come here.
+        const uint32_t len = std::min<uint32_t>(run->mmio.len, sizeof(run->mmio.data));
+        auto m = devices.windows->mmio(GuestAddr(run->mmio.phys_addr), std::span<uint8_t>(run->mmio.data, len),
+                                       run->mmio.is_write);
+        if (m.action == Windows::Mmio::Action::kDone) return false;
+        if (m.action == Windows::Mmio::Action::kFail)
+          return end(out, RunOutcome::kFailed, m.host ? FailureKind::kHost : FailureKind::kGuest,
+                     fmt::format("{} (rip {:#x})", m.message, rip));
+      }
       return end(out, RunOutcome::kFailed, FailureKind::kGuest,
                  fmt::format("guest {} guest-physical {:#x}, which is not RAM (rip {:#x})",
                              run->mmio.is_write ? "wrote to" : "read from", run->mmio.phys_addr, rip));

@@ -36,7 +36,9 @@ const char* RunResult::outcome_name() const {
 }
 
 Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const VmConfig& config,
-                                       const guest::Image& program) {
+                                       const guest::Image& program, tmpfs::FileSystem* files) {
+  if (!config.windows.empty() && (!files || &files->memory() != &file))
+    return fail("VM {} has windows but no files on its memory file to show in them", config.name);
   std::unique_ptr<Vm> v(new Vm(config));
   auto vm = kvm.create_vm();
   if (!vm) return std::unexpected(vm.error());
@@ -69,7 +71,11 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   if (!memory) return std::unexpected(memory.error());
   v->memory_ = std::move(*memory);
   // Guest memory must hold its contents before the vCPU can see it.
-  if (auto s = guest::write_boot_area(v->memory_->boot_area(), config.memory, config.page_size); !s)
+  std::vector<GuestRange> windows;
+  for (const WindowConfig& w : config.windows) windows.push_back(w.guest());
+  if (auto s = guest::write_boot_area(v->memory_->boot_area(), config.memory, config.page_size,
+                                      std::max(config.vcpus, 1u), windows);
+      !s)
     return std::unexpected(s.error());
   if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
@@ -79,6 +85,11 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
     return fail("the guest program's result slots lie outside RAM");
   v->results_ = program.results;
   if (auto s = v->memory_->register_with(*v->vm_); !s) return std::unexpected(s.error());
+  for (const WindowConfig& w : config.windows) {
+    auto f = files->open(w.file);
+    if (!f) return std::unexpected(f.error().context(fmt::format("cannot show file \"{}\" to VM {}", w.file, config.name)));
+    v->windows_.add(KVMEM_TRY(Window::create(*v->memory_, std::move(*f), GuestAddr(w.at), w.offset, w.length, w.writable)));
+  }
 
   // One vCPU until the boot area has a stack and an entry per vCPU
   // (config/ refuses more); everything below takes any number.
@@ -127,7 +138,7 @@ void Vm::run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs) 
 
 RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   console_.set_echo(echo);
-  const Devices devices{*memory_, console_, *free_reports_, &*free_ring_};
+  const Devices devices{*memory_, console_, *free_reports_, &*free_ring_, windows_.all().empty() ? nullptr : &windows_};
   std::vector<VcpuRun> runs(vcpus_.size());
   const auto start = std::chrono::steady_clock::now();
   // vCPU 0 runs here; each other one on its own thread. A thread the host

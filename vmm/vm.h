@@ -36,7 +36,9 @@
 #include "vmm/hypercalls.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/guest_memory.h"
+#include "vmm/memory/window.h"
 #include "vmm/vcpu.h"
+#include "memory/tmpfs/file_system.h"
 #include "vmm/vm_config.h"
 
 namespace kvmem {
@@ -74,9 +76,11 @@ struct RunResult {
 class Vm : public VcpuPauser {
  public:
   // Guest RAM comes from `file`, which several VMs may share; it must
-  // outlive the Vm.
+  // outlive the Vm. The config's windows show files of `files` (which
+  // must be on the same MemoryFile and outlive the Vm; null when the
+  // config has no windows).
   static Result<std::unique_ptr<Vm>> create(const Kvm& kvm, MemoryFile& file, const VmConfig& config,
-                                            const guest::Image& program);
+                                            const guest::Image& program, tmpfs::FileSystem* files = nullptr);
   ~Vm() override;
 
   // Runs the guest to its end. `echo` (may be empty) receives console bytes
@@ -90,6 +94,7 @@ class Vm : public VcpuPauser {
 
   const VmConfig& config() const { return config_; }
   GuestMemory& memory() { return *memory_; }
+  const Windows& windows() const { return windows_; }
   size_t vcpu_count() const { return vcpus_.size(); }
 
   // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
@@ -113,6 +118,7 @@ class Vm : public VcpuPauser {
   VmConfig config_;
   guest::ResultSlots results_;  // the program's, read back when the run ends
   std::unique_ptr<GuestMemory> memory_;
+  Windows windows_;  // their regions are in memory_; they go after the VM, before it
   std::optional<KvmVm> vm_;
   std::vector<std::unique_ptr<Vcpu>> vcpus_;  // fixed after create()
   FreeStats frees_;

@@ -11,6 +11,19 @@
 
 namespace kvmem {
 
+// A window: `length` bytes of the shared file `file` from `offset`, shown
+// to the guest at guest-physical `at` (outside RAM). Read-only unless
+// `writable` and the file is not sealed against writes.
+struct WindowConfig {
+  std::string file;
+  uint64_t at = 0;
+  uint64_t offset = 0;
+  uint64_t length = 0;
+  bool writable = true;
+
+  GuestRange guest() const { return GuestRange(at, at + length); }
+};
+
 struct VmConfig {
   std::string name;
   uint64_t memory = 0;  // bytes of guest RAM at guest-physical 0
@@ -18,6 +31,7 @@ struct VmConfig {
   uint64_t timeout_ms = 10'000;
   guest::PageSize page_size = guest::PageSize::k2M;
   uint64_t ram_unit = 16ull << 20;  // RAM is allocated in pieces of this size
+  std::vector<WindowConfig> windows;  // sorted by `at`, disjoint, outside RAM
   std::vector<guest::Step> program;
 };
 

@@ -129,18 +129,34 @@ Status GuestMemory::add_window(GuestRange guest, FileRange file, MemAccess acces
                     : !guest.is_page_aligned() || !file.is_page_aligned()       ? "the ranges must be page-aligned"
                                                                                  : nullptr;
   if (bad) return fail("cannot show file {} at guest-physical {}: {}", file, guest, bad);
-  // On the side: take our reference and map the chunks behind it.
-  file_.inc_ref(file);
-  RefGuard ref{file_, {file}};
-  if (auto span = file_.map_internal(file); !span)
-    return std::unexpected(span.error().context(fmt::format("cannot show file {} at guest-physical {}", file, guest)));
-  auto region = std::make_shared<const Region>(file_, RegionKind::kFileWindow, access,
-                                               std::vector<RegionPiece>{{guest, file.start_addr()}},
-                                               std::exchange(ref.refs, {}));
+  file_.inc_ref(file);  // the region's own
+  return add_region(RegionKind::kFileWindow, access, {{guest, file.start_addr()}}, {file});
+}
+
+Status GuestMemory::add_region(RegionKind kind, MemAccess access, std::vector<RegionPiece> pieces,
+                               std::vector<FileRange> refs) {
+  RefGuard ref{file_, std::move(refs)};
+  KVMEM_CHECK(kind != RegionKind::kRam, "RAM is made by create()");
+  const char* bad = nullptr;
+  for (size_t i = 0; i < pieces.size() && !bad; i++) {
+    const GuestRange& g = pieces[i].guest;
+    if (!g.well_formed() || g.empty() || !g.is_page_aligned() || !pieces[i].file.is_page_aligned())
+      bad = "its pieces must be non-empty and page-aligned";
+    else if (i > 0 && pieces[i - 1].guest.end != g.start) bad = "its pieces must touch, in order";
+    else if (pieces[i].file.value > UINT64_MAX - g.length()) bad = "a piece's file range wraps";
+  }
+  if (pieces.empty()) bad = "it has no pieces";
+  const GuestRange guest = pieces.empty() ? GuestRange() : GuestRange(pieces.front().guest.start, pieces.back().guest.end);
+  if (bad) return fail("cannot show a {} at guest-physical {}: {}", region_kind_name(kind), guest, bad);
+  // On the side: map the chunks behind it before KVM can see them.
+  for (const RegionPiece& p : pieces)
+    if (auto span = file_.map_internal(p.file_range()); !span)
+      return std::unexpected(span.error().context(fmt::format("cannot show file {} at guest-physical {}", p.file_range(), p.guest)));
+  auto region = std::make_shared<const Region>(file_, kind, access, std::move(pieces), std::exchange(ref.refs, {}));
   std::lock_guard lock(mu_);
   View current = view();
   if (!current->free(guest))
-    return fail("cannot show file {} at guest-physical {}: it overlaps a region already there", file, guest);
+    return fail("cannot show a {} at guest-physical {}: it overlaps a region already there", region_kind_name(kind), guest);
   if (vm_) {
     auto reg = register_region_locked(region);
     if (!reg) return std::unexpected(reg.error());
@@ -148,6 +164,85 @@ Status GuestMemory::add_window(GuestRange guest, FileRange file, MemAccess acces
   }
   publish_locked(current->with(std::move(region)));
   return {};
+}
+
+std::shared_ptr<const Region> GuestMemory::part_of(const Region& from, GuestRange keep) const {
+  std::vector<RegionPiece> pieces;
+  std::vector<FileRange> refs;
+  for (const RegionPiece& p : from.pieces()) {
+    const GuestRange g = p.guest.intersect(keep);
+    if (g.empty()) continue;
+    pieces.push_back(RegionPiece{g, p.file + (g.start - p.guest.start)});
+    refs.push_back(pieces.back().file_range());
+    file_.inc_ref(refs.back());
+  }
+  if (pieces.empty()) return nullptr;
+  return std::make_shared<const Region>(file_, from.kind(), from.access(), std::move(pieces), std::move(refs));
+}
+
+Result<GuestMemory::Registration> GuestMemory::reregister_locked(std::shared_ptr<const Region> r,
+                                                                 std::vector<Memslot>& old) const {
+  Registration reg{std::move(r), {}};
+  for (const RegionPiece& p : reg.region->pieces()) {
+    auto same = std::find_if(old.begin(), old.end(), [&](const Memslot& s) { return s.guest() == p.guest; });
+    if (same != old.end()) {
+      reg.slots.push_back(std::move(*same));
+      old.erase(same);
+      continue;
+    }
+    auto slot = vm_->add(p.guest, file_.base() + p.file.value, reg.region->access());
+    if (!slot) return std::unexpected(slot.error().context(fmt::format("cannot register guest {} {}",
+                                                                        region_kind_name(reg.region->kind()), p.guest)));
+    reg.slots.push_back(std::move(*slot));
+  }
+  return reg;
+}
+
+Status GuestMemory::cut(GuestRange region_range, GuestRange hole) {
+  std::lock_guard lock(mu_);
+  View current = view();
+  const auto* found = current->find(region_range.start_addr());
+  if (!found || (*found)->guest() != region_range)
+    return fail("cannot cut {} out of guest-physical {}: no region is exactly there", hole, region_range);
+  const std::shared_ptr<const Region> region = *found;
+  if (region->kind() == RegionKind::kRam) return fail("cannot cut {} out of RAM", hole);
+  const GuestRange h = hole.intersect(region_range);
+  if (h.empty()) return {};
+  auto below = part_of(*region, GuestRange(region_range.start, h.start));
+  auto above = part_of(*region, GuestRange(h.end, region_range.end));
+  std::optional<RegionMap> next = current->without(region_range);
+  KVMEM_CHECK(next, "region {} found and not found", region_range);
+  if (below) next = next->with(below);
+  if (above) next = next->with(above);
+  // Readers first: from here no new View finds the pages of the hole.
+  publish_locked(std::move(*next));
+  auto reg = std::find_if(slots_.begin(), slots_.end(), [&](const Registration& r) { return r.region == region; });
+  if (reg == slots_.end()) return {};  // not registered with KVM
+  // Delete the slots the hole touches (KVM zaps only those: the quirk is
+  // off), then register the parts of them that stay; the others move over.
+  std::vector<Memslot> old = std::move(reg->slots);
+  slots_.erase(reg);
+  Status status;
+  for (Memslot& s : old)
+    if (s.guest().overlaps(h))
+      if (auto st = s.remove(); !st && status) status = std::unexpected(st.error());
+  if (!status) {
+    // KVM still maps the old pages: keep them held with the region.
+    slots_.push_back(Registration{region, std::move(old)});
+    return status;
+  }
+  std::erase_if(old, [&](const Memslot& s) { return s.guest().overlaps(h); });
+  for (const auto& part : {below, above}) {
+    if (!part) continue;
+    auto made = reregister_locked(part, old);
+    if (!made) {
+      if (status) status = std::unexpected(made.error());
+      continue;
+    }
+    slots_.push_back(std::move(*made));
+  }
+  KVMEM_CHECK(old.empty(), "{} slots of {} outside the hole {} were not reused", old.size(), region_range, h);
+  return status;
 }
 
 Status GuestMemory::remove(GuestRange guest) {

@@ -107,6 +107,21 @@ class GuestMemory {
   // guest overlapping a region; the mapping or a slot failing (nothing is
   // left of the region then).
   Status add_window(GuestRange guest, FileRange file, MemAccess access);
+  // Shows memory-file pages as a region of `kind` (not RAM) made of
+  // `pieces`, taking over one reference on each of `refs`: they are dropped
+  // when the region goes, or at once if it cannot be made. Errors: pieces
+  // empty, unaligned or not touching; the range overlapping a region; the
+  // mapping or a slot failing (nothing is left of the region then).
+  Status add_region(RegionKind kind, MemAccess access, std::vector<RegionPiece> pieces,
+                    std::vector<FileRange> refs);
+  // Takes `hole` out of the region that is exactly `region`: what lies below
+  // and above the hole stays, as regions of their own holding references of
+  // their own; the slots of pieces wholly outside the hole stay registered
+  // as they were (KVM zaps nothing of them), the slots the hole touches are
+  // deleted, and the parts of them outside it registered again. A hole
+  // that misses the region does nothing. Errors: no such region; RAM; a
+  // slot failing (the map is right even so; memslots() tells what KVM has).
+  Status cut(GuestRange region, GuestRange hole);
   // Removes the region that is exactly `guest`. Errors: no such region; RAM
   // (host() hands out unpinned pointers to it); deleting a slot failing
   // (the region is gone from the map even so, but its memory stays held
@@ -152,6 +167,13 @@ class GuestMemory {
   GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram);
   // Adds one slot per piece of r; all of them or none.
   Result<Registration> register_region_locked(std::shared_ptr<const Region> r) const;
+  // Adds one slot per piece of r, reusing the slot in `old` with exactly a
+  // piece's range where there is one. Precondition: the slots of `old` that
+  // overlap r's pieces and are not reused have been removed.
+  Result<Registration> reregister_locked(std::shared_ptr<const Region> r, std::vector<Memslot>& old) const;
+  // A region of `kind` over the parts of `from`'s pieces inside `keep`,
+  // with references of its own; null when nothing of it is inside.
+  std::shared_ptr<const Region> part_of(const Region& from, GuestRange keep) const;
 
   MemoryFile& file_;
   std::shared_ptr<const Region> ram_;  // never removed
