@@ -187,7 +187,7 @@ TEST_CASE("free reports over a window are refused with -EPERM and punch nothing"
   json filled = box();
   filled["pattern"] = {{"byte", 0x77}};
   Prepared p = prepare(one_vm(filled, window(),
-                              {{{"op", "report"}, {"ranges", {{"1G", "4K"}, {"0x40100000", "1M"}, {"4M", "4K"}}},
+                              {{{"op", "report"}, {"ranges", json::array({json::array({"1G", "4K"}), json::array({"0x40100000", "1M"}), json::array({"4M", "4K"})})},
                                 {"expect", {"-EPERM", "-EPERM", 0}}},
                                {{"op", "verify"}, {"at", "1G"}, {"length", "2M"}, {"pattern", {{"byte", 0x77}}}}}));
   auto vm = p.create();
