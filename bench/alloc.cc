@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "bench/table.h"
 #include "memory/memory_file.h"
 
 namespace kvmem {
@@ -306,34 +307,23 @@ std::string format_alloc_bench_table(const std::vector<json>& rows) {
   }
   std::string out;
   for (const std::string& b : order) {
-    std::vector<std::string> cols;
+    std::vector<std::string> keys;
     for (const json* r : by_bench[b])
       for (auto it = r->begin(); it != r->end(); ++it)
-        if (it.key() != "bench" && std::find(cols.begin(), cols.end(), it.key()) == cols.end())
-          cols.push_back(it.key());
-    std::vector<std::vector<std::string>> cells;
-    std::vector<size_t> width;
-    for (const auto& c : cols) width.push_back(c.size());
+        if (it.key() != "bench" && std::find(keys.begin(), keys.end(), it.key()) == keys.end())
+          keys.push_back(it.key());
+    std::vector<TableColumn> columns;
+    for (const std::string& k : keys) columns.push_back({.header = k});
+    Table table(std::move(columns));
     for (const json* r : by_bench[b]) {
-      std::vector<std::string> line;
-      for (size_t i = 0; i < cols.size(); i++) {
-        std::string v;
-        if (r->contains(cols[i])) {
-          const json& x = (*r)[cols[i]];
-          v = x.is_string() ? x.get<std::string>() : dump_report(x);
-        }
-        width[i] = std::max(width[i], v.size());
-        line.push_back(std::move(v));
+      std::vector<std::string> cells;
+      for (const std::string& k : keys) {
+        const json* x = r->contains(k) ? &(*r)[k] : nullptr;
+        cells.push_back(!x ? "" : x->is_string() ? x->get<std::string>() : dump_report(*x));
       }
-      cells.push_back(std::move(line));
+      table.add_row(std::move(cells));
     }
-    out += b + "\n";
-    for (size_t i = 0; i < cols.size(); i++) out += fmt::format("  {:>{}}", cols[i], width[i]);
-    out += "\n";
-    for (const auto& line : cells) {
-      for (size_t i = 0; i < line.size(); i++) out += fmt::format("  {:>{}}", line[i], width[i]);
-      out += "\n";
-    }
+    out += b + "\n" + table.render();
   }
   return out;
 }

@@ -12,6 +12,9 @@
 #include <cstring>
 #include <vector>
 
+#include "bench/stats.h"
+#include "bench/table.h"
+
 extern char** environ;
 
 namespace kvmem {
@@ -68,12 +71,6 @@ Result<Sample> one_run(const std::string& self, const std::string& config) {
   return Sample{wall, static_cast<uint64_t>(ru.ru_maxrss) * 1024, guest};
 }
 
-double percentile(std::vector<double> v, double p) {
-  std::sort(v.begin(), v.end());
-  const size_t i = static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
-  return v[std::min(i, v.size() - 1)];
-}
-
 }  // namespace
 
 std::string default_boot_config() {
@@ -110,13 +107,14 @@ Result<nlohmann::json> run_boot_bench(const BootBenchOptions& o) {
     guest = std::max(guest, s->guest_resident_bytes);
     max_beyond = std::max(max_beyond, s->max_rss_bytes - std::min(s->max_rss_bytes, s->guest_resident_bytes));
   }
+  const Summary wall = summarize(std::move(walls));
   return nlohmann::json{{"bench", "boot"},
                         {"config", o.config},
                         {"runs", o.runs},
-                        {"wall_ms_median", percentile(walls, 0.5)},
-                        {"wall_ms_p10", percentile(walls, 0.1)},
-                        {"wall_ms_p90", percentile(walls, 0.9)},
-                        {"wall_ms_min", percentile(walls, 0.0)},
+                        {"wall_ms_median", wall.p50},
+                        {"wall_ms_p10", wall.p10},
+                        {"wall_ms_p90", wall.p90},
+                        {"wall_ms_min", wall.min},
                         {"max_rss_bytes", max_rss},
                         {"guest_resident_bytes", guest},
                         {"rss_beyond_guest_bytes", max_beyond}};
@@ -124,14 +122,18 @@ Result<nlohmann::json> run_boot_bench(const BootBenchOptions& o) {
 
 std::string format_boot_bench(const nlohmann::json& r) {
   auto mib = [](uint64_t b) { return static_cast<double>(b) / (1 << 20); };
-  return fmt::format(
-      "boot: kvmem run {} x{}\n"
-      "  wall time   median {:.2f} ms   p10 {:.2f} ms   p90 {:.2f} ms   min {:.2f} ms\n"
-      "  peak RSS    {:.2f} MiB, of which guest RAM {:.2f} MiB; beyond guest RAM {:.2f} MiB\n",
-      r["config"].get<std::string>(), r["runs"].get<unsigned>(), r["wall_ms_median"].get<double>(),
-      r["wall_ms_p10"].get<double>(), r["wall_ms_p90"].get<double>(), r["wall_ms_min"].get<double>(),
-      mib(r["max_rss_bytes"].get<uint64_t>()), mib(r["guest_resident_bytes"].get<uint64_t>()),
-      mib(r["rss_beyond_guest_bytes"].get<uint64_t>()));
+  Table wall({{.header = "", .align = TableColumn::Align::kLeft},
+              {"median", "ms"},
+              {"p10", "ms"},
+              {"p90", "ms"},
+              {"min", "ms"}});
+  wall.add_row({"wall time", fixed(r["wall_ms_median"].get<double>(), 2), fixed(r["wall_ms_p10"].get<double>(), 2),
+                fixed(r["wall_ms_p90"].get<double>(), 2), fixed(r["wall_ms_min"].get<double>(), 2)});
+  return fmt::format("boot: kvmem run {} x{}\n", r["config"].get<std::string>(), r["runs"].get<unsigned>()) +
+         wall.render() +
+         fmt::format("  peak RSS   {:.2f} MiB, of which guest RAM {:.2f} MiB; beyond guest RAM {:.2f} MiB\n",
+                     mib(r["max_rss_bytes"].get<uint64_t>()), mib(r["guest_resident_bytes"].get<uint64_t>()),
+                     mib(r["rss_beyond_guest_bytes"].get<uint64_t>()));
 }
 
 }  // namespace kvmem

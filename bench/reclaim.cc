@@ -5,12 +5,13 @@
 #include <unistd.h>
 #include <x86intrin.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <string_view>
 #include <thread>
 
+#include "bench/stats.h"
+#include "bench/table.h"
 #include "guest/abi.h"
 #include "guest/layout.h"
 #include "memory/memory_file.h"
@@ -160,15 +161,15 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
     std::vector<double> us;
     for (uint64_t i = 0; i < kReports; i++)
       us.push_back(static_cast<double>(run->result.timestamps[2 * i + 1] - run->result.timestamps[2 * i]) / hz * 1e6);
-    std::sort(us.begin(), us.end());
+    const Summary lat = summarize(std::move(us));
     rows.push_back({{"bench", "reclaim_latency"},
                     {"size", 4096},
                     {"mode", mode_name(mode)},
                     {"reports", kReports},
-                    {"median_us", us[us.size() / 2]},
-                    {"p10_us", us[us.size() / 10]},
-                    {"p90_us", us[us.size() * 9 / 10]},
-                    {"min_us", us.front()}});
+                    {"median_us", lat.p50},
+                    {"p10_us", lat.p10},
+                    {"p90_us", lat.p90},
+                    {"min_us", lat.min}});
     run->vm.reset();
     (*file)->wait_for_reclaim();
   }
@@ -176,23 +177,30 @@ Result<std::vector<nlohmann::json>> run_reclaim_bench(const ReclaimBenchOptions&
 }
 
 std::string format_reclaim_bench(const std::vector<nlohmann::json>& rows) {
-  std::string out = "reclaim: report -> pages gone, batches of 64, vs raw fallocate(PUNCH_HOLE)\n";
-  out += fmt::format("  {:>10} {:>8} {:>6} {:>8} {:>10} {:>10} {:>8} {:>6}\n", "layout", "size", "mode", "ranges", "GB/s",
-                     "raw GB/s", "ratio", "exits");
-  for (const auto& r : rows)
+  Table reclaim({{"layout"},
+                 {"size", "B"},
+                 {"mode"},
+                 {"ranges"},
+                 {"ours", "GB/s"},
+                 {"raw", "GB/s"},
+                 {"ratio"},
+                 {"exits"},
+                 {.header = "", .align = TableColumn::Align::kLeft}});
+  Table latency({{"mode"}, {"median", "us"}, {"p10", "us"}, {"p90", "us"}, {"min", "us"}});
+  for (const auto& r : rows) {
     if (r["bench"] == "reclaim")
-      out += fmt::format("  {:>10} {:>8} {:>6} {:>8} {:>10.2f} {:>10.2f} {:>8.2f} {:>6}{}\n",
-                         r["layout"].get<std::string>(), r["size"].get<uint64_t>(),
-                         r["mode"].get<std::string>(), r["ranges"].get<uint64_t>(), r["gb_per_s"].get<double>(),
-                         r["raw_gb_per_s"].get<double>(), r["ratio_to_raw"].get<double>(), r["exits"].get<uint64_t>(),
-                         r["pages_gone"].get<bool>() ? "" : "  (pages NOT gone)");
-  out += "one 4 KiB report, guest-side latency\n";
-  for (const auto& r : rows)
-    if (r["bench"] == "reclaim_latency")
-      out += fmt::format("  {:>6}: median {:.1f} us (p10 {:.1f}, p90 {:.1f}, min {:.1f})\n", r["mode"].get<std::string>(),
-                         r["median_us"].get<double>(), r["p10_us"].get<double>(), r["p90_us"].get<double>(),
-                         r["min_us"].get<double>());
-  return out;
+      reclaim.add_row({r["layout"].get<std::string>(), std::to_string(r["size"].get<uint64_t>()),
+                       r["mode"].get<std::string>(), std::to_string(r["ranges"].get<uint64_t>()),
+                       fixed(r["gb_per_s"].get<double>(), 2), fixed(r["raw_gb_per_s"].get<double>(), 2),
+                       fixed(r["ratio_to_raw"].get<double>(), 2), std::to_string(r["exits"].get<uint64_t>()),
+                       r["pages_gone"].get<bool>() ? "" : "(pages NOT gone)"});
+    else if (r["bench"] == "reclaim_latency")
+      latency.add_row({r["mode"].get<std::string>(), fixed(r["median_us"].get<double>(), 1),
+                       fixed(r["p10_us"].get<double>(), 1), fixed(r["p90_us"].get<double>(), 1),
+                       fixed(r["min_us"].get<double>(), 1)});
+  }
+  return "reclaim: report -> pages gone, batches of 64, vs raw fallocate(PUNCH_HOLE)\n" + reclaim.render() +
+         "one 4 KiB report, guest-side latency\n" + latency.render();
 }
 
 }  // namespace kvmem

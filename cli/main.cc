@@ -1,14 +1,10 @@
 // kvmem: the command line. This file holds the app and the dispatch; each
 // subcommand lives in its own file (cli/cli.h).
-#include <pthread.h>
 #include <signal.h>
-#include <string.h>
-#include <unistd.h>
 
 #include <csignal>
 #include <cstdio>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #include "cli/cli.h"
@@ -21,35 +17,18 @@ namespace {
 
 constexpr const char* kVersion = "0.1.0";
 
-// SIGINT, SIGTERM and SIGHUP are blocked in every thread (threads inherit
-// the mask, and this runs before any other starts) and taken by one thread
-// with sigwait: it asks every running VM to stop (harness/interrupt.h), so
-// the run ends through its normal path, prints what ran, gives the memory
-// back and exits 128 + the signal. A second signal ends the process at once.
-void start_signal_thread() {
-  sigset_t set;
-  sigemptyset(&set);
-  for (int s : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&set, s);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  std::thread([set] {
-    for (int n = 0;; n++) {
-      int sig = 0;
-      if (sigwait(&set, &sig) != 0) continue;
-      if (n > 0) _exit(128 + sig);
-      const char* name = sigabbrev_np(sig);
-      std::fprintf(stderr, "kvmem: SIG%s: stopping the VMs (again to quit at once)\n", name ? name : "?");
-      StopRequests::process().request_stop(sig);
-    }
-  }).detach();
-}
-
 int main_impl(int argc, char** argv) {
   const auto start = Clock::now();
   // A reader that goes away (`kvmem run ... | head`) must not kill the run
   // with SIGPIPE: writes fail with EPIPE instead, the output stops
   // (cli/common.cc), and the run ends with its own exit code.
   std::signal(SIGPIPE, SIG_IGN);
-  start_signal_thread();
+  // Before any other thread: SIGINT, SIGTERM and SIGHUP stop the VMs
+  // (harness/interrupt.h). A host that cannot give us a thread is exit 3.
+  if (auto st = start_signal_thread(); !st) {
+    std::fprintf(stderr, "kvmem: %s\n", st.error().message.c_str());
+    return kExitHost;
+  }
   CLI::App app{"kvmem: a small KVM VMM whose heart is its memory backend.\n"
                "Exit codes: 0 success, 1 the guest or a check failed, 2 bad usage or config,\n"
                "3 the host cannot run it; 128 + N when signal N (INT, TERM, HUP) stopped it.",

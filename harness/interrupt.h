@@ -12,6 +12,8 @@
 #include <mutex>
 #include <set>
 
+#include "base/error.h"
+
 namespace kvmem {
 
 class Vm;
@@ -34,6 +36,15 @@ class StopRequests {
   std::mutex mu_;
   std::set<Vm*> running_;  // protected by mu_
 };
+
+// SIGINT, SIGTERM and SIGHUP are blocked in the calling thread (threads
+// inherit the mask, so call this before any other starts) and taken by one
+// detached thread with sigwait: the first asks every running VM to stop
+// (request_stop), so the run ends through its normal path, prints what ran,
+// gives the memory back and exits 128 + the signal; a second ends the
+// process at once. The thread starts through start_thread, so a thread
+// limit is an error; the signal mask is then as it was.
+Status start_signal_thread();
 
 // A registration for the life of a scope.
 class StopRegistration {

@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "base/check.h"
+#include "base/thread.h"
 
 #ifndef MFD_HUGE_2MB
 #define MFD_HUGE_2MB (21U << 26)
@@ -134,7 +135,11 @@ Result<std::unique_ptr<MemoryFile>> MemoryFile::create(const MemoryFileOptions& 
                     "ftruncate", err);
   f->file_size_.store(kChunkSize, std::memory_order_release);
 
-  f->reclaimer_ = std::thread([p = f.get()] { p->reclaim_loop(); });
+  // Through start_thread: under a thread limit, creating the file is an
+  // error (the run's host failure), not std::thread's exception.
+  auto reclaimer = start_thread("the memory file's reclaimer", [p = f.get()] { p->reclaim_loop(); });
+  if (!reclaimer) return std::unexpected(reclaimer.error());
+  f->reclaimer_ = std::move(*reclaimer);
   return f;
 }
 

@@ -39,3 +39,16 @@ TEST_CASE("bench boot works from any directory", "[bench][cli][kvm]") {
   REQUIRE(r.exit_code == 0);
   CHECK(nlohmann::json::parse(r.out)["config"].get<std::string>().ends_with("/configs/hello.json"));
 }
+
+TEST_CASE("bench boot's table shows the wall-time percentiles in ms and the peak RSS", "[bench]") {
+  const nlohmann::json row{{"bench", "boot"},          {"config", "c.json"},   {"runs", 40},
+                           {"wall_ms_median", 5.321},   {"wall_ms_p10", 4.449}, {"wall_ms_p90", 16.2},
+                           {"wall_ms_min", 4.0},        {"max_rss_bytes", 5 << 20},
+                           {"guest_resident_bytes", 1 << 20}, {"rss_beyond_guest_bytes", 4 << 20}};
+  CHECK(format_boot_bench(row) ==
+        "boot: kvmem run c.json x40\n"
+        "             median   p10    p90   min\n"
+        "                 ms    ms     ms    ms\n"
+        "  wall time    5.32  4.45  16.20  4.00\n"
+        "  peak RSS   5.00 MiB, of which guest RAM 1.00 MiB; beyond guest RAM 4.00 MiB\n");
+}

@@ -1,6 +1,7 @@
 // SIGINT, SIGTERM and SIGHUP stop the VMs, report what ran (with the stress
 // seed) and exit 128 + the signal.
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include <fcntl.h>
@@ -10,6 +11,7 @@
 
 #include <chrono>
 #include <fstream>
+#include <functional>
 #include <sstream>
 #include <thread>
 
@@ -27,8 +29,42 @@ std::string slurp(const std::string& path) {
   return s.str();
 }
 
-// Starts kvmem with args, sends `sig` after `delay`, and waits for it.
-test::CommandResult run_and_signal(std::vector<std::string> args, int sig, std::chrono::milliseconds delay) {
+// The child's CPU time (user + system, all threads) in clock ticks, from
+// /proc/PID/stat; -1 when it cannot be read. A guest's time counts as user.
+long cpu_ticks(pid_t pid) {
+  std::string stat = slurp(fmt::format("/proc/{}/stat", pid));
+  const size_t paren = stat.rfind(')');  // the command name may hold spaces
+  if (paren == std::string::npos) return -1;
+  std::istringstream fields(stat.substr(paren + 2));
+  std::string f;
+  long utime = -1, stime = -1;
+  for (int i = 3; fields >> f; i++) {  // field 3 is the state
+    if (i == 14) utime = std::stol(f);
+    if (i == 15) stime = std::stol(f);
+  }
+  return utime < 0 || stime < 0 ? -1 : utime + stime;
+}
+
+// Readiness signs, polled until they hold: the child is past starting its
+// signal thread and is doing what the signal should interrupt.
+using ReadySign = std::function<bool(pid_t pid, const std::string& err_path)>;
+
+// Spinning guests burn CPU: a quarter of a second of it means they run
+// (setting up a small VM takes a few milliseconds of CPU).
+bool guests_spinning(pid_t pid, const std::string&) {
+  const long ticks = cpu_ticks(pid);
+  return ticks >= 0 && ticks * 1000 / sysconf(_SC_CLK_TCK) >= 250;
+}
+
+// Stress prints a progress line to stderr once a round has begun.
+bool stress_progressing(pid_t, const std::string& err_path) {
+  return slurp(err_path).find("round ") != std::string::npos;
+}
+
+// Starts kvmem with args, waits until `ready` holds (up to 30 s, polling
+// every 10 ms; it fails the test if it never does), sends `sig`, and waits
+// for the child.
+test::CommandResult run_and_signal(std::vector<std::string> args, int sig, const ReadySign& ready) {
   char out_path[] = "/tmp/kvmem-sig-out-XXXXXX", err_path[] = "/tmp/kvmem-sig-err-XXXXXX";
   const int out = mkstemp(out_path), err = mkstemp(err_path);
   REQUIRE(out >= 0);
@@ -45,7 +81,11 @@ test::CommandResult run_and_signal(std::vector<std::string> args, int sig, std::
     execv(argv[0], argv.data());
     _exit(127);
   }
-  std::this_thread::sleep_for(delay);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  bool was_ready = false;
+  while (!(was_ready = ready(pid, err_path)) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  CHECK(was_ready);
   kill(pid, sig);
   int status = 0;
   waitpid(pid, &status, 0);
@@ -69,7 +109,7 @@ TEST_CASE("a signal during run stops the VMs, reports them and exits 128 + the s
   for (auto [sig, code] : {std::pair{SIGINT, 130}, std::pair{SIGTERM, 143}, std::pair{SIGHUP, 129}}) {
     INFO("signal " << sig);
     const auto start = std::chrono::steady_clock::now();
-    auto r = run_and_signal({"run", "--json", spin.path()}, sig, std::chrono::milliseconds(700));
+    auto r = run_and_signal({"run", "--json", spin.path()}, sig, guests_spinning);
     INFO(r.err);
     CHECK(r.exit_code == code);
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(20));  // not the 60 s watchdog
@@ -83,7 +123,7 @@ TEST_CASE("a signal during run stops the VMs, reports them and exits 128 + the s
 TEST_CASE("a signal during stress prints the summary with the seed, on the JSON path too", "[cli][stress][kvm]") {
   REQUIRE_KVM();
   auto r = run_and_signal({"stress", "--json", "configs/stress-quick.json", "--duration", "600", "--seed", "12345"},
-                          SIGINT, std::chrono::milliseconds(1500));
+                          SIGINT, stress_progressing);
   INFO(r.err);
   CHECK(r.exit_code == 130);
   CHECK(r.err.find("seed 12345") != std::string::npos);
