@@ -22,11 +22,16 @@
 // real memfd is the judge: tests/memory/tmpfs runs the same operations on
 // both and compares.
 //
-// Seals, as the kernel here (6.x) applies them:
+// Seals, as the kernel here (6.18) applies them:
 //   SEAL          no more seals (a file created without allow_seals starts with it)
 //   SHRINK        truncate to a smaller size: EPERM
-//   GROW          truncate larger, a write past the end, fallocate past the
-//                 end (without keep-size): EPERM, the whole write refused
+//   GROW          truncate larger, fallocate past the end (with or without
+//                 keep-size): EPERM. A write is cut where it would grow the
+//                 file: the kernel writes page by page and refuses the first
+//                 page whose piece ends past the end, so a write that grows
+//                 the file returns the bytes of the whole pieces before that
+//                 page, and EPERM only when the first piece already would
+//                 (measured on 6.18: docs/tmpfs.md)
 //   WRITE         write and punch-hole: EPERM; a new writable mapping: EPERM;
 //                 adding it while writable mappings exist: EBUSY
 //   FUTURE_WRITE  like WRITE for writes, punches and new writable mappings,
@@ -148,7 +153,13 @@ class RegularFile {
   void check_invariants() const;
 
  private:
+  // A HostMapping copies through its translations under data_mu_ (shared to
+  // read, exclusive to write), so its copies never race with read(),
+  // write() or a truncate's zeroing (host_mapping.h).
+  friend class HostMapping;
+
   struct DataPolicy;  // merges neighbours whose memory-file offsets touch
+  using DataSet = SegmentSet<MappableRange, uint64_t, DataPolicy>;
   struct Mapping {
     MappingSpace* space;
     uint64_t addr;
@@ -160,21 +171,39 @@ class RegularFile {
   void invalidate_locked(MappableRange r);  // maps_mu_ held
   // Drops the pages of r from data_, with their references.
   void drop_locked(MappableRange r);  // data_mu_ held for writing
-  // Allocates the holes of r (page-aligned), one allocation per hole.
+  // Allocates the holes of r (aligned to page_), one allocation per hole.
+  // On failure the holes filled so far stay filled.
   Status fill_locked(MappableRange r);  // data_mu_ held for writing
+  // Zeroes [offset, offset + length) inside one page, if the page is there.
+  Status zero_locked(uint64_t offset, uint64_t length);  // data_mu_ held for writing
+  // Copies the file's bytes [offset, offset + dst.size()) into dst, holes
+  // as zeros; ignores size_.
+  Status read_locked(uint64_t offset, std::span<uint8_t> dst) const;  // data_mu_ held
+  // Copies src to [offset, offset + src.size()). Precondition: no hole.
+  Status write_locked(uint64_t offset, std::span<const uint8_t> src);  // data_mu_ held for writing
+  TranslateResult translate_locked(MappableRange required, MappableRange optional);  // data_mu_ w
+  // size_ rounded up to page_: the end of the pages a mapping may use.
+  uint64_t eof_locked() const;  // data_mu_ held
+  std::unexpected<Error> error(int code, std::string_view what, std::string_view why) const;
 
   MemoryFile& memory_;
   const std::string name_;
+  const uint64_t page_;  // memory_.page_size(): the data map's granularity
 
+  // Held by every mutator (write, truncate, fallocate, add_seals) as well as
+  // the mapping calls: a truncate drops pages in a second step after
+  // invalidating, and nothing may change the file between the two.
   mutable std::mutex maps_mu_;
   std::vector<Mapping> mappings_;       // protected by maps_mu_
   uint64_t writable_mapped_pages_ = 0;  // protected by maps_mu_
 
   mutable std::shared_mutex data_mu_;
-  // File offset ranges -> memory-file offset of each range's start.
-  SegmentSet<MappableRange, uint64_t, DataPolicy>* data_ = nullptr;  // protected by data_mu_
-  uint64_t size_ = 0;   // protected by data_mu_
-  uint32_t seals_ = 0;  // protected by data_mu_
+  // File offset ranges -> memory-file offset of each range's start. A
+  // pointer so that DataPolicy can stay in the .cc.
+  DataSet* data_ = nullptr;  // protected by data_mu_
+  uint64_t size_ = 0;        // protected by data_mu_
+  uint32_t seals_ = 0;       // protected by data_mu_; changed only with maps_mu_ held too
+  uint64_t allocated_ = 0;   // protected by data_mu_: bytes of pages in data_
 };
 
 }  // namespace kvmem::tmpfs
