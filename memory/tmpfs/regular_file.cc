@@ -68,7 +68,7 @@ uint64_t RegularFile::eof_locked() const { return round_up_to(size_, page_); }
 
 // ---- the data map ----
 
-Status RegularFile::fill_locked(MappableRange r) {
+Status RegularFile::fill_locked(MappableRange r, CommitMode commit) {
   uint64_t pos = r.start;
   while (pos < r.end) {
     DataSet::Gap gap = data_->lower_bound_gap(pos);
@@ -77,7 +77,7 @@ Status RegularFile::fill_locked(MappableRange r) {
     if (start < end) {
       // One allocation per hole: a fresh file mapped whole is one range of
       // the memory file, so one memslot for a guest.
-      auto got = memory_.allocate(end - start, UsageKind::Tmpfs);
+      auto got = memory_.allocate(end - start, UsageKind::Tmpfs, {.commit = commit});
       if (!got)
         return error(got.error().code ? got.error().code : ENOMEM,
                      fmt::format("allocate {}", MappableRange(start, end).to_string()),
@@ -181,7 +181,10 @@ Result<uint64_t> RegularFile::write(uint64_t offset, std::span<const uint8_t> sr
     n = allowed - offset;
   }
   const uint64_t end = offset + n;
-  Status filled = fill_locked(MappableRange(align_down(offset, page_), round_up_to(end, page_)));
+  // Every page of the fill is about to be written: populating it in one
+  // madvise costs less than a page fault per page in the copy.
+  Status filled = fill_locked(MappableRange(align_down(offset, page_), round_up_to(end, page_)),
+                              CommitMode::PopulateWrite);
   if (!filled) {
     // Nothing is written; pages the failed fill left past the end go.
     const uint64_t eof = eof_locked();

@@ -171,9 +171,9 @@ class RegularFile {
   void invalidate_locked(MappableRange r);  // maps_mu_ held
   // Drops the pages of r from data_, with their references.
   void drop_locked(MappableRange r);  // data_mu_ held for writing
-  // Allocates the holes of r (aligned to page_), one allocation per hole.
-  // On failure the holes filled so far stay filled.
-  Status fill_locked(MappableRange r);  // data_mu_ held for writing
+  // Allocates the holes of r (aligned to page_), one allocation per hole,
+  // committed as `commit` says. On failure the holes filled so far stay.
+  Status fill_locked(MappableRange r, CommitMode commit);  // data_mu_ held for writing
   // Zeroes [offset, offset + length) inside one page, if the page is there.
   Status zero_locked(uint64_t offset, uint64_t length);  // data_mu_ held for writing
   // Copies the file's bytes [offset, offset + dst.size()) into dst, holes

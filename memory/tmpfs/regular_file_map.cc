@@ -97,7 +97,7 @@ Status RegularFile::fallocate(FallocateMode mode, uint64_t offset, uint64_t leng
   const uint64_t limit = mode == FallocateMode::kKeepSize ? eof_locked() : round_up_to(end, page_);
   const MappableRange fill(align_down(offset, page_), std::min(round_up_to(end, page_), limit));
   if (fill.start < fill.end) {
-    if (Status st = fill_locked(fill); !st) {
+    if (Status st = fill_locked(fill, CommitMode::None); !st) {
       const uint64_t eof = eof_locked();
       if (eof < DataSet::kMaxKey) drop_locked(MappableRange(eof, DataSet::kMaxKey));
       return st;
@@ -175,7 +175,7 @@ TranslateResult RegularFile::translate_locked(MappableRange required, MappableRa
   const MappableRange opt = optional.intersect(MappableRange(0, eof));
   const MappableRange req = required.intersect(opt);
   // All of optional's holes if the allocator can; else required's.
-  if (!fill_locked(opt)) (void)fill_locked(req);
+  if (!fill_locked(opt, CommitMode::None)) (void)fill_locked(req, CommitMode::None);
   DataSet::Seg s = data_->find_segment(req.start);
   while (s.ok()) {
     const MappableRange src = s.range().intersect(opt);
