@@ -45,8 +45,11 @@ Status RegularFile::truncate(uint64_t size) {
     // The new size first, so that nothing translates the dropped pages again
     // between the invalidation and the drop: they are past the end now.
     size_ = size;
-    if (size >= old) return {};  // growing allocates nothing
+    if (size > old) return {};  // growing allocates nothing, and zeroes nothing
   }
+  // From here on the size is the same or smaller: 6.18's shmem truncates
+  // the page cache from the new size in both cases, so even a truncate to
+  // the same size zeroes what mappings wrote past the end.
   const MappableRange gone(round_up_to(size, page_), round_up_to(old, page_));
   if (!gone.empty()) invalidate_locked(gone);
   std::unique_lock l(data_mu_);
@@ -97,7 +100,9 @@ Status RegularFile::fallocate(FallocateMode mode, uint64_t offset, uint64_t leng
   const uint64_t limit = mode == FallocateMode::kKeepSize ? eof_locked() : round_up_to(end, page_);
   const MappableRange fill(align_down(offset, page_), std::min(round_up_to(end, page_), limit));
   if (fill.start < fill.end) {
-    if (Status st = fill_locked(fill, CommitMode::None); !st) {
+    // Committed, as shmem's fallocate allocates its pages: the memory is
+    // the host's now, or the call fails.
+    if (Status st = fill_locked(fill, CommitMode::Fallocate); !st) {
       const uint64_t eof = eof_locked();
       if (eof < DataSet::kMaxKey) drop_locked(MappableRange(eof, DataSet::kMaxKey));
       return st;

@@ -134,3 +134,24 @@ TEST_CASE("FUTURE_WRITE leaves an existing writable mapping writable, holes and 
   CHECK(test::read_back(*f.file, kPage, 10) == data);
   CHECK(f.file->write(0, data).error().code == EPERM);
 }
+
+TEST_CASE("bytes a mapping writes past the end stay until a truncate, even to the same size",
+          "[tmpfs]") {
+  // As a memfd on 6.18: growing (truncate, write, fallocate) shows them; a
+  // truncate to any size not larger zeroes the rest of the last page.
+  Fixture f;
+  REQUIRE(f.file->truncate(100));
+  auto m = std::move(*HostMapping::create(f.file, 0, kPage, true));
+  const std::vector<uint8_t> x{0x78};
+  REQUIRE(m->write(200, x));
+  REQUIRE(f.file->truncate(300));
+  CHECK(test::read_back(*f.file, 200, 1) == x);
+  REQUIRE(f.file->fallocate(FallocateMode::kDefault, 0, 400));
+  CHECK(test::read_back(*f.file, 200, 1) == x);
+  REQUIRE(f.file->truncate(400));  // the same size
+  CHECK(test::read_back(*f.file, 200, 1) == x);  // inside the file: kept
+  REQUIRE(m->write(500, x));
+  REQUIRE(f.file->truncate(400));
+  REQUIRE(f.file->truncate(600));
+  CHECK(test::read_back(*f.file, 500, 1) == std::vector<uint8_t>{0});
+}
