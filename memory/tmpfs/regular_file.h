@@ -7,7 +7,9 @@
 //                                     zero; 0 at or past the end
 //   write(offset, src)             -> Result<uint64_t>; allocates, grows the file
 //   truncate(size)                 shrinking invalidates mappings of the
-//                                  dropped pages first, then drops them;
+//                                  dropped pages first, then drops them,
+//                                  and zeroes the rest of the last page
+//                                  (so does a truncate to the same size);
 //                                  growing allocates nothing
 //   fallocate(mode, offset, length) default, keep-size, punch-hole
 //   add_seals(s)  seals()          memfd seals (F_SEAL_*)
@@ -17,10 +19,12 @@
 //
 // Errors are what a memfd gives for the same call, errno in Error::code
 // (EPERM for a sealed write, EBUSY for a write seal while writable
-// mappings exist, EINVAL for a bad mode or range, EFBIG past the largest
+// mappings exist, EINVAL for an offset or size that is negative as an
+// off_t or a range whose end is, EFBIG for a fallocate past the largest
 // size), with a sentence that names the file, the call and the range. The
 // real memfd is the judge: tests/memory/tmpfs runs the same operations on
-// both and compares.
+// both and compares. F_SEAL_EXEC (0x20), which 6.18 takes, is not
+// modelled: add_seals refuses it as an unknown bit.
 //
 // Seals, as the kernel here (6.18) applies them:
 //   SEAL          no more seals (a file created without allow_seals starts with it)
@@ -107,24 +111,31 @@ class RegularFile {
   const std::string& name() const { return name_; }
   MemoryFile& memory() const { return memory_; }
 
-  // pread(2): copies [offset, min(offset + dst.size(), size())) into dst.
+  // pread(2): copies [offset, min(offset + dst.size(), size())) into dst,
+  // at most 0x7ffff000 bytes (MAX_RW_COUNT). Errors: EINVAL (offset +
+  // length passes kMaxFileSize, even for a zero length).
   Result<uint64_t> read(uint64_t offset, std::span<uint8_t> dst) const;
   // pwrite(2): writes src at offset, allocating the holes it covers and
-  // growing the file. A zero-length write does nothing and succeeds.
-  // Errors: EPERM (WRITE, FUTURE_WRITE, or growing under GROW), EFBIG (the
-  // end passes kMaxFileSize), EINVAL (offset + length overflows), ENOMEM
-  // (the allocator; nothing is written then).
+  // growing the file; at most 0x7ffff000 bytes. A zero-length write does
+  // nothing and succeeds, sealed or not. Under GROW a write that would
+  // grow the file is cut at the last page boundary inside it (see Seals).
+  // Errors: EPERM (WRITE, FUTURE_WRITE, or growing under GROW), EINVAL
+  // (offset + length passes kMaxFileSize; a memfd never gives EFBIG here),
+  // ENOMEM (the allocator; nothing is written then).
   Result<uint64_t> write(uint64_t offset, std::span<const uint8_t> src);
-  // ftruncate(2). Errors: EPERM (SHRINK, GROW), EFBIG, and the
-  // invalidations' (none: they cannot fail).
+  // ftruncate(2). Errors: EPERM (SHRINK, GROW), EINVAL (size past
+  // kMaxFileSize: negative as an off_t); the invalidations cannot fail.
   Status truncate(uint64_t size);
   // fallocate(2) with mode 0, FALLOC_FL_KEEP_SIZE, or
   // FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE. Default and keep-size
   // allocate the pages of the range below the end of the file (keep-size)
   // or all of it (default, which grows the file). Punch drops the whole
   // pages of the range and zeroes the partial ones at its edges, after
-  // invalidating mappings of the whole pages. Errors: EINVAL (length zero,
-  // overflow), EFBIG, EPERM (seals), ENOMEM.
+  // invalidating mappings of the whole pages. Allocated pages are
+  // committed (fallocate on the memory file), as shmem's are. Errors:
+  // EINVAL (offset or length negative as off_t, length zero), EFBIG (the
+  // end passes kMaxFileSize), EPERM (punch under WRITE or FUTURE_WRITE;
+  // default or keep-size ending past the end under GROW), ENOMEM.
   Status fallocate(FallocateMode mode, uint64_t offset, uint64_t length);
 
   // fcntl(F_ADD_SEALS). Errors: EINVAL (unknown bits), EPERM (SEAL set),
@@ -136,8 +147,13 @@ class RegularFile {
 
   // The Mappable contract (mappable.h). `space` maps file offsets `range`
   // at its address `addr`. Errors: EINVAL (range empty or unaligned, or
-  // overflowing), EPERM (writable under WRITE or FUTURE_WRITE). A mapping
-  // may extend past the end of the file, as mmap's may.
+  // overflowing), EOVERFLOW (the range ends past kMaxFileSize + 1 - 4096,
+  // as mmap's file_mmap_ok), EPERM (writable under WRITE or FUTURE_WRITE).
+  // A mapping may extend past the end of the file, as mmap's may.
+  // "Writable" is mmap's VM_MAYWRITE: a read-only mapping of a read-write
+  // memfd counts as writable for the kernel's EBUSY, so its equivalent
+  // here is a writable mapping; a read-only one is a mapping of a
+  // read-only descriptor.
   Status add_mapping(MappingSpace* space, uint64_t addr, MappableRange range, bool writable);
   // Precondition: the mapping exists with these values (checked, abort).
   void remove_mapping(MappingSpace* space, uint64_t addr, MappableRange range, bool writable);
@@ -145,8 +161,10 @@ class RegularFile {
   // allocations as it can (one per hole), then returns the translations
   // of `required`, widened to `optional` where the map is contiguous.
   // Each translation carries one reference for the caller (mappable.h).
-  // Preconditions (checked, abort): as check_translate_result; the caller
-  // has a mapping of the range.
+  // Preconditions (checked, abort): as check_translate_result, aligned to
+  // the memory file's page size; the caller has a mapping of the range
+  // (not checked: translate takes no maps_mu_, so a MappingSpace may call
+  // it with its own lock held).
   TranslateResult translate(MappableRange required, MappableRange optional, Access at);
 
   // Aborts with a dump unless the data map and the counters agree.
