@@ -6,6 +6,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <unistd.h>
+
 #include <fmt/format.h>
 
 #include "base/check.h"
@@ -139,8 +141,25 @@ Status RegularFile::write_locked(uint64_t offset, std::span<const uint8_t> src) 
     KVMEM_CHECK(s.ok() && s.start() <= pos, "file {}: writing {:#x} into a hole", name_, pos);
     const uint64_t run_end = std::min(s.end(), end);
     const uint64_t at = s.value() + (pos - s.start());
-    auto span = KVMEM_TRY(memory_.map_internal(FileRange(at, at + (run_end - pos))));
-    std::memcpy(span.data(), src.data() + (pos - offset), span.size());
+    // One pwrite per run on the memory file, not a copy through
+    // map_internal: a fresh page is then filled once, where a copy would
+    // fault it in (the kernel zeroing it) and write it again, and a page
+    // pwrite filled would cost the copy a fault later. About the cost of a
+    // memfd's own pwrite, fresh or not (docs/tmpfs.md, "Cost"). What
+    // pwrite leaves (hugetlbfs has no write) goes through the mapping.
+    const uint8_t* from = src.data() + (pos - offset);
+    uint64_t done = 0;
+    while (done < run_end - pos) {
+      const ssize_t n = pwrite(memory_.fd(), from + done, run_end - pos - done,
+                               static_cast<off_t>(at + done));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      done += static_cast<uint64_t>(n);
+    }
+    if (done < run_end - pos) {
+      auto span = KVMEM_TRY(memory_.map_internal(FileRange(at + done, at + (run_end - pos))));
+      std::memcpy(span.data(), from + done, span.size());
+    }
     pos = run_end;
   }
   return {};
@@ -181,10 +200,8 @@ Result<uint64_t> RegularFile::write(uint64_t offset, std::span<const uint8_t> sr
     n = allowed - offset;
   }
   const uint64_t end = offset + n;
-  // Every page of the fill is about to be written: populating it in one
-  // madvise costs less than a page fault per page in the copy.
   Status filled = fill_locked(MappableRange(align_down(offset, page_), round_up_to(end, page_)),
-                              CommitMode::PopulateWrite);
+                              CommitMode::None);
   if (!filled) {
     // Nothing is written; pages the failed fill left past the end go.
     const uint64_t eof = eof_locked();

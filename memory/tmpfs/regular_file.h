@@ -197,7 +197,8 @@ class RegularFile {
   // Copies the file's bytes [offset, offset + dst.size()) into dst, holes
   // as zeros; ignores size_.
   Status read_locked(uint64_t offset, std::span<uint8_t> dst) const;  // data_mu_ held
-  // Copies src to [offset, offset + src.size()). Precondition: no hole.
+  // Copies src to [offset, offset + src.size()), one pwrite on the memory
+  // file per run. Precondition: no hole.
   Status write_locked(uint64_t offset, std::span<const uint8_t> src);  // data_mu_ held for writing
   TranslateResult translate_locked(MappableRange required, MappableRange optional);  // data_mu_ w
   // size_ rounded up to page_: the end of the pages a mapping may use.
