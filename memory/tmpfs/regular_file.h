@@ -50,7 +50,10 @@
 // Lock order: maps_mu_ -> data_mu_ -> MemoryFile's locks. invalidate() is
 // called with maps_mu_ held and data_mu_ not held, so a MappingSpace may
 // take its own locks (GuestMemory::mu_, ...) and drop references on the
-// memory file, but must not call back into the file.
+// memory file, but must not call back into the file. translate() takes only
+// data_mu_, so a space may call it under its own lock (HostMapping:
+// maps_mu_ -> HostMapping::mu_ -> data_mu_). Every mutator holds maps_mu_
+// as well (see maps_mu_ below); docs/tmpfs.md has the whole tree.
 #pragma once
 
 #include <cstdint>
