@@ -1,7 +1,9 @@
 // Windows onto shared files in real guests: what the guest sees, what the
 // host sees, read-only windows and seals, a truncate under a running guest's
 // window, and free reports over a window.
+#include <atomic>
 #include <cstring>
+#include <thread>
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -215,4 +217,39 @@ TEST_CASE("an unlinked file lives on in the windows that show it", "[kvm][window
   p.file->wait_for_reclaim();
   REQUIRE(p.file->update_usage());
   CHECK(p.file->usage().of(UsageKind::Tmpfs) == 0);  // the last holder went, and the pages with it
+}
+
+TEST_CASE("a host that truncates and grows a file while a guest reads its window never hangs or tears the map",
+          "[kvm][windows][threads]") {
+  REQUIRE_KVM();
+  Prepared p = prepare(one_vm(box(), window(true),
+                              {{{"op", "loop"},
+                                {"count", 400},
+                                {"body", {{{"op", "verify"}, {"at", "0x40100000"}, {"length", "64K"}, {"pattern", "zero"}},
+                                          {{"op", "fill"}, {"at", "1G"}, {"length", "64K"}, {"pattern", "zero"}}}}}}));
+  auto vm = p.create();
+  auto f = p.open("box");
+  std::atomic<bool> done{false};
+  std::atomic<int> host_errors{0};  // Catch's assertions are for the test's own thread
+  std::thread host([&] {
+    // Shrink under the part the guest reads, grow back: each shrink cuts
+    // the window, each guest access after a grow maps it again.
+    for (int i = 0; i < 200 && !done.load(); i++) {
+      if (!f->truncate(1 << 20) || !f->truncate(2 << 20)) host_errors++;
+    }
+  });
+  RunResult r = vm->run(nullptr);
+  done = true;
+  host.join();
+  CHECK(host_errors == 0);
+  INFO(r.message);
+  if (r.outcome == RunOutcome::kFailed)
+    CHECK_THAT(r.message, Catch::Contains("beyond the end of file \"box\""));
+  else
+    CHECK(r.outcome == RunOutcome::kExited);
+  // What the window maps lies inside it and below the file's end.
+  for (const GuestRange& g : vm->windows().all()[0]->mapped()) {
+    CHECK(g.start >= kAt);
+    CHECK(g.end <= kAt + (2 << 20));
+  }
 }
