@@ -16,6 +16,7 @@ namespace kvmem::fuzz {
 int config_one(const uint8_t* data, size_t size);
 int hypercalls_one(const uint8_t* data, size_t size);
 int free_ring_one(const uint8_t* data, size_t size);
+int fs_replay_one(const uint8_t* data, size_t size);
 }  // namespace kvmem::fuzz
 
 namespace {
