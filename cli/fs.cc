@@ -33,10 +33,11 @@ class FsCommand : public Command {
     cmd_ = app.add_subcommand("fs", "The tmpfs file layer without a guest: replay a script of file operations");
     cmd_->require_subcommand(1);
     replay_ = cmd_->add_subcommand("replay", "Run a JSON Lines script of file operations, one JSON result per line");
-    replay_->add_option("FILE", file_, "the script; - or nothing reads stdin");
+    replay_->add_option("FILE", file_, "the script; - or nothing reads stdin")->type_name("FILE|-");
     replay_->add_option("--memory-limit", limit_text_,
                         "the memory the files may hold together, a power of two from 16M to 64G (default 1G); "
-                        "past it an operation fails with ENOMEM");
+                        "past it an operation fails with ENOMEM")
+        ->type_name("SIZE");
     replay_->add_flag("--check-invariants", check_, "check each touched file's invariants after every operation");
     replay_->footer(kReplayFooter);
   }

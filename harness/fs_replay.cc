@@ -90,7 +90,7 @@ Result<uint32_t> seals_of(const json& j) {
 
 Status check_fs_replay_memory(uint64_t limit) {
   if (!is_power_of_two(limit) || limit < kFsReplayMinMemory || limit > kFsReplayMaxMemory)
-    return fail("a memory limit of {:#x} bytes: it must be a power of two from 16M to 64G", limit);
+    return fail("the memory limit must be a power of two from 16M to 64G, not {:#x} bytes", limit);
   return {};
 }
 
