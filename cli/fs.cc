@@ -68,7 +68,7 @@ class FsCommand : public Command {
  private:
   int replay(int fd, const std::string& what, MemoryFile& memory) {
     FsReplay replay(memory, FsReplayOptions{.check_invariants = check_});
-    FsReplayScript script(replay, [](std::string_view line) { write_stdout(std::string(line) + "\n"); });
+    FsReplayScript script(replay, [](std::string_view result, std::string_view) { write_stdout(std::string(result) + "\n"); });
     static char buf[64 << 10];
     while (!StopRequests::process().requested()) {
       const ssize_t n = read(fd, buf, sizeof buf);

@@ -153,7 +153,9 @@ class FsReplay {
 // reported as an error.
 class FsReplayScript {
  public:
-  using Output = std::function<void(std::string_view line_of_json)>;
+  // Called with each result, one line of JSON without its newline, and the
+  // script's line it answers (empty for a line too long to hold).
+  using Output = std::function<void(std::string_view result, std::string_view line)>;
   FsReplayScript(FsReplay& replay, Output out) : replay_(replay), out_(std::move(out)) {}
 
   void feed(std::span<const char> bytes);

@@ -5,11 +5,13 @@
 // invariants checked after each operation. Each result line must be one
 // JSON object of the documented shape: an error names its line, a layer's
 // refusal carries an errno and a message, a fault is EFAULT with SIGBUS or
-// SIGSEGV. When the replay is gone, every page the files held must be back
-// in the allocator.
+// SIGSEGV. What a successful write or mwrite wrote must read back, through
+// the file or the same mapping, at once. When the replay is gone, every page
+// the files held must be back in the allocator.
 //
 // One small MemoryFile (32 MiB) lives for the process, so that the memory
 // limit is reached often and nothing grows from one input to the next.
+#include <cctype>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -19,6 +21,7 @@
 
 #include "base/check.h"
 #include "base/fuzz.h"
+#include "config/fields.h"
 #include "harness/fs_replay.h"
 #include "memory/memory_file.h"
 
@@ -68,22 +71,48 @@ void check_result(std::string_view text) {
   }
 }
 
+// After a successful write or mwrite, reads back what it wrote (the first
+// n bytes: a write under GROW may stop short) by a read or mread of the
+// same place, which must succeed with the same bytes. Returns the lines run.
+uint64_t check_read_back(FsReplay& replay, std::string_view result, std::string_view line) {
+  const json r = json::parse(result, nullptr, false);
+  if (!r.is_object() || r.value("ok", false) != true || !r.contains("op")) return 0;
+  const std::string op = r["op"].get<std::string>();
+  if (op != "write" && op != "mwrite") return 0;
+  const uint64_t n = r["n"].get<uint64_t>();
+  if (n == 0) return 0;
+  const json in = json::parse(line);  // it ran, so it parses
+  auto offset = json_fields::size_value(in["offset"], json_fields::Ptr());
+  KVMEM_CHECK(offset.has_value(), "the offset of a line that ran: {}", line);
+  json back = {{"op", op == "write" ? "read" : "mread"}, {"offset", *offset}, {"length", n}};
+  if (op == "write") back["name"] = in["name"];
+  else back["id"] = in["id"];
+  const json got = replay.run(back.dump(), 0);
+  std::string want = in["data_hex"].get<std::string>().substr(0, 2 * n);
+  for (char& c : want) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));  // results are lower case
+  KVMEM_CHECK(got.value("ok", false) == true && got.value("data_hex", "") == want, "{} then {} gave {}", line,
+              back.dump(), got.dump());
+  return 1;
+}
+
 }  // namespace
 
 int fs_replay_one(const uint8_t* data, size_t size) {
   MemoryFile& memory = fuzz_memory();
   {
     FsReplay replay(memory, FsReplayOptions{.check_invariants = true});
-    uint64_t results = 0;
-    FsReplayScript script(replay, [&results](std::string_view line) {
-      check_result(line);
+    uint64_t results = 0, read_backs = 0;
+    FsReplayScript script(replay, [&](std::string_view result, std::string_view line) {
+      check_result(result);
       results++;
+      read_backs += check_read_back(replay, result, line);
     });
     script.feed(std::span(reinterpret_cast<const char*>(data), size));
     script.finish();
     const FsReplayCounts& c = replay.counts();
-    KVMEM_CHECK(results == c.lines && c.lines == c.ok + c.failed + c.errors, "{} results, counts {} = {} + {} + {}",
-                results, c.lines, c.ok, c.failed, c.errors);
+    KVMEM_CHECK(results + read_backs == c.lines && c.lines == c.ok + c.failed + c.errors,
+                "{} results and {} read-backs, counts {} = {} + {} + {}", results, read_backs, c.lines, c.ok,
+                c.failed, c.errors);
   }
   // Every file and mapping is gone with the replay: their pages are free.
   memory.wait_for_reclaim();

@@ -9,8 +9,8 @@
 //     layer is asked);
 //   - a page of the mapping that lies wholly past the end of the file (the
 //     file's size rounded up to a page): SIGBUS. The host mapping reports it
-//     as EFAULT; the bytes before the faulting page may have been moved, as
-//     a real copy loop's would have been;
+//     as EFAULT, having copied the bytes of the pages before it, as a real
+//     copy loop would have before its fault;
 //   - the tail of the file's last page, past its size: reads zero, and a
 //     write there succeeds (the kernel keeps those bytes in the page, but a
 //     read() of the file never returns them).
@@ -93,10 +93,9 @@ Result<json> FsReplay::op_mwrite(const json& j) {
   const std::vector<uint8_t> data = KVMEM_TRY(required_hex(j, "data_hex"));
   const std::string id = j.at("id").get<std::string>();
   if (std::string why = outside(*m, id, offset, data.size(), true); !why.empty()) return fault("SIGSEGV", why);
-  auto n = m->host->write(offset, data);
-  if (!n) return access_failed(n.error());
+  if (auto s = m->host->write(offset, data); !s) return access_failed(s.error());
   json r = success();
-  r["n"] = *n;
+  r["n"] = data.size();
   return r;
 }
 
@@ -107,11 +106,10 @@ Result<json> FsReplay::op_mread(const json& j) {
   const std::string id = j.at("id").get<std::string>();
   if (std::string why = outside(*m, id, offset, length, false); !why.empty()) return fault("SIGSEGV", why);
   std::vector<uint8_t> buf(length);
-  auto n = m->host->read(offset, buf);
-  if (!n) return access_failed(n.error());
+  if (auto s = m->host->read(offset, buf); !s) return access_failed(s.error());
   json r = success();
-  r["n"] = *n;
-  r["data_hex"] = to_hex(std::span(buf).first(*n));
+  r["n"] = length;
+  r["data_hex"] = to_hex(buf);
   return r;
 }
 

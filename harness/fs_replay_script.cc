@@ -42,11 +42,11 @@ void FsReplayScript::finish() {
 void FsReplayScript::end_line() {
   line_++;
   if (too_long_) {
-    out_(dump_report(replay_.too_long(line_)));
+    out_(dump_report(replay_.too_long(line_)), {});
   } else {
     std::string_view text = pending_;
     if (text.ends_with('\r')) text.remove_suffix(1);
-    if (!blank(text)) out_(dump_report(replay_.run(text, line_)));
+    if (!blank(text)) out_(dump_report(replay_.run(text, line_)), text);
   }
   pending_.clear();
   too_long_ = false;

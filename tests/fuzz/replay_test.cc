@@ -29,7 +29,8 @@ struct Target {
 };
 constexpr Target kTargets[] = {{"config", kvmem::fuzz::config_one},
                                {"hypercalls", kvmem::fuzz::hypercalls_one},
-                               {"free_ring", kvmem::fuzz::free_ring_one}};
+                               {"free_ring", kvmem::fuzz::free_ring_one},
+                               {"fs_replay", kvmem::fuzz::fs_replay_one}};
 
 std::vector<fs::path> corpus_of(const char* target) {
   const fs::path dir = fs::path("tests/fuzz") / target;

@@ -30,7 +30,7 @@ class Replay {
   }
   std::vector<json> run(std::string_view script) {
     std::vector<json> out;
-    FsReplayScript s(*replay_, [&out](std::string_view line) {
+    FsReplayScript s(*replay_, [&out](std::string_view line, std::string_view) {
       INFO(line);
       REQUIRE(line.find('\n') == std::string_view::npos);
       out.push_back(json::parse(line));
@@ -312,10 +312,28 @@ TEST_CASE("seq is echoed and lines are counted with blank ones, CRLF or no final
   CHECK(r.replay().counts().lines == 3);
 }
 
+TEST_CASE("the script hands each result over with the line it answers", "[fs_replay]") {
+  Replay r;
+  std::vector<std::pair<std::string, std::string>> got;
+  FsReplayScript s(r.replay(), [&got](std::string_view result, std::string_view line) {
+    got.emplace_back(std::string(result), std::string(line));
+  });
+  const std::string script = "{\"op\":\"list\"}\r\n\n{\"op\":\"x\"}";
+  s.feed(std::span(script.data(), 5));  // a line may arrive in pieces
+  s.feed(std::span(script.data() + 5, script.size() - 5));
+  s.finish();
+  REQUIRE(got.size() == 2);
+  CHECK(got[0].second == "{\"op\":\"list\"}");
+  CHECK(json::parse(got[0].first)["ok"] == true);
+  CHECK(got[1].second == "{\"op\":\"x\"}");
+  CHECK(json::parse(got[1].first)["line"] == 3);
+  CHECK(s.lines_read() == 3);
+}
+
 TEST_CASE("a line past the bound is skipped without being held, and the next one runs", "[fs_replay]") {
   Replay r;
   std::vector<json> out;
-  FsReplayScript s(r.replay(), [&out](std::string_view line) { out.push_back(json::parse(line)); });
+  FsReplayScript s(r.replay(), [&out](std::string_view line, std::string_view) { out.push_back(json::parse(line)); });
   const std::string piece(64 << 10, 'x');
   s.feed(std::span(piece.data(), piece.size()));
   for (uint64_t fed = piece.size(); fed <= kFsReplayMaxLineBytes + piece.size(); fed += piece.size())
