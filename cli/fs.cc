@@ -54,7 +54,8 @@ class FsCommand : public Command {
     const bool from_stdin = file_.empty() || file_ == "-";
     const std::string what = from_stdin ? "stdin" : file_;
     const int fd = from_stdin ? 0 : open(file_.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return report_error(false, kExitUsage, sys_fail("cannot read script " + what, "open", errno).error().message);
+    if (fd < 0)
+      return report_error(false, kExitUsage, sys_fail("cannot read script " + what, "open", errno).error().message);
     auto memory = MemoryFile::create(fs_replay_memory_options(limit));
     if (!memory) {
       if (!from_stdin) close(fd);
@@ -68,7 +69,8 @@ class FsCommand : public Command {
  private:
   int replay(int fd, const std::string& what, MemoryFile& memory) {
     FsReplay replay(memory, FsReplayOptions{.check_invariants = check_});
-    FsReplayScript script(replay, [](std::string_view result, std::string_view) { write_stdout(std::string(result) + "\n"); });
+    FsReplayScript script(replay,
+                          [](std::string_view result, std::string_view) { write_stdout(std::string(result) + "\n"); });
     static char buf[64 << 10];
     while (!StopRequests::process().requested()) {
       const ssize_t n = read(fd, buf, sizeof buf);

@@ -58,7 +58,8 @@ Result<json> FsReplay::op_map(const json& j) {
   const std::string id = KVMEM_TRY(required_string(j, "id", kFsReplayMaxIdBytes));
   if (id.empty()) return (Ptr() / "id").fail("empty: an id is 1 to {} bytes", kFsReplayMaxIdBytes);
   const uint64_t offset = KVMEM_TRY(required_number(j, "offset"));
-  const uint64_t length = KVMEM_TRY(bounded_number(j, "length", kFsReplayMaxMapBytes, "the longest mapping a replay makes"));
+  const uint64_t length =
+      KVMEM_TRY(bounded_number(j, "length", kFsReplayMaxMapBytes, "the longest mapping a replay makes"));
   const bool writable = KVMEM_TRY(optional_bool(j, "writable", false));
   if (mappings_.contains(id)) return (Ptr() / "id").fail("mapping \"{}\" exists already (unmap it first)", id);
   if (mappings_.size() >= kFsReplayMaxMappings)

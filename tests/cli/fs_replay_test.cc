@@ -112,8 +112,8 @@ TEST_CASE("fs replay --memory-limit bounds what the files hold: ENOMEM past it",
 
 TEST_CASE("fs replay exits 3 when the host cannot create the memory file", "[cli][fs_replay]") {
   // 64 GiB of address space cannot be reserved under a 2 GiB RLIMIT_AS.
-  auto r = test::run_command({"/bin/sh", "-c", "ulimit -v 2000000 && exec \"$0\" fs replay --memory-limit 64G /dev/null",
-                              test::kvmem_binary()});
+  const char* cmd = "ulimit -v 2000000 && exec \"$0\" fs replay --memory-limit 64G /dev/null";
+  auto r = test::run_command({"/bin/sh", "-c", cmd, test::kvmem_binary()});
   CHECK(r.exit_code == 3);
   CHECK(r.err.find("mmap: ENOMEM") != std::string::npos);
 }

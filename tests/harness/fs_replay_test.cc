@@ -350,8 +350,9 @@ TEST_CASE("a line past the bound is skipped without being held, and the next one
 TEST_CASE("the largest write and read fit in a line and move a MiB", "[fs_replay]") {
   Replay r;
   const std::string hex(2 * kFsReplayMaxIoBytes, 'a');
-  const std::string script = "{\"op\":\"create\",\"name\":\"a\"}\n{\"op\":\"write\",\"name\":\"a\",\"offset\":0,"
-                             "\"data_hex\":\"" + hex + "\"}\n{\"op\":\"read\",\"name\":\"a\",\"offset\":0,\"length\":\"1M\"}\n";
+  const std::string script = "{\"op\":\"create\",\"name\":\"a\"}\n"
+                             "{\"op\":\"write\",\"name\":\"a\",\"offset\":0,\"data_hex\":\"" + hex + "\"}\n"
+                             "{\"op\":\"read\",\"name\":\"a\",\"offset\":0,\"length\":\"1M\"}\n";
   REQUIRE(script.size() < 2 * kFsReplayMaxLineBytes);
   const auto out = r.run(script);
   REQUIRE(out.size() == 3);
