@@ -2,6 +2,7 @@
 // tmpfs file layer, run without a guest; one JSON result per line on stdout
 // (harness/fs_replay.h, docs/fs-replay.md).
 #include <fcntl.h>
+#include <poll.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -25,7 +26,8 @@ constexpr const char* kReplayFooter =
     "the layer refused it (\"signal\" too for a mapping access a real mmap would fault on);\n"
     "{\"ok\":false,\"error\":...} when the line was not run (malformed, or past a limit).\n"
     "Exit codes: 0 every line was well formed (refusals are results), 2 bad usage, an\n"
-    "unreadable script, or any line not run, 3 the host cannot create the memory file.";
+    "unreadable script, or any line not run, 3 the host cannot create the memory file,\n"
+    "128 + N when signal N (INT, TERM, HUP) stopped it.";
 
 class FsCommand : public Command {
  public:
@@ -73,6 +75,11 @@ class FsCommand : public Command {
                           [](std::string_view result, std::string_view) { write_stdout(std::string(result) + "\n"); });
     static char buf[64 << 10];
     while (!StopRequests::process().requested()) {
+      // A script on a pipe or a terminal may go quiet: wait for it in
+      // slices, so that a signal stops the replay without more input.
+      pollfd p{fd, POLLIN, 0};
+      const int ready = poll(&p, 1, 100);
+      if (ready == 0 || (ready < 0 && errno == EINTR)) continue;
       const ssize_t n = read(fd, buf, sizeof buf);
       if (n < 0 && errno == EINTR) continue;
       if (n < 0) {
@@ -82,6 +89,8 @@ class FsCommand : public Command {
       if (n == 0) break;
       script.feed(std::span<const char>(buf, static_cast<size_t>(n)));
     }
+    // Stopped by a signal: what ran was printed; a line cut short is not run.
+    if (StopRequests::process().requested()) return kExitOk;
     script.finish();
     const FsReplayCounts& c = replay.counts();
     if (c.errors == 0) return kExitOk;

@@ -59,8 +59,9 @@ inline constexpr uint64_t kFsReplayMaxLineBytes = 2 * kFsReplayMaxIoBytes + (uin
 // Files with a name at once, and mappings at once.
 inline constexpr size_t kFsReplayMaxFiles = 1024;
 inline constexpr size_t kFsReplayMaxMappings = 1024;
-// One mapping's length. A mapping costs no memory until it is touched, but
-// its bookkeeping and address space grow with it.
+// One mapping's length. A mapping's first access translates, and so
+// allocates, all of it below the end of the file (host_mapping.h): the
+// bound keeps what one access allocates within reason.
 inline constexpr uint64_t kFsReplayMaxMapBytes = uint64_t{1} << 30;
 // A mapping id: 1 to this many bytes.
 inline constexpr size_t kFsReplayMaxIdBytes = 64;

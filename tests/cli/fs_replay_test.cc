@@ -129,3 +129,23 @@ TEST_CASE("fs replay --help tells the ops, the result kinds and the exit codes",
   auto top = run_kvmem({"--help"});
   CHECK(top.out.find("The tmpfs file layer without a guest") != std::string::npos);
 }
+
+TEST_CASE("fs replay stops at SIGINT while its script is quiet, after printing what ran", "[cli][fs_replay]") {
+  // The script is a FIFO held open by the shell: the replay waits for more
+  // input until the signal comes, sent once its first result is out.
+  const char* script = R"(dir=$(mktemp -d) && mkfifo "$dir/script" || exit 99
+"$0" fs replay "$dir/script" > "$dir/out" &
+pid=$!
+exec 3> "$dir/script"
+echo '{"op":"list"}' >&3
+printf '{"op":' >&3
+i=0; while [ ! -s "$dir/out" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+kill -INT $pid; wait $pid; rc=$?
+exec 3>&-; cat "$dir/out"; rm -rf "$dir"; exit $rc)";
+  auto r = test::run_command({"/bin/sh", "-c", script, test::kvmem_binary()});
+  CHECK(r.exit_code == 130);
+  CHECK(r.err.find("SIGINT") != std::string::npos);
+  const auto out = results_of(r.out);
+  REQUIRE(out.size() == 1);  // the line cut short by the signal is not run
+  CHECK(out[0]["names"] == json::array());
+}
