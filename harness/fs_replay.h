@@ -23,8 +23,8 @@
 // The script is hostile input: every size it gives is bounded (the limits
 // below), the memory the files hold together is bounded by the MemoryFile's
 // reservation (an operation that would need more fails with ENOMEM, as on a
-// host out of memory), and no line can abort, throw or grow memory without
-// bound. Freed pages are waited back into the pool after each operation
+// host out of memory), and no line can abort (short of a broken invariant
+// of the layer's, a bug), throw, or grow memory without bound. Freed pages are waited back into the pool after each operation
 // that frees, so that a replay's ENOMEMs do not depend on the reclaimer's
 // timing.
 //
@@ -47,10 +47,6 @@
 #include "memory/tmpfs/file_system.h"
 
 namespace kvmem {
-
-namespace tmpfs {
-class HostMapping;
-}
 
 // Bytes one read, write, mread or mwrite may move.
 inline constexpr uint64_t kFsReplayMaxIoBytes = uint64_t{1} << 20;
