@@ -39,7 +39,7 @@ TEST_CASE("fs replay runs the sample script and exits 0 with one result per line
   INFO(r.err);
   CHECK(r.exit_code == 0);
   CHECK(r.err.empty());
-  const auto out = results_of(r.out);
+  auto out = results_of(r.out);
   REQUIRE(out.size() == 24);
   for (size_t i = 0; i < out.size(); i++) {
     CHECK(out[i]["line"] == i + 1);
@@ -57,7 +57,7 @@ TEST_CASE("fs replay exits 2 when a line is malformed, after running every line"
                     "{\"op\":\"stat\",\"name\":\"b\"}\n");
   auto r = run_kvmem({"fs", "replay", script.path()});
   CHECK(r.exit_code == 2);
-  const auto out = results_of(r.out);
+  auto out = results_of(r.out);
   REQUIRE(out.size() == 3);
   CHECK(out[1]["error"] == "line 2: /: missing required key \"length\"");
   CHECK(out[2]["errno"] == "ENOENT");  // a refusal is a result, not an error
@@ -89,7 +89,7 @@ TEST_CASE("fs replay reads stdin when FILE is - or absent", "[cli][fs_replay]") 
     auto r = replay_stdin(script.path(), args);
     INFO(r.err);
     CHECK(r.exit_code == 0);
-    const auto out = results_of(r.out);
+    auto out = results_of(r.out);
     REQUIRE(out.size() == 2);
     CHECK(out[1]["names"] == json({"a"}));
   }
@@ -104,7 +104,7 @@ TEST_CASE("fs replay --memory-limit bounds what the files hold: ENOMEM past it",
                     "{\"op\":\"fallocate\",\"name\":\"a\",\"offset\":0,\"length\":\"8M\"}\n");
   auto r = run_kvmem({"fs", "replay", "--memory-limit", "16M", script.path()});
   CHECK(r.exit_code == 0);
-  const auto out = results_of(r.out);
+  auto out = results_of(r.out);
   REQUIRE(out.size() == 3);
   CHECK(out[1]["errno"] == "ENOMEM");
   CHECK(out[2]["ok"] == true);
@@ -145,7 +145,7 @@ exec 3>&-; cat "$dir/out"; rm -rf "$dir"; exit $rc)";
   auto r = test::run_command({"/bin/sh", "-c", script, test::kvmem_binary()});
   CHECK(r.exit_code == 130);
   CHECK(r.err.find("SIGINT") != std::string::npos);
-  const auto out = results_of(r.out);
+  auto out = results_of(r.out);
   REQUIRE(out.size() == 1);  // the line cut short by the signal is not run
   CHECK(out[0]["names"] == json::array());
 }

@@ -89,7 +89,7 @@ TEST_CASE("every op's success has the documented keys", "[fs_replay]") {
   };
   for (const Case& c : cases) {
     INFO(c.line);
-    const json out = r.one(c.line);
+    json out = r.one(c.line);
     INFO(out.dump());
     CHECK(out["ok"] == true);
     CHECK(keys_of(out) == c.keys);
@@ -99,7 +99,7 @@ TEST_CASE("every op's success has the documented keys", "[fs_replay]") {
 
 TEST_CASE("the values of a small script are what a memfd would give", "[fs_replay]") {
   Replay r;
-  const auto out = r.run(R"({"op":"create","name":"a","allow_seals":true}
+  auto out = r.run(R"({"op":"create","name":"a","allow_seals":true}
 {"op":"write","name":"a","offset":4094,"data_hex":"0102A0B0"}
 {"op":"read","name":"a","offset":4092,"length":16}
 {"op":"stat","name":"a"}
@@ -170,7 +170,7 @@ TEST_CASE("each errno the file layer gives reaches the result by its Linux name"
   };
   for (const Case& c : cases) {
     INFO(c.line);
-    const json out = r.one(c.line);
+    json out = r.one(c.line);
     INFO(out.dump());
     if (!c.err) {
       CHECK(out["ok"] == true);
@@ -211,7 +211,7 @@ TEST_CASE("mapping accesses report the signal a real mmap would raise", "[fs_rep
   };
   for (const Case& c : cases) {
     INFO(c.line);
-    const json out = r.one(c.line);
+    json out = r.one(c.line);
     INFO(out.dump());
     if (!c.signal) {
       CHECK(out["ok"] == true);
@@ -228,7 +228,7 @@ TEST_CASE("mapping accesses report the signal a real mmap would raise", "[fs_rep
 
 TEST_CASE("a mapping outlives its file's name and its data follows truncation", "[fs_replay]") {
   Replay r;
-  const auto out = r.run(R"({"op":"create","name":"a"}
+  auto out = r.run(R"({"op":"create","name":"a"}
 {"op":"write","name":"a","offset":0,"data_hex":"68656c6c6f"}
 {"op":"truncate","name":"a","size":16384}
 {"op":"map","name":"a","id":"m","offset":0,"length":16384,"writable":true}
@@ -285,7 +285,7 @@ TEST_CASE("malformed lines get an error naming the line and the key, and the rep
   };
   for (const Case& c : cases) {
     INFO(c.line.substr(0, 200));
-    const json out = r.one(c.line);
+    json out = r.one(c.line);
     INFO(out.dump().substr(0, 400));
     CHECK(out["ok"] == false);
     CHECK(keys_of(out) == Keys{"error", "line", "ok"});
@@ -299,7 +299,7 @@ TEST_CASE("malformed lines get an error naming the line and the key, and the rep
 
 TEST_CASE("seq is echoed and lines are counted with blank ones, CRLF or no final newline", "[fs_replay]") {
   Replay r;
-  const auto out = r.run("{\"op\":\"create\",\"name\":\"a\",\"seq\":7}\r\n\n  \n{\"op\":\"bogus\",\"seq\":\"x\"}\n"
+  auto out = r.run("{\"op\":\"create\",\"name\":\"a\",\"seq\":7}\r\n\n  \n{\"op\":\"bogus\",\"seq\":\"x\"}\n"
                          "{\"op\":\"list\"}");
   REQUIRE(out.size() == 3);
   CHECK(out[0]["seq"] == 7);
@@ -354,7 +354,7 @@ TEST_CASE("the largest write and read fit in a line and move a MiB", "[fs_replay
                              "{\"op\":\"write\",\"name\":\"a\",\"offset\":0,\"data_hex\":\"" + hex + "\"}\n"
                              "{\"op\":\"read\",\"name\":\"a\",\"offset\":0,\"length\":\"1M\"}\n";
   REQUIRE(script.size() < 2 * kFsReplayMaxLineBytes);
-  const auto out = r.run(script);
+  auto out = r.run(script);
   REQUIRE(out.size() == 3);
   CHECK(out[1]["n"] == kFsReplayMaxIoBytes);
   CHECK(out[2]["data_hex"] == hex);
@@ -380,7 +380,7 @@ TEST_CASE("the number of files and of mappings is bounded", "[fs_replay]") {
 
 TEST_CASE("the memory limit turns a large allocation into ENOMEM and the replay goes on", "[fs_replay]") {
   Replay r(16 * kMiB);
-  const auto out = r.run(R"({"op":"create","name":"a"}
+  auto out = r.run(R"({"op":"create","name":"a"}
 {"op":"fallocate","name":"a","offset":0,"length":"32M"}
 {"op":"truncate","name":"a","size":"1T"}
 {"op":"write","name":"a","offset":"512G","data_hex":"01"}
@@ -394,6 +394,29 @@ TEST_CASE("the memory limit turns a large allocation into ENOMEM and the replay 
   CHECK_FALSE(check_fs_replay_memory(100 * kMiB).has_value());
   CHECK_FALSE(check_fs_replay_memory(8 * kMiB).has_value());
   CHECK_FALSE(check_fs_replay_memory(uint64_t{128} << 30).has_value());
+}
+
+TEST_CASE("a mapping access with no memory left for its page is ENOMEM, not a signal", "[fs_replay]") {
+  Replay r(16 * kMiB);
+  auto out = r.run(R"({"op":"create","name":"b"}
+{"op":"truncate","name":"b","size":"1M"}
+{"op":"map","name":"b","id":"m","offset":0,"length":"1M","writable":true}
+{"op":"create","name":"a"}
+{"op":"fallocate","name":"a","offset":0,"length":"15M"}
+{"op":"fallocate","name":"a","offset":"15M","length":"1M"}
+{"op":"mread","id":"m","offset":0,"length":1}
+{"op":"mwrite","id":"m","offset":0,"data_hex":"00"}
+{"op":"truncate","name":"a","size":0}
+{"op":"mwrite","id":"m","offset":0,"data_hex":"00"}
+)");
+  REQUIRE(out.size() == 10);
+  for (size_t i = 0; i < 6; i++) CHECK(out[i].value("ok", false) == true);
+  for (size_t i : {size_t{6}, size_t{7}}) {
+    INFO(out[i].dump());
+    CHECK(out[i].value("errno", "") == "ENOMEM");
+    CHECK_FALSE(out[i].contains("signal"));
+  }
+  CHECK(out[9].value("ok", false) == true);  // the truncate gave the memory back
 }
 
 TEST_CASE("when a replay ends, every page its files and mappings held is free again", "[fs_replay]") {
