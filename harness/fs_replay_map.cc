@@ -11,9 +11,9 @@
 //     file's size rounded up to a page): SIGBUS. The host mapping reports it
 //     as EFAULT, having copied the bytes of the pages before it, as a real
 //     copy loop would have before its fault;
-//   - the tail of the file's last page, past its size: reads zero, and a
-//     write there succeeds (the kernel keeps those bytes in the page, but a
-//     read() of the file never returns them).
+//   - the tail of the file's last page, past its size: reads zero until
+//     written, and a write there succeeds (the bytes stay in the page, past
+//     what a read() of the file returns at this size).
 #include <vector>
 
 #include "harness/fs_replay.h"
