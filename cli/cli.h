@@ -2,7 +2,7 @@
 // and the one way a JSON report reaches stdout.
 //
 // Each subcommand lives in its own file (run.cc, validate.cc, stress.cc,
-// bench.cc) as a class that adds itself to the CLI::App in its constructor
+// bench.cc, fs.cc) as a class that adds itself to the CLI::App in its constructor
 // and runs when the user chose it; main.cc only parses and dispatches.
 #pragma once
 
@@ -71,5 +71,6 @@ std::unique_ptr<Command> add_run_command(CLI::App& app);
 std::unique_ptr<Command> add_validate_command(CLI::App& app);
 std::unique_ptr<Command> add_stress_command(CLI::App& app);
 std::unique_ptr<Command> add_bench_command(CLI::App& app);
+std::unique_ptr<Command> add_fs_command(CLI::App& app);
 
 }  // namespace kvmem::cli

@@ -40,6 +40,7 @@ int main_impl(int argc, char** argv) {
   commands.push_back(add_validate_command(app));
   commands.push_back(add_stress_command(app));
   commands.push_back(add_bench_command(app));
+  commands.push_back(add_fs_command(app));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
