@@ -3,9 +3,9 @@
 //
 // One Emitter writes one program. Its work is split by concept over two
 // files:
-//   guest/program.cc       build(), the memory steps (fill, touch, verify),
-//                          patterns, loops, print, exit, out, timestamp,
-//                          fault, and fail_with();
+//   guest/program.cc       build(), the memory steps (fill, touch, verify,
+//                          store_word, wait_word), patterns, loops, print,
+//                          exit, out, timestamp, fault, and fail_with();
 //   guest/program_free.cc  the steps that talk to the VMM's devices: free
 //                          and report (both paths), raw hypercalls, and the
 //                          free ring's set-up and waits.
@@ -47,6 +47,8 @@ class Emitter {
   void emit(const Fill& s);
   void emit(const Touch& s);
   void emit(const Verify& s);
+  void emit(const StoreWord& s);
+  void emit(const WaitWord& s);
   void emit(const Loop& s);
   void emit(const Exit& s) { exit(s.code); }
   void emit(const Fault& s);
@@ -66,6 +68,9 @@ class Emitter {
   void range_loop(uint64_t at, uint64_t length, uint64_t stride, Body body);
   // fail(reason, rsi, rdx, r10) with the registers already loaded.
   void fail_with(uint64_t reason);
+  // rax = the TSC; rdx is clobbered. rdtsc runs natively at CPL3 (CR4.TSD
+  // is clear): no exit.
+  void read_tsc();
 
   // program_free.cc
   void call_expecting_zero(uint32_t nr);

@@ -1,6 +1,8 @@
 // build(), and the Emitter's memory and control steps (guest/emitter.h).
 #include "guest/program.h"
 
+#include <cstddef>
+
 #include "guest/abi.h"
 #include "guest/emitter.h"
 #include "guest/layout.h"
@@ -52,11 +54,14 @@ void Emitter::fail_with(uint64_t reason) {
   a_.ud2();
 }
 
-void Emitter::emit(const Timestamp& s) {
-  // rdtsc runs natively at CPL3 (CR4.TSD is clear): no exit.
+void Emitter::read_tsc() {
   a_.rdtsc();
   a_.shl(rdx, 32);
   a_.or_(rax, rdx);
+}
+
+void Emitter::emit(const Timestamp& s) {
+  read_tsc();
   a_.mov(r11, results_.gpa + s.slot * 8);
   a_.mov(qword_ptr(r11), rax);
 }
@@ -176,6 +181,46 @@ void Emitter::emit(const Verify& s) {
   a_.bind(done);
 }
 
+void Emitter::emit(const StoreWord& s) {
+  a_.mov(r8, s.at);
+  a_.mov(rax, s.value);
+  a_.mov(qword_ptr(r8), rax);
+}
+
+// r12 the TSC at the start, r13 the ticks the wait may take, rcx the word
+// read last. The deadline is checked after a read that missed, so the word
+// gets its last look at the deadline, and the failure names what it saw.
+void Emitter::emit(const WaitWord& s) {
+  Label poll = a_.newLabel(), done = a_.newLabel();
+  a_.mov(r8, s.at);
+  a_.mov(r9, s.value);
+  a_.mov(r13, layout::kBootInfoAddr + offsetof(abi::BootInfo, tsc_khz));
+  a_.mov(r13, qword_ptr(r13));
+  a_.mov(r11, s.timeout_ms);
+  a_.imul(r13, r11);  // at most 3.6e6 ms (config/) at any real kHz: far below 2^63
+  read_tsc();
+  a_.mov(r12, rax);
+  a_.bind(poll);
+  a_.mov(rcx, qword_ptr(r8));
+  a_.cmp(rcx, r9);
+  a_.je(done);
+  // The spin-wait hint: it yields the core to a sibling hyperthread, and a
+  // host with pause-loop exiting may give the CPU to a vCPU that has work.
+  a_.pause();
+  read_tsc();
+  a_.sub(rax, r12);
+  // Signed: should the TSC step back a little (another host CPU), the
+  // elapsed time reads as negative, not as 2^64 - a few ticks.
+  a_.cmp(rax, r13);
+  a_.jl(poll);
+  a_.mov(rsi, r8);
+  a_.mov(rdx, r9);
+  a_.mov(r10, rcx);
+  a_.mov(r8, s.timeout_ms);
+  fail_with(abi::kFailWaitTimeout);
+  a_.bind(done);
+}
+
 // The counter lives on the user stack, so loops nest without registers.
 void Emitter::emit(const Loop& s) {
   a_.mov(r11, s.count);
@@ -250,6 +295,7 @@ Result<Image> build(const std::vector<Step>& steps, const Machine& vm) {
   img.base = base;
   img.entry = base;
   img.results = results;
+  img.needs_boot_info = uses_boot_info(steps);
   return img;
 }
 

@@ -122,7 +122,27 @@ struct Timestamp {
   uint64_t slot = 0;
 };
 
-using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp>;
+// Stores the 8-byte word `value` at `at` (8-byte aligned) with one `mov`:
+// a signal for a later wait_word, here or in another VM that shares the
+// page through a file window.
+struct StoreWord {
+  uint64_t at = 0;
+  uint64_t value = 0;
+};
+
+// Reads the word at `at` (8-byte aligned), with a `pause` between reads,
+// until it equals `value`. When `timeout_ms` milliseconds of the guest's
+// TSC pass first, the run fails (abi::kFailWaitTimeout) naming the address,
+// `value`, the last word read and the timeout. The TSC's rate comes from
+// the boot info page (abi::BootInfo).
+struct WaitWord {
+  uint64_t at = 0;
+  uint64_t value = 0;
+  uint64_t timeout_ms = 1000;
+};
+
+using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp,
+                                 StoreWord, WaitWord>;
 
 // One step of a program: exactly one of the ops above.
 struct Step : StepVariant {
@@ -141,7 +161,8 @@ inline constexpr uint64_t kMaxReportRanges = 64;  // ranges in one `report` step
 // answer reads as this (the VMM writes only 0 or a negative errno).
 inline constexpr int64_t kStatusUnanswered = 1;
 
-// The config's name of each op: "print", "fill", ... "timestamp".
+// The config's name of each op: "print", "fill", ... "timestamp",
+// "store_word", "wait_word".
 const char* op_name(const Step& s);
 
 // Names used in configs: "divide-by-zero", "invalid-opcode", "breakpoint",
@@ -154,10 +175,15 @@ inline constexpr int kFaultKinds = static_cast<int>(FaultKind::kSpin) + 1;
 bool uses_free_ring(const std::vector<Step>& steps);
 
 // The guest-physical range holding every address the step's own code reads
-// or writes (fill, touch, verify) or hands back (free); nullopt for the ops
+// or writes (fill, touch, verify, and the one word of store_word and
+// wait_word) or hands back (free); nullopt for the ops
 // that walk no memory of their own (a loop's body is its own steps; a
 // report's ranges are hostile on purpose and checked by the VMM).
 std::optional<GuestRange> memory_walked(const Step& s);
+
+// True when a step of `steps`, or one inside a loop, needs the boot info
+// (abi::BootInfo): a wait_word, which counts TSC ticks at its rate.
+bool uses_boot_info(const std::vector<Step>& steps);
 
 // The last word a touch step touches: at + k * stride for the largest k
 // that stays below at + length. Precondition: the range does not wrap.

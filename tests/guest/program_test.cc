@@ -1,3 +1,5 @@
+#include <algorithm>
+
 #include <catch2/catch.hpp>
 
 #include "guest/abi.h"
@@ -49,4 +51,29 @@ TEST_CASE("long print text is split into console-sized writes", "[guest]") {
   // The text is embedded once, after the code.
   std::string bytes(img->bytes.begin(), img->bytes.end());
   CHECK(bytes.find(std::string(abi::kConsoleMax, 'y')) != std::string::npos);
+}
+
+TEST_CASE("wait_word spins with pause and reads the TSC; store_word makes no hypercall", "[guest][wait]") {
+  auto contains = [](const std::vector<uint8_t>& bytes, std::initializer_list<uint8_t> seq) {
+    return std::search(bytes.begin(), bytes.end(), seq.begin(), seq.end()) != bytes.end();
+  };
+  auto wait = guest::build({guest::WaitWord{0x200000, 7, 100}}, {.ram_bytes = 8 << 20});
+  REQUIRE(wait);
+  CHECK(contains(wait->bytes, {0xf3, 0x90}));  // pause
+  CHECK(contains(wait->bytes, {0x0f, 0x31}));  // rdtsc
+  auto store = guest::build({guest::StoreWord{0x200000, 7}}, {.ram_bytes = 8 << 20});
+  REQUIRE(store);
+  auto empty = guest::build({}, {.ram_bytes = 8 << 20});
+  REQUIRE(empty);
+  // Two movs of immediates and a store ahead of the exit the empty program has.
+  CHECK(store->bytes.size() - empty->bytes.size() < 32);
+  CHECK(std::string(guest::op_name(guest::StoreWord{})) == "store_word");
+  // Only a program that waits asks the VMM for the boot info (a page committed).
+  CHECK(wait->needs_boot_info);
+  CHECK_FALSE(store->needs_boot_info);
+  CHECK_FALSE(empty->needs_boot_info);
+  auto nested = guest::build({guest::Loop{2, {guest::Loop{2, {guest::WaitWord{0x200000, 7, 100}}}}}}, {.ram_bytes = 8 << 20});
+  REQUIRE(nested);
+  CHECK(nested->needs_boot_info);
+  CHECK(guest::memory_walked(guest::WaitWord{0x300000, 1, 1}) == GuestRange(0x300000, 0x300008));
 }
