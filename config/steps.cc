@@ -30,27 +30,48 @@ struct Context {
 
 Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx);
 
+constexpr const char* kPatternForms =
+    "\"zero\", \"address\", {\"seed\": N}, {\"byte\": N} or {\"address\": true}, the last three with an optional "
+    "\"origin\"";
+
+// {"seed": N}, {"byte": N} or {"address": true}, and "origin" (a size,
+// default 0) for the two whose words depend on the address.
+Result<Pattern> pattern_object(const json& j, const Ptr& p) {
+  const int kinds = int{j.contains("seed")} + int{j.contains("byte")} + int{j.contains("address")};
+  if (kinds != 1) return p.fail("expected a pattern: {}", kPatternForms);
+  KVMEM_STEP_TRY(check_keys(j, p, {"seed", "byte", "address", "origin"}));
+  Pattern pat;
+  if (j.contains("seed")) {
+    auto v = size_value(j.at("seed"), p / "seed");
+    if (!v) return std::unexpected(v.error());
+    pat = Pattern{Pattern::Kind::kSeed, *v};
+  } else if (j.contains("byte")) {
+    auto v = size_value(j.at("byte"), p / "byte");
+    if (!v) return std::unexpected(v.error());
+    if (*v > 0xff) return (p / "byte").fail("must be 0..255, found {}", *v);
+    pat = Pattern{Pattern::Kind::kByte, *v};
+  } else {
+    if (j.at("address") != true) return (p / "address").fail("expected true");
+    pat = Pattern{Pattern::Kind::kAddress, 0};
+  }
+  if (j.contains("origin")) {
+    if (pat.kind == Pattern::Kind::kByte)
+      return (p / "origin").fail("a byte pattern is the same at every address: it takes no origin");
+    auto o = size_value(j.at("origin"), p / "origin");
+    if (!o) return std::unexpected(o.error());
+    pat.origin = *o;
+  }
+  return pat;
+}
+
 Result<Pattern> pattern_value(const json& j, const Ptr& p) {
   if (j.is_string()) {
     if (j == "zero") return Pattern{Pattern::Kind::kZero, 0};
     if (j == "address") return Pattern{Pattern::Kind::kAddress, 0};
-    return p.fail("unknown pattern \"{}\" (expected \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}})",
-                  j.get<std::string>());
+    return p.fail("unknown pattern \"{}\" (expected {})", j.get<std::string>(), kPatternForms);
   }
-  if (j.is_object() && j.size() == 1) {
-    if (j.contains("seed")) {
-      auto v = size_value(j.at("seed"), p / "seed");
-      if (!v) return std::unexpected(v.error());
-      return Pattern{Pattern::Kind::kSeed, *v};
-    }
-    if (j.contains("byte")) {
-      auto v = size_value(j.at("byte"), p / "byte");
-      if (!v) return std::unexpected(v.error());
-      if (*v > 0xff) return (p / "byte").fail("must be 0..255, found {}", *v);
-      return Pattern{Pattern::Kind::kByte, *v};
-    }
-  }
-  return p.fail("expected a pattern: \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}}");
+  if (j.is_object()) return pattern_object(j, p);
+  return p.fail("expected a pattern: {}", kPatternForms);
 }
 
 Result<FreeMode> free_mode(const json& j, const Ptr& p) {

@@ -14,6 +14,7 @@
 //   r8  cursor (guest-physical address)   r9  end of the range
 //   rax the pattern word for r8           rcx the word read from memory
 //   r11 scratch                           r12 seed   r13, r14 mix constants
+//   r15 a pattern's origin (loaded only when it is not 0)
 // Hypercall arguments use rdi, rsi, rdx, r10, r8, r9 (guest/abi.h).
 #pragma once
 

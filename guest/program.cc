@@ -83,8 +83,18 @@ void Emitter::print(const std::string& text) {
   }
 }
 
+namespace {
+
+// Whether the pattern's words depend on its origin.
+bool shifted(const Pattern& p) {
+  return p.origin != 0 && (p.kind == Pattern::Kind::kAddress || p.kind == Pattern::Kind::kSeed);
+}
+
+}  // namespace
+
 // Loads what the pattern needs before a loop over r8.
 void Emitter::pattern_setup(const Pattern& p) {
+  if (shifted(p)) a_.mov(r15, p.origin);
   switch (p.kind) {
     case Pattern::Kind::kZero: a_.xor_(eax, eax); break;
     case Pattern::Kind::kByte: a_.mov(rax, p.arg * 0x0101010101010101ull); break;
@@ -102,9 +112,13 @@ void Emitter::pattern_word(const Pattern& p) {
   switch (p.kind) {
     case Pattern::Kind::kZero:
     case Pattern::Kind::kByte: break;
-    case Pattern::Kind::kAddress: a_.mov(rax, r8); break;
+    case Pattern::Kind::kAddress:
+      a_.mov(rax, r8);
+      if (shifted(p)) a_.sub(rax, r15);
+      break;
     case Pattern::Kind::kSeed:
       a_.mov(rax, r8);
+      if (shifted(p)) a_.sub(rax, r15);
       a_.xor_(rax, r12);
       shift_xor();
       a_.imul(rax, r13);

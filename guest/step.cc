@@ -28,20 +28,22 @@ uint64_t seed_mix(uint64_t addr, uint64_t seed) {
 }
 
 uint64_t Pattern::word(uint64_t gpa) const {
+  const uint64_t a = gpa - origin;  // wraps as the guest's `sub` does
   switch (kind) {
     case Kind::kZero: return 0;
-    case Kind::kAddress: return gpa;
-    case Kind::kSeed: return seed_mix(gpa, arg);
+    case Kind::kAddress: return a;
+    case Kind::kSeed: return seed_mix(a, arg);
     case Kind::kByte: return (arg & 0xff) * 0x0101010101010101ull;
   }
   return 0;
 }
 
 std::string Pattern::describe() const {
+  const std::string from = origin ? fmt::format(" from {:#x}", origin) : "";
   switch (kind) {
     case Kind::kZero: return "zero";
-    case Kind::kAddress: return "address";
-    case Kind::kSeed: return fmt::format("seed {}", arg);
+    case Kind::kAddress: return "address" + from;
+    case Kind::kSeed: return fmt::format("seed {}{}", arg, from);
     case Kind::kByte: return fmt::format("byte {:#04x}", arg);
   }
   return "?";

@@ -20,15 +20,23 @@
 namespace kvmem::guest {
 
 // What a word of guest memory should hold, as a function of its address.
+//
+// `origin` is the address that counts as 0: the word at gpa is the one the
+// pattern has at gpa - origin (mod 2^64). A file the host filled with the
+// pattern's words of its offsets, seen through a window at guest-physical
+// W, verifies with origin W: the window's first word is the file's word 0.
 struct Pattern {
   enum class Kind { kZero, kAddress, kSeed, kByte };
   Kind kind = Kind::kZero;
   uint64_t arg = 0;  // the seed, or the byte
+  uint64_t origin = 0;
 
   // The 64-bit word at guest-physical address gpa. The guest computes the
   // same values in its own code; tests and the VMM use this to check it.
   uint64_t word(uint64_t gpa) const;
-  std::string describe() const;  // "zero", "address", "seed 42", "byte 0xab"
+  // "zero", "address", "seed 42", "byte 0xab"; "seed 42 from 0x40000000"
+  // with an origin.
+  std::string describe() const;
 };
 
 // A fixed 64-bit mix (MurmurHash3's finaliser) of addr ^ seed.

@@ -125,3 +125,31 @@ TEST_CASE("store_word and wait_word may not touch the result slots", "[config][w
           "/program/1: wait_word [0x7ff000, 0x7ff008) overlaps [0x7ff000, 0x800000)");
   CHECK(parse_vm_config(program("8M", {ts, {{"op", "store_word"}, {"at", "0x7feff8"}, {"value", 1}}}), "t"));
 }
+
+TEST_CASE("a pattern may name its origin, a size, where its words depend on the address", "[config][origin]") {
+  auto fill = [](json pattern) {
+    return program("8M", {{{"op", "fill"}, {"at", "2M"}, {"length", 8}, {"pattern", std::move(pattern)}}});
+  };
+  auto pattern_of = [&](json pattern) {
+    auto r = parse_vm_config(fill(std::move(pattern)), "t");
+    REQUIRE(r);
+    return r->program[0].as<guest::Fill>().pattern;
+  };
+  const guest::Pattern seed = pattern_of({{"seed", 7}, {"origin", "1G"}});
+  CHECK(seed.kind == guest::Pattern::Kind::kSeed);
+  CHECK(seed.arg == 7);
+  CHECK(seed.origin == 1ull << 30);
+  const guest::Pattern address = pattern_of({{"address", true}, {"origin", "0x200000"}});
+  CHECK(address.kind == guest::Pattern::Kind::kAddress);
+  CHECK(address.origin == 0x200000);
+  CHECK(pattern_of({{"seed", 7}}).origin == 0);
+  CHECK(pattern_of("address").origin == 0);
+  refused(fill({{"byte", 1}, {"origin", "1G"}}),
+          "/program/0/pattern/origin: a byte pattern is the same at every address: it takes no origin");
+  refused(fill({{"address", false}}), "/program/0/pattern/address: expected true");
+  refused(fill({{"seed", 7}, {"origin", -1}}), "/program/0/pattern/origin: must not be negative");
+  refused(fill({{"seed", 7}, {"origin", "1Q"}}), "/program/0/pattern/origin: \"1Q\" is not a size");
+  refused(fill({{"seed", 7}, {"from", 1}}), "/program/0/pattern/from: unknown key");
+  refused(fill({{"origin", "1G"}}), "/program/0/pattern: expected a pattern");
+  refused(fill({{"seed", 7}, {"address", true}}), "/program/0/pattern: expected a pattern");
+}

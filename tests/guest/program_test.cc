@@ -25,6 +25,23 @@ TEST_CASE("pattern words are functions of the address", "[guest]") {
 TEST_CASE("patterns describe themselves", "[guest]") {
   CHECK(Pattern{Pattern::Kind::kSeed, 9}.describe() == "seed 9");
   CHECK(Pattern{Pattern::Kind::kByte, 0xab}.describe() == "byte 0xab");
+  CHECK(Pattern{Pattern::Kind::kSeed, 9, 1ull << 30}.describe() == "seed 9 from 0x40000000");
+  CHECK(Pattern{Pattern::Kind::kAddress, 0, 0x200000}.describe() == "address from 0x200000");
+}
+
+TEST_CASE("a pattern with an origin has at gpa the word it has at gpa - origin", "[guest][origin]") {
+  const uint64_t origin = 1ull << 30;
+  for (uint64_t off : {uint64_t{0}, uint64_t{8}, uint64_t{0x1238}, uint64_t{64} << 20}) {
+    INFO(off);
+    CHECK(Pattern{Pattern::Kind::kSeed, 7, origin}.word(origin + off) == Pattern{Pattern::Kind::kSeed, 7}.word(off));
+    CHECK(Pattern{Pattern::Kind::kAddress, 0, origin}.word(origin + off) == off);
+  }
+  // Below the origin the difference wraps, as the guest's 64-bit `sub` does.
+  CHECK(Pattern{Pattern::Kind::kAddress, 0, origin}.word(origin - 8) == UINT64_MAX - 7);
+  CHECK(Pattern{Pattern::Kind::kSeed, 7, origin}.word(0) == guest::seed_mix(0 - origin, 7));
+  // Constant patterns are the same everywhere, origin or not.
+  CHECK(Pattern{Pattern::Kind::kByte, 0x5a, origin}.word(0x200000) == 0x5a5a5a5a5a5a5a5aull);
+  CHECK(Pattern{Pattern::Kind::kZero, 0, origin}.word(0x200000) == 0);
 }
 
 TEST_CASE("an empty program assembles to an exit at the base address", "[guest]") {
