@@ -1,8 +1,11 @@
 #include "config/steps.h"
 
 #include <algorithm>
+#include <charconv>
 #include <string>
+#include <string_view>
 
+#include "config/vm_config.h"
 #include "guest/abi.h"
 #include "guest/layout.h"
 
@@ -29,6 +32,40 @@ struct Context {
 
 Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx);
 
+constexpr const char* kPatternForms =
+    "\"zero\", \"address\", {\"seed\": N}, {\"byte\": N} or {\"address\": true}, the last three with an optional "
+    "\"origin\"";
+
+// {"seed": N}, {"byte": N} or {"address": true}, and "origin" (a size,
+// default 0) for the two whose words depend on the address.
+Result<Pattern> pattern_object(const json& j, const Ptr& p) {
+  const int kinds = int{j.contains("seed")} + int{j.contains("byte")} + int{j.contains("address")};
+  if (kinds != 1) return p.fail("expected a pattern: {}", kPatternForms);
+  KVMEM_STEP_TRY(check_keys(j, p, {"seed", "byte", "address", "origin"}));
+  Pattern pat;
+  if (j.contains("seed")) {
+    auto v = size_value(j.at("seed"), p / "seed");
+    if (!v) return std::unexpected(v.error());
+    pat = Pattern{Pattern::Kind::kSeed, *v};
+  } else if (j.contains("byte")) {
+    auto v = size_value(j.at("byte"), p / "byte");
+    if (!v) return std::unexpected(v.error());
+    if (*v > 0xff) return (p / "byte").fail("must be 0..255, found {}", *v);
+    pat = Pattern{Pattern::Kind::kByte, *v};
+  } else {
+    if (j.at("address") != true) return (p / "address").fail("expected true");
+    pat = Pattern{Pattern::Kind::kAddress, 0};
+  }
+  if (j.contains("origin")) {
+    if (pat.kind == Pattern::Kind::kByte)
+      return (p / "origin").fail("a byte pattern is the same at every address: it takes no origin");
+    auto o = size_value(j.at("origin"), p / "origin");
+    if (!o) return std::unexpected(o.error());
+    pat.origin = *o;
+  }
+  return pat;
+}
+
 Result<Pattern> pattern_value(const json& j, const Ptr& p) {
   return parse_pattern(j, p);
 }
@@ -39,23 +76,10 @@ Result<Pattern> parse_pattern(const json& j, const Ptr& p) {
   if (j.is_string()) {
     if (j == "zero") return Pattern{Pattern::Kind::kZero, 0};
     if (j == "address") return Pattern{Pattern::Kind::kAddress, 0};
-    return p.fail("unknown pattern \"{}\" (expected \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}})",
-                  j.get<std::string>());
+    return p.fail("unknown pattern \"{}\" (expected {})", j.get<std::string>(), kPatternForms);
   }
-  if (j.is_object() && j.size() == 1) {
-    if (j.contains("seed")) {
-      auto v = size_value(j.at("seed"), p / "seed");
-      if (!v) return std::unexpected(v.error());
-      return Pattern{Pattern::Kind::kSeed, *v};
-    }
-    if (j.contains("byte")) {
-      auto v = size_value(j.at("byte"), p / "byte");
-      if (!v) return std::unexpected(v.error());
-      if (*v > 0xff) return (p / "byte").fail("must be 0..255, found {}", *v);
-      return Pattern{Pattern::Kind::kByte, *v};
-    }
-  }
-  return p.fail("expected a pattern: \"zero\", \"address\", {{\"seed\": N}} or {{\"byte\": N}}");
+  if (j.is_object()) return pattern_object(j, p);
+  return p.fail("expected a pattern: {}", kPatternForms);
 }
 
 namespace {
@@ -321,6 +345,62 @@ Result<Step> parse_out(const json& j, const Ptr& p, Context&) {
   return s;
 }
 
+// A 64-bit word: an integer, or a string of decimal or 0x-hex digits, so a
+// value past 2^53 survives JSON tools that hold numbers as doubles.
+Result<uint64_t> word_value(const json& j, const Ptr& p) {
+  if (j.is_number_unsigned()) return j.get<uint64_t>();
+  if (j.is_number_integer() && j.get<int64_t>() >= 0) return static_cast<uint64_t>(j.get<int64_t>());
+  if (j.is_string()) {
+    std::string_view digits = j.get_ref<const std::string&>();
+    int base = 10;
+    if (digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) {
+      digits.remove_prefix(2);
+      base = 16;
+    }
+    uint64_t v = 0;
+    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
+    if (!digits.empty() && ec == std::errc() && end == digits.data() + digits.size()) return v;
+    if (ec == std::errc::result_out_of_range) return p.fail("\"{}\" does not fit in 64 bits", j.get<std::string>());
+  }
+  return p.fail("expected a 64-bit word: an integer from 0 to 2^64 - 1, or a string such as \"0xfeedf00d\"");
+}
+
+// "at": one aligned word of RAM or of a window, as fill's range would be.
+Status word_at(const json& j, const Ptr& p, const Context& cx, uint64_t* at) {
+  auto a = required_size(j, p, "at");
+  if (!a) return std::unexpected(a.error());
+  *at = *a;
+  return check_range(j, p, cx, *at, 8, 8);
+}
+
+Result<Step> parse_store_word(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "value"}));
+  StoreWord s;
+  KVMEM_STEP_TRY(word_at(j, p, cx, &s.at));
+  if (!j.contains("value")) return p.fail("missing required key \"value\"");
+  auto v = word_value(j.at("value"), p / "value");
+  if (!v) return std::unexpected(v.error());
+  s.value = *v;
+  return s;
+}
+
+Result<Step> parse_wait_word(const json& j, const Ptr& p, Context& cx) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "value", "timeout_ms"}));
+  WaitWord s;
+  KVMEM_STEP_TRY(word_at(j, p, cx, &s.at));
+  if (!j.contains("value")) return p.fail("missing required key \"value\"");
+  auto v = word_value(j.at("value"), p / "value");
+  if (!v) return std::unexpected(v.error());
+  s.value = *v;
+  // No longer than a VM may run: a wait the watchdog would cut short ends
+  // as a timeout of the whole run, not as this step's failure.
+  auto t = required_size(j, p, "timeout_ms");
+  if (!t) return std::unexpected(t.error());
+  if (*t == 0 || *t > kMaxTimeoutMs) return (p / "timeout_ms").fail("must be 1..{}, found {}", kMaxTimeoutMs, *t);
+  s.timeout_ms = *t;
+  return s;
+}
+
 using Parser = Result<Step> (*)(const json&, const Ptr&, Context&);
 struct OpParser {
   const char* name;
@@ -330,6 +410,7 @@ constexpr OpParser kParsers[] = {
     {"print", parse_print},   {"fill", parse_fill},     {"touch", parse_touch},   {"verify", parse_verify},
     {"loop", parse_loop},     {"hypercall", parse_hypercall}, {"exit", parse_exit}, {"fault", parse_fault},
     {"free", parse_free},     {"report", parse_report}, {"out", parse_out},       {"timestamp", parse_timestamp},
+    {"store_word", parse_store_word}, {"wait_word", parse_wait_word},
 };
 static_assert(std::size(kParsers) == std::variant_size_v<StepVariant>, "one parser per op");
 
@@ -342,7 +423,7 @@ Result<Step> parse_step(const json& j, const Ptr& p, Context& cx) {
   for (const OpParser& parser : kParsers)
     if (op == parser.name) return parser.parse(j, p, cx);
   return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, "
-                         "free, report, out or timestamp)",
+                         "free, report, out, timestamp, store_word or wait_word)",
                          op.get<std::string>());
 }
 

@@ -27,8 +27,9 @@ enum Hypercall : uint32_t {
   kHcConsoleWrite = 1,
   // (rdi = exit code) -> does not return. The code is reduced to 0..255.
   kHcExit = 2,
-  // (rdi = reason, rsi = address, rdx = expected, r10 = actual) -> does not
-  // return. The guest found something wrong; the run fails.
+  // (rdi = reason, rsi = address, rdx = expected, r10 = actual, r8 = a
+  // reason's extra value) -> does not return. The guest found something
+  // wrong; the run fails.
   kHcFail = 3,
   // (rdi = vector, rsi = rip, rdx = error code, r10 = cr2) -> does not return.
   // Issued by the ring-0 exception stubs; the run fails.
@@ -101,7 +102,20 @@ enum FailReason : uint64_t {
                              // `address` holds the hypercall number
   kFailReportStatus = 3,     // a reported range (at `address`) got status `actual`,
                              // expected `expected`
+  kFailWaitTimeout = 4,      // a `wait_word` step waited r8 ms for the word at `address`
+                             // to be `expected`; it read `actual` last
 };
+
+// What the VMM tells the program before it starts, at layout::kBootInfoAddr
+// (a page the program may read and not write).
+struct BootInfo {
+  // The rate of the guest's TSC in kHz, never 0: KVM_GET_TSC_KHZ on the
+  // vCPU, or the host's TSC measured against CLOCK_MONOTONIC where KVM
+  // cannot say. `wait_word` steps turn milliseconds into ticks with it.
+  uint64_t tsc_khz;
+  uint64_t reserved[7];
+};
+static_assert(sizeof(BootInfo) == 64);
 
 // The reserved boot area, [0, kBootAreaEnd): the VMM's boot structures, the
 // program and its lists (guest/layout.h places them). Steps in a config may

@@ -14,6 +14,7 @@
 //   [0x10000, 0x40000)  supervisor   page tables
 //   [0x40000, 0x50000)  supervisor   per vCPU: a page with its TSS and its ring-0 stack
 //   [0x50000, 0xc0000)  user, read   the program's code and string data
+//   [0xc0000, 0xc1000)  user, read   the boot info (abi::BootInfo), written by the VMM
 //   [0xd0000, 0xe0000)  user, write  FreeReport lists of `free`/`report` steps
 //   [0xe0000, 0xf0000)  user, write  the free ring of programs that use one
 //   [0xf0000, 0x100000) user, write  per vCPU: a user stack
@@ -59,6 +60,10 @@ static_assert(kVcpuKernelEnd <= 0x50000);
 
 inline constexpr uint64_t kProgramAddr = 0x50000;
 inline constexpr uint64_t kProgramEnd = 0xc0000;
+// abi::BootInfo, at the start of its page.
+inline constexpr uint64_t kBootInfoAddr = 0xc0000;
+inline constexpr uint64_t kBootInfoEnd = 0xc1000;
+static_assert(kBootInfoEnd - kBootInfoAddr >= sizeof(abi::BootInfo));
 inline constexpr uint64_t kReportListAddr = 0xd0000;
 inline constexpr uint64_t kReportListEnd = 0xe0000;
 static_assert(kReportListEnd - kReportListAddr >= abi::kReportMax * sizeof(abi::FreeReport));
@@ -114,6 +119,7 @@ inline constexpr Area kAreas[] = {
     {{kPageTablesAddr, kPageTablesEnd}, Access::kSupervisor, "page tables"},
     {{kVcpuKernelAddr, kVcpuKernelEnd}, Access::kSupervisor, "TSSes and ring-0 stacks"},
     {{kProgramAddr, kProgramEnd}, Access::kUserRead, "program"},
+    {{kBootInfoAddr, kBootInfoEnd}, Access::kUserRead, "boot info"},
     {{kReportListAddr, kReportListEnd}, Access::kUserWrite, "report lists"},
     {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free ring"},
     {{kUserStacksAddr, kUserStacksEnd}, Access::kUserWrite, "user stacks"},

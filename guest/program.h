@@ -33,6 +33,9 @@ struct Image {
   uint64_t base = 0;
   uint64_t entry = 0;
   ResultSlots results;
+  // The VMM must write abi::BootInfo before the program runs. Only programs
+  // that read it ask: every page written at boot is a page committed.
+  bool needs_boot_info = false;
 };
 
 // Assembles steps into code for the program area of `vm`. An implicit

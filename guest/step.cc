@@ -28,20 +28,22 @@ uint64_t seed_mix(uint64_t addr, uint64_t seed) {
 }
 
 uint64_t Pattern::word(uint64_t gpa) const {
+  const uint64_t a = gpa - origin;  // wraps as the guest's `sub` does
   switch (kind) {
     case Kind::kZero: return 0;
-    case Kind::kAddress: return gpa;
-    case Kind::kSeed: return seed_mix(gpa, arg);
+    case Kind::kAddress: return a;
+    case Kind::kSeed: return seed_mix(a, arg);
     case Kind::kByte: return (arg & 0xff) * 0x0101010101010101ull;
   }
   return 0;
 }
 
 std::string Pattern::describe() const {
+  const std::string from = origin ? fmt::format(" from {:#x}", origin) : "";
   switch (kind) {
     case Kind::kZero: return "zero";
-    case Kind::kAddress: return "address";
-    case Kind::kSeed: return fmt::format("seed {}", arg);
+    case Kind::kAddress: return "address" + from;
+    case Kind::kSeed: return fmt::format("seed {}{}", arg, from);
     case Kind::kByte: return fmt::format("byte {:#04x}", arg);
   }
   return "?";
@@ -53,7 +55,9 @@ const char* op_name(const Step& s) {
                                [](const Loop&) { return "loop"; }, [](const Hypercall&) { return "hypercall"; },
                                [](const Exit&) { return "exit"; }, [](const Fault&) { return "fault"; },
                                [](const Free&) { return "free"; }, [](const Report&) { return "report"; },
-                               [](const Out&) { return "out"; }, [](const Timestamp&) { return "timestamp"; }},
+                               [](const Out&) { return "out"; }, [](const Timestamp&) { return "timestamp"; },
+                               [](const StoreWord&) { return "store_word"; },
+                               [](const WaitWord&) { return "wait_word"; }},
                     s);
 }
 
@@ -79,6 +83,13 @@ bool uses_free_ring(const std::vector<Step>& steps) {
   });
 }
 
+bool uses_boot_info(const std::vector<Step>& steps) {
+  return std::any_of(steps.begin(), steps.end(), [](const Step& s) {
+    if (const auto* l = std::get_if<Loop>(&s)) return uses_boot_info(l->body);
+    return s.is<WaitWord>();
+  });
+}
+
 uint64_t last_touched(const Touch& t) { return t.at + (t.length - 1) / t.stride * t.stride; }
 
 std::optional<GuestRange> memory_walked(const Step& s) {
@@ -86,6 +97,8 @@ std::optional<GuestRange> memory_walked(const Step& s) {
   if (const auto* v = std::get_if<Verify>(&s)) return GuestRange(v->at, v->at + v->length);
   if (const auto* t = std::get_if<Touch>(&s)) return GuestRange(t->at, last_touched(*t) + 8);
   if (const auto* fr = std::get_if<Free>(&s)) return GuestRange(fr->at, fr->at + fr->length);
+  if (const auto* st = std::get_if<StoreWord>(&s)) return GuestRange(st->at, st->at + 8);
+  if (const auto* w = std::get_if<WaitWord>(&s)) return GuestRange(w->at, w->at + 8);
   return std::nullopt;
 }
 

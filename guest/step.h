@@ -20,15 +20,23 @@
 namespace kvmem::guest {
 
 // What a word of guest memory should hold, as a function of its address.
+//
+// `origin` is the address that counts as 0: the word at gpa is the one the
+// pattern has at gpa - origin (mod 2^64). A file the host filled with the
+// pattern's words of its offsets, seen through a window at guest-physical
+// W, verifies with origin W: the window's first word is the file's word 0.
 struct Pattern {
   enum class Kind { kZero, kAddress, kSeed, kByte };
   Kind kind = Kind::kZero;
   uint64_t arg = 0;  // the seed, or the byte
+  uint64_t origin = 0;
 
   // The 64-bit word at guest-physical address gpa. The guest computes the
   // same values in its own code; tests and the VMM use this to check it.
   uint64_t word(uint64_t gpa) const;
-  std::string describe() const;  // "zero", "address", "seed 42", "byte 0xab"
+  // "zero", "address", "seed 42", "byte 0xab"; "seed 42 from 0x40000000"
+  // with an origin.
+  std::string describe() const;
 };
 
 // A fixed 64-bit mix (MurmurHash3's finaliser) of addr ^ seed.
@@ -122,7 +130,27 @@ struct Timestamp {
   uint64_t slot = 0;
 };
 
-using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp>;
+// Stores the 8-byte word `value` at `at` (8-byte aligned) with one `mov`:
+// a signal for a later wait_word, here or in another VM that shares the
+// page through a file window.
+struct StoreWord {
+  uint64_t at = 0;
+  uint64_t value = 0;
+};
+
+// Reads the word at `at` (8-byte aligned), with a `pause` between reads,
+// until it equals `value`. When `timeout_ms` milliseconds of the guest's
+// TSC pass first, the run fails (abi::kFailWaitTimeout) naming the address,
+// `value`, the last word read and the timeout. The TSC's rate comes from
+// the boot info page (abi::BootInfo).
+struct WaitWord {
+  uint64_t at = 0;
+  uint64_t value = 0;
+  uint64_t timeout_ms = 1000;
+};
+
+using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp,
+                                 StoreWord, WaitWord>;
 
 // One step of a program: exactly one of the ops above.
 struct Step : StepVariant {
@@ -141,7 +169,8 @@ inline constexpr uint64_t kMaxReportRanges = 64;  // ranges in one `report` step
 // answer reads as this (the VMM writes only 0 or a negative errno).
 inline constexpr int64_t kStatusUnanswered = 1;
 
-// The config's name of each op: "print", "fill", ... "timestamp".
+// The config's name of each op: "print", "fill", ... "timestamp",
+// "store_word", "wait_word".
 const char* op_name(const Step& s);
 
 // Names used in configs: "divide-by-zero", "invalid-opcode", "breakpoint",
@@ -154,10 +183,15 @@ inline constexpr int kFaultKinds = static_cast<int>(FaultKind::kSpin) + 1;
 bool uses_free_ring(const std::vector<Step>& steps);
 
 // The guest-physical range holding every address the step's own code reads
-// or writes (fill, touch, verify) or hands back (free); nullopt for the ops
+// or writes (fill, touch, verify, and the one word of store_word and
+// wait_word) or hands back (free); nullopt for the ops
 // that walk no memory of their own (a loop's body is its own steps; a
 // report's ranges are hostile on purpose and checked by the VMM).
 std::optional<GuestRange> memory_walked(const Step& s);
+
+// True when a step of `steps`, or one inside a loop, needs the boot info
+// (abi::BootInfo): a wait_word, which counts TSC ticks at its rate.
+bool uses_boot_info(const std::vector<Step>& steps);
 
 // The last word a touch step touches: at + k * stride for the largest k
 // that stays below at + length. Precondition: the range does not wrap.

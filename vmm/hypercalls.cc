@@ -33,7 +33,7 @@ HypercallOutcome answer(HypercallStats& stats, int64_t status) {
   return resume(status);
 }
 
-std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint64_t actual) {
+std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint64_t actual, uint64_t extra) {
   switch (reason) {
     case abi::kFailVerify:
       return fmt::format("verify failed at guest-physical {:#x}: expected {:#018x}, read {:#018x}", addr,
@@ -44,6 +44,9 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
     case abi::kFailReportStatus:
       return fmt::format("free report of guest-physical {:#x} got status {}, expected {}", addr,
                          static_cast<int64_t>(actual), static_cast<int64_t>(expected));
+    case abi::kFailWaitTimeout:
+      return fmt::format("wait_word at guest-physical {:#x} for {:#018x} timed out after {} ms: it read {:#018x} last",
+                         addr, expected, extra, actual);
     default:
       return fmt::format("guest reported failure (reason {}) at {:#x}: expected {:#x}, actual {:#x}", reason,
                          addr, expected, actual);
@@ -75,7 +78,7 @@ HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats,
       // As a process's exit status is: only the low 8 bits count.
       return {HypercallOutcome::Action::kExit, 0, regs.rdi & 0xff, {}, FailureKind::kNone};
     case abi::kHcFail:
-      return guest_failed(fail_kind(regs.rdi), fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10));
+      return guest_failed(fail_kind(regs.rdi), fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8));
     case abi::kHcException:
       return guest_failed(FailureKind::kGuest,
               fmt::format("guest exception {} (vector {}) at rip {:#x}: error code {:#x}, cr2 {:#x}",

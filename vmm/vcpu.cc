@@ -3,10 +3,15 @@
 #include "vmm/memory/window.h"
 
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <x86intrin.h>
+
+#include <algorithm>
+#include <cerrno>
 #include <mutex>
 #include <utility>
 
@@ -78,6 +83,22 @@ class Watchdog {
   timer_t timer_;
   bool armed_;
 };
+
+// The host's TSC ticks per millisecond over a 20 ms sleep, measured once.
+uint64_t measured_tsc_khz() {
+  static const uint64_t khz = [] {
+    timespec t0{}, t1{}, nap{0, 20'000'000};
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const uint64_t c0 = __rdtsc();
+    while (nanosleep(&nap, &nap) != 0 && errno == EINTR) {
+    }
+    const uint64_t c1 = __rdtsc();
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    const int64_t ns = (t1.tv_sec - t0.tv_sec) * 1'000'000'000 + (t1.tv_nsec - t0.tv_nsec);
+    return std::max<uint64_t>(1, (c1 - c0) * 1'000'000 / static_cast<uint64_t>(std::max<int64_t>(ns, 1)));
+  }();
+  return khz;
+}
 
 const char* exit_name(uint32_t reason) {
   switch (reason) {
@@ -301,6 +322,11 @@ bool Vcpu::handle_io(const Devices& devices, const kvm_regs& regs, VcpuRun& out)
       return end(out, RunOutcome::kFailed, o.kind, std::move(o.message));
   }
   return end(out, RunOutcome::kFailed, FailureKind::kHost, "unknown hypercall outcome");
+}
+
+uint64_t Vcpu::tsc_khz() const {
+  const int khz = ::ioctl(vcpu_.fd(), KVM_GET_TSC_KHZ, 0);
+  return khz > 0 ? static_cast<uint64_t>(khz) : measured_tsc_khz();
 }
 
 }  // namespace kvmem

@@ -84,6 +84,11 @@ class Vcpu {
 
   unsigned id() const { return id_; }
 
+  // The rate of this vCPU's TSC in kHz, never 0: KVM_GET_TSC_KHZ, or, when
+  // KVM refuses it, the host's TSC measured against CLOCK_MONOTONIC (once
+  // per process, ~20 ms) — what the guest's runs at when KVM does not scale it.
+  uint64_t tsc_khz() const;
+
  private:
   Vcpu(KvmVcpu vcpu, unsigned id, bool sync_regs) : vcpu_(std::move(vcpu)), id_(id), sync_regs_(sync_regs) {}
 

@@ -96,6 +96,11 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   for (unsigned id = 0; id < std::max(config.vcpus, 1u); id++)
     v->vcpus_.push_back(KVMEM_TRY(Vcpu::create(kvm, *v->vm_, id, cpuid ? &*cpuid : nullptr,
                                                guest::user_regs(program.entry))));
+  // The program's wait_word steps turn milliseconds into TSC ticks with this.
+  if (program.needs_boot_info) {
+    const abi::BootInfo info{.tsc_khz = v->vcpus_[0]->tsc_khz(), .reserved = {}};
+    std::memcpy(v->memory_->host(GuestAddr(guest::layout::kBootInfoAddr)), &info, sizeof info);
+  }
   v->free_reports_.emplace(*v->memory_, v->frees_);
   v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()));
   return v;

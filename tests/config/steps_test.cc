@@ -66,3 +66,90 @@ TEST_CASE("a touch whose stride would wrap past 2^64 into the boot area is refus
   REQUIRE(walked);
   CHECK(*walked == GuestRange(0x100000, 0x1c0008));
 }
+
+TEST_CASE("store_word and wait_word name one aligned word, and 64-bit values survive as strings", "[config][wait]") {
+  auto r = parse_vm_config(program("8M", {{{"op", "store_word"}, {"at", "2M"}, {"value", "0xfeedf00dcafe0001"}},
+                                          {{"op", "wait_word"}, {"at", "0x200008"}, {"value", 18446744073709551615u},
+                                           {"timeout_ms", 250}},
+                                          {{"op", "wait_word"}, {"at", "2M"}, {"value", "12"}, {"timeout_ms", 3600000}}}),
+                           "t");
+  REQUIRE(r);
+  const auto& store = r->program[0].as<guest::StoreWord>();
+  CHECK(store.at == 0x200000);
+  CHECK(store.value == 0xfeedf00dcafe0001ull);
+  const auto& wait = r->program[1].as<guest::WaitWord>();
+  CHECK(wait.at == 0x200008);
+  CHECK(wait.value == UINT64_MAX);
+  CHECK(wait.timeout_ms == 250);
+  CHECK(r->program[2].as<guest::WaitWord>().value == 12);
+  CHECK(guest::memory_walked(r->program[0]) == GuestRange(0x200000, 0x200008));
+  CHECK(guest::memory_walked(r->program[1]) == GuestRange(0x200008, 0x200010));
+  CHECK(std::string(guest::op_name(r->program[0])) == "store_word");
+  CHECK(std::string(guest::op_name(r->program[1])) == "wait_word");
+}
+
+TEST_CASE("store_word and wait_word are refused with the pointer of the bad value", "[config][wait]") {
+  const json store = {{"op", "store_word"}, {"at", "2M"}, {"value", 1}};
+  const json wait = {{"op", "wait_word"}, {"at", "2M"}, {"value", 1}, {"timeout_ms", 10}};
+  auto with = [](json step, const char* key, json value) {
+    if (value.is_null()) step.erase(key);
+    else step[key] = std::move(value);
+    return program("8M", {std::move(step)});
+  };
+  for (const json& step : {store, wait}) {
+    INFO(step.dump());
+    refused(with(step, "at", "0x200004"), "/program/0/at: 0x200004 is not a multiple of 8");
+    refused(with(step, "at", "0x80000"), "/program/0/at: 0x80000 lies in the reserved boot area");
+    refused(with(step, "at", "0x7ffffc"), "/program/0/at: 0x7ffffc is not a multiple of 8");
+    refused(with(step, "at", "8M"), "/program/0/at: the range at 0x800000 of 0x8 bytes runs past the end of RAM");
+    refused(with(step, "at", nullptr), "/program/0: missing required key \"at\"");
+    refused(with(step, "value", nullptr), "/program/0: missing required key \"value\"");
+    refused(with(step, "value", -1), "/program/0/value: expected a 64-bit word");
+    refused(with(step, "value", 1.5), "/program/0/value: expected a 64-bit word");
+    refused(with(step, "value", "4K"), "/program/0/value: expected a 64-bit word");
+    refused(with(step, "value", "0x"), "/program/0/value: expected a 64-bit word");
+    refused(with(step, "value", "0x10000000000000000"), "/program/0/value: \"0x10000000000000000\" does not fit in 64 bits");
+    refused(with(step, "extra", 1), "/program/0/extra: unknown key");
+  }
+  refused(with(wait, "timeout_ms", 0), "/program/0/timeout_ms: must be 1..3600000, found 0");
+  refused(with(wait, "timeout_ms", kMaxTimeoutMs + 1), "/program/0/timeout_ms: must be 1..3600000, found 3600001");
+  refused(with(wait, "timeout_ms", nullptr), "/program/0: missing required key \"timeout_ms\"");
+  refused(with(store, "timeout_ms", 10), "/program/0/timeout_ms: unknown key");
+}
+
+TEST_CASE("store_word and wait_word may not touch the result slots", "[config][wait][results]") {
+  const json ts = {{"op", "timestamp"}, {"slot", 0}};
+  refused(program("8M", {ts, {{"op", "store_word"}, {"at", "0x7ffff8"}, {"value", 1}}}),
+          "/program/1: store_word [0x7ffff8, 0x800000) overlaps [0x7ff000, 0x800000)");
+  refused(program("8M", {ts, {{"op", "wait_word"}, {"at", "0x7ff000"}, {"value", 1}, {"timeout_ms", 1}}}),
+          "/program/1: wait_word [0x7ff000, 0x7ff008) overlaps [0x7ff000, 0x800000)");
+  CHECK(parse_vm_config(program("8M", {ts, {{"op", "store_word"}, {"at", "0x7feff8"}, {"value", 1}}}), "t"));
+}
+
+TEST_CASE("a pattern may name its origin, a size, where its words depend on the address", "[config][origin]") {
+  auto fill = [](json pattern) {
+    return program("8M", {{{"op", "fill"}, {"at", "2M"}, {"length", 8}, {"pattern", std::move(pattern)}}});
+  };
+  auto pattern_of = [&](json pattern) {
+    auto r = parse_vm_config(fill(std::move(pattern)), "t");
+    REQUIRE(r);
+    return r->program[0].as<guest::Fill>().pattern;
+  };
+  const guest::Pattern seed = pattern_of({{"seed", 7}, {"origin", "1G"}});
+  CHECK(seed.kind == guest::Pattern::Kind::kSeed);
+  CHECK(seed.arg == 7);
+  CHECK(seed.origin == 1ull << 30);
+  const guest::Pattern address = pattern_of({{"address", true}, {"origin", "0x200000"}});
+  CHECK(address.kind == guest::Pattern::Kind::kAddress);
+  CHECK(address.origin == 0x200000);
+  CHECK(pattern_of({{"seed", 7}}).origin == 0);
+  CHECK(pattern_of("address").origin == 0);
+  refused(fill({{"byte", 1}, {"origin", "1G"}}),
+          "/program/0/pattern/origin: a byte pattern is the same at every address: it takes no origin");
+  refused(fill({{"address", false}}), "/program/0/pattern/address: expected true");
+  refused(fill({{"seed", 7}, {"origin", -1}}), "/program/0/pattern/origin: must not be negative");
+  refused(fill({{"seed", 7}, {"origin", "1Q"}}), "/program/0/pattern/origin: \"1Q\" is not a size");
+  refused(fill({{"seed", 7}, {"from", 1}}), "/program/0/pattern/from: unknown key");
+  refused(fill({{"origin", "1G"}}), "/program/0/pattern: expected a pattern");
+  refused(fill({{"seed", 7}, {"address", true}}), "/program/0/pattern: expected a pattern");
+}

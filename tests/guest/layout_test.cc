@@ -24,6 +24,15 @@ TEST_CASE("the boot area's pieces are whole pages inside it and do not overlap",
   CHECK(layout::access_at(layout::kIdtAddr) == layout::Access::kSupervisor);
   CHECK(layout::access_at(layout::kProgramAddr) == layout::Access::kUserRead);
   CHECK(layout::access_at(layout::kFreeRingAddr) == layout::Access::kUserWrite);
+  CHECK(layout::access_at(layout::kBootInfoAddr) == layout::Access::kUserRead);
+}
+
+TEST_CASE("the boot info page is mapped for the program to read and not to write", "[guest][layout][wait]") {
+  std::vector<uint8_t> ram(abi::kBootAreaEnd);
+  REQUIRE(guest::write_boot_area(ram, 8 << 20, guest::PageSize::k2M, 1));
+  uint64_t pte;
+  std::memcpy(&pte, ram.data() + layout::kLowPtAddr + (layout::kBootInfoAddr >> 12) * 8, 8);
+  CHECK(pte == (layout::kBootInfoAddr | 0x1 | 0x4));  // present, user, not writable
 }
 
 TEST_CASE("every vCPU the layout has room for gets its own TSS, ring-0 stack and user stack", "[guest][layout]") {

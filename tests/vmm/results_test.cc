@@ -104,7 +104,7 @@ TEST_CASE("configs/steps.json runs every op a successful guest can, and exits 0"
   collect(config.at("program"));
   // Every op but `fault`, which always ends a run with a failure.
   CHECK(ops == std::set<std::string>{"print", "fill", "touch", "verify", "loop", "hypercall", "exit", "free",
-                                     "report", "out", "timestamp"});
+                                     "report", "out", "timestamp", "store_word", "wait_word"});
   auto run = test::run_guest(config);
   REQUIRE(run.setup_error == "");
   INFO(run.result.message);

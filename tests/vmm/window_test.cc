@@ -2,6 +2,7 @@
 // host sees, read-only windows and seals, a truncate under a running guest's
 // window, and free reports over a window.
 #include <atomic>
+#include <chrono>
 #include <cstring>
 #include <thread>
 
@@ -252,4 +253,56 @@ TEST_CASE("a host that truncates and grows a file while a guest reads its window
     CHECK(g.start >= kAt);
     CHECK(g.end <= kAt + (2 << 20));
   }
+}
+
+namespace {
+
+json store(uint64_t at, uint64_t v) { return {{"op", "store_word"}, {"at", at}, {"value", v}}; }
+json wait(uint64_t at, uint64_t v) { return {{"op", "wait_word"}, {"at", at}, {"value", v}, {"timeout_ms", 8000}}; }
+
+}  // namespace
+
+TEST_CASE("two VMs pass a token back and forth through a shared window, and the host reads where they left it",
+          "[kvm][windows]") {
+  REQUIRE_KVM();
+  constexpr uint64_t kPing = kAt, kPong = kAt + 64, kRounds = 500;
+  auto vm = [&](const char* name, json program) {
+    return json{{"name", name}, {"memory", "16M"}, {"timeout_ms", 20000},
+                {"windows", {{{"file", "box"}, {"at", "1G"}, {"length", "4K"}}}}, {"program", std::move(program)}};
+  };
+  json ping = {{{"op", "loop"}, {"count", kRounds}, {"body", {store(kPing, 1), wait(kPong, 1), store(kPing, 2), wait(kPong, 2)}}},
+               store(kAt + 128, 0xa11ce)};
+  json pong = {{{"op", "loop"}, {"count", kRounds}, {"body", {wait(kPing, 1), store(kPong, 1), wait(kPing, 2), store(kPong, 2)}}},
+               store(kAt + 136, 0xb0b)};
+  Prepared p = prepare({{"files", {box("4K")}}, {"vms", {vm("ping", ping), vm("pong", pong)}}});
+  RunOptions o;
+  o.files = p.fs.get();
+  RunTotals t = run_vms(*p.kvm, *p.file, p.config.vms, p.images, nullptr, o);
+  INFO(t.vms[0].result.message << " / " << t.vms[1].result.message);
+  REQUIRE(t.exit_code() == 0);
+  auto f = p.open("box");
+  CHECK(word_of(*f, 0) == 2);
+  CHECK(word_of(*f, 64) == 2);
+  CHECK(word_of(*f, 128) == 0xa11ce);
+  CHECK(word_of(*f, 136) == 0xb0b);
+  REQUIRE(t.files.size() == 1);
+  CHECK(t.files[0].allocated_bytes == 4096);
+}
+
+TEST_CASE("a word the host writes into a running guest's window is what the guest waits for", "[kvm][windows]") {
+  REQUIRE_KVM();
+  Prepared p = prepare(one_vm(box("4K"), window(true, "4K"), {wait(kAt, 0x600d), store(kAt + 8, 0xac4)}));
+  auto vm = p.create();
+  auto f = p.open("box");
+  std::thread host([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));  // the guest is waiting by now (or soon)
+    const uint64_t v = 0x600d;
+    (void)f->write(0, std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(&v), 8));
+  });
+  RunResult r = vm->run(nullptr);
+  host.join();
+  INFO(r.message);
+  REQUIRE(r.outcome == RunOutcome::kExited);
+  CHECK(r.guest_exit_code == 0);
+  CHECK(word_of(*f, 8) == 0xac4);
 }
