@@ -21,9 +21,13 @@ double mib(uint64_t b) { return static_cast<double>(b) / (1 << 20); }
 // The pages a program holds, as a set of guest ranges with their total.
 class Touched {
  public:
+  // Only [0, ram) counts: what lies above is a window onto a shared file,
+  // whose pages the run's files hold once, whichever VMs touch them.
+  explicit Touched(uint64_t ram) : ram_(ram) {}
   void add(uint64_t at, uint64_t length) {
     auto r = pages(at, length);
-    if (!r) return;
+    if (!r || r->start >= ram_) return;
+    if (r->end > ram_) r->end = ram_;
     drop(*r);
     set_.add(*r, Empty{});
     bytes_ += r->length();
@@ -51,6 +55,7 @@ class Touched {
     set_.remove_range(r);
   }
   SegmentSet<GuestRange, Empty> set_;
+  uint64_t ram_;
   uint64_t bytes_ = 0, peak_ = 0;
 };
 
@@ -62,6 +67,10 @@ bool simulate(const std::vector<Step>& steps, Touched* t) {
       t->add(f->at, f->length);
     } else if (const auto* v = std::get_if<guest::Verify>(&s)) {
       t->add(v->at, v->length);
+    } else if (const auto* sw = std::get_if<guest::StoreWord>(&s)) {
+      t->add(sw->at, 8);
+    } else if (const auto* ww = std::get_if<guest::WaitWord>(&s)) {
+      t->add(ww->at, 8);
     } else if (const auto* tc = std::get_if<guest::Touch>(&s)) {
       if (tc->stride <= kPageSize) {
         t->add(tc->at, tc->length);
@@ -100,8 +109,8 @@ uint64_t keep_under(const CgroupMemoryBound& bound) {
   return bound.bytes > headroom ? bound.bytes - headroom : 0;
 }
 
-uint64_t program_peak_bytes(const std::vector<guest::Step>& program) {
-  Touched t;
+uint64_t program_peak_bytes(const std::vector<guest::Step>& program, uint64_t ram) {
+  Touched t(ram);
   (void)simulate(program, &t);
   return t.peak();
 }
@@ -111,7 +120,7 @@ uint64_t kvm_slot_bytes(uint64_t ram_bytes) { return tdp_mmu_off() ? ram_bytes /
 MemoryEstimate estimate_run(const std::vector<VmConfig>& vms) {
   MemoryEstimate e;
   for (const VmConfig& vm : vms) {
-    e.guest_bytes += program_peak_bytes(vm.program);
+    e.guest_bytes += program_peak_bytes(vm.program, vm.memory);
     e.kvm_bytes += kvm_slot_bytes(vm.memory);
   }
   return e;

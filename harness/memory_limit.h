@@ -57,8 +57,9 @@ struct MemoryEstimate {
 // simulation stops at the first step whose memory effect it cannot know (a
 // raw hypercall, an exit, a fault), and runs a loop's body once: a lower
 // bound either way, since what it simulates is a prefix of the real run.
-// The boot area is not counted (a few pages).
-uint64_t program_peak_bytes(const std::vector<guest::Step>& program);
+// The boot area is not counted (a few pages), nor what lies at or above
+// `ram` (windows: their pages are the shared files', held once per run).
+uint64_t program_peak_bytes(const std::vector<guest::Step>& program, uint64_t ram = UINT64_MAX);
 
 // Kernel memory KVM allocates when a slot of `ram_bytes` is registered,
 // at least. Without the TDP MMU (shadow paging: PVM here, or tdp_mmu=N on

@@ -203,3 +203,10 @@ TEST_CASE("run_vms reports the limit it kept under and every VM when one is stop
   CHECK(j["memory"]["limit"] == cg.bound().describe());
   CHECK(j["vms"][0]["failure"] == "memory_limit");
 }
+
+TEST_CASE("a program's peak counts its words in RAM and not what it writes in a window above", "[limits][windows]") {
+  std::vector<guest::Step> p = {guest::Fill{2ull << 20, 4ull << 20, {}}, guest::StoreWord{8ull << 20, 1},
+                                guest::WaitWord{8ull << 20, 1, 10}, guest::Fill{1ull << 30, 2ull << 20, {}}};
+  CHECK(program_peak_bytes(p, 16ull << 20) == (4ull << 20) + 4096);
+  CHECK(program_peak_bytes(p) == (6ull << 20) + 4096);  // with no RAM bound, everything counts
+}
