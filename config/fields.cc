@@ -1,5 +1,7 @@
 #include "config/fields.h"
 
+#include <charconv>
+
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -89,6 +91,17 @@ Error library_error(const json::exception& e) {
   }
   return Error{0, fmt::format("the JSON library refused the config: {}", reason)};
 }
+std::errc parse_unsigned(std::string_view s, uint64_t* out) {
+  int base = 10;
+  if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+    s.remove_prefix(2);
+    base = 16;
+  }
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), *out, base);
+  if (s.empty() || end != s.data() + s.size()) return std::errc::invalid_argument;
+  return ec;
+}
+
 Status check_keys(const json& j, const Ptr& p, std::initializer_list<const char*> allowed) {
   if (!j.is_object()) return p.fail("expected an object, found {}", j.type_name());
   for (auto it = j.begin(); it != j.end(); ++it) {

@@ -11,6 +11,7 @@
 #include <initializer_list>
 #include <string>
 #include <string_view>
+#include <system_error>
 
 #include <nlohmann/json.hpp>
 
@@ -42,6 +43,11 @@ class Ptr {
   explicit Ptr(std::string p) : path_(std::move(p)) {}
   std::string path_;
 };
+
+// All of s as an unsigned number: decimal digits, or 0x/0X and hex digits.
+// std::errc() and *out set; errc::invalid_argument when s is anything else
+// (empty included); errc::result_out_of_range when it passes 64 bits.
+std::errc parse_unsigned(std::string_view s, uint64_t* out);
 
 // j must be an object whose keys are all in `allowed`.
 Status check_keys(const json& j, const Ptr& p, std::initializer_list<const char*> allowed);

@@ -351,15 +351,9 @@ Result<uint64_t> word_value(const json& j, const Ptr& p) {
   if (j.is_number_unsigned()) return j.get<uint64_t>();
   if (j.is_number_integer() && j.get<int64_t>() >= 0) return static_cast<uint64_t>(j.get<int64_t>());
   if (j.is_string()) {
-    std::string_view digits = j.get_ref<const std::string&>();
-    int base = 10;
-    if (digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) {
-      digits.remove_prefix(2);
-      base = 16;
-    }
     uint64_t v = 0;
-    auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
-    if (!digits.empty() && ec == std::errc() && end == digits.data() + digits.size()) return v;
+    const std::errc ec = parse_unsigned(j.get_ref<const std::string&>(), &v);
+    if (ec == std::errc()) return v;
     if (ec == std::errc::result_out_of_range) return p.fail("\"{}\" does not fit in 64 bits", j.get<std::string>());
   }
   return p.fail("expected a 64-bit word: an integer from 0 to 2^64 - 1, or a string such as \"0xfeedf00d\"");

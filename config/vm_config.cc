@@ -39,14 +39,9 @@ Result<uint64_t> parse_size_string(std::string_view s) {
     }
     if (mult != 1) digits.remove_suffix(1);
   }
-  int base = 10;
-  if (digits.size() > 2 && digits[0] == '0' && (digits[1] == 'x' || digits[1] == 'X')) {
-    digits.remove_prefix(2);
-    base = 16;
-  }
   uint64_t v = 0;
-  auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), v, base);
-  if (digits.empty() || ec == std::errc::invalid_argument || end != digits.data() + digits.size())
+  const std::errc ec = json_fields::parse_unsigned(digits, &v);
+  if (ec == std::errc::invalid_argument)
     return fail("\"{}\" is not a size (use an integer, or a string like \"64M\" or \"0x200000\")", s);
   if (ec == std::errc::result_out_of_range || v > UINT64_MAX / mult)
     return fail("\"{}\" overflows 64 bits", s);
