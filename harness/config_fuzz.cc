@@ -5,10 +5,12 @@
 // anything else is parsed as a run config and every VM's program assembled,
 // as the CLI's prepare() does. Every input must end in a value or an Error
 // whose message can be reported (validate --json prints it), never in an
-// exception, an abort or a sanitizer report.
+// exception, an abort or a sanitizer report. An accepted config's files and
+// windows must keep the rules docs/config.md gives them.
 //
 // It lives in harness/, not config/, because stress VMs are made by
 // make_stress_vm (harness/stress.h): a file may not include from above.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 
@@ -19,9 +21,12 @@
 #include "config/stress_config.h"
 #include "config/vm_config.h"
 #include "guest/abi.h"
+#include "guest/boot.h"
 #include "guest/layout.h"
 #include "guest/program.h"
 #include "harness/stress.h"
+#include "memory/tmpfs/file_system.h"
+#include "memory/tmpfs/regular_file.h"
 
 namespace kvmem::fuzz {
 namespace {
@@ -35,12 +40,13 @@ void check_reportable(const Error& e) {
 }
 
 // The contract of an accepted config: every word a step will write or read
-// lies in RAM above the boot area, not only its first and last. The guest
-// walks a range as `for (a = at; a < at + length; a += stride)` in 64-bit
-// registers, so a stride that carries past 2^64 lands below `at`.
-void check_stays_in_ram(const std::vector<guest::Step>& program, uint64_t memory) {
+// lies in RAM above the boot area, or wholly in one of the VM's windows, not
+// only its first and last. The guest walks a range as
+// `for (a = at; a < at + length; a += stride)` in 64-bit registers, so a
+// stride that carries past 2^64 lands below `at`.
+void check_stays_in_bounds(const std::vector<guest::Step>& program, const VmConfig& vm) {
   for (const guest::Step& s : program) {
-    if (const auto* l = std::get_if<guest::Loop>(&s)) check_stays_in_ram(l->body, memory);
+    if (const auto* l = std::get_if<guest::Loop>(&s)) check_stays_in_bounds(l->body, vm);
     uint64_t at = 0, length = 0, step = 8;
     if (const auto* f = std::get_if<guest::Fill>(&s)) {
       at = f->at, length = f->length;
@@ -55,14 +61,52 @@ void check_stays_in_ram(const std::vector<guest::Step>& program, uint64_t memory
     } else {
       continue;
     }
-    KVMEM_CHECK(at >= abi::kBootAreaEnd && length > 0 && at <= memory && length <= memory - at,
-                "a step on [{:#x}, +{:#x}) in {:#x} bytes of RAM", at, length, memory);
+    const uint64_t memory = vm.memory;
+    const bool in_ram = at >= abi::kBootAreaEnd && length > 0 && at <= memory && length <= memory - at;
+    const bool in_window = std::any_of(vm.windows.begin(), vm.windows.end(), [&](const WindowConfig& w) {
+      return length > 0 && at >= w.at && at < w.at + w.length && length <= w.at + w.length - at;
+    });
+    KVMEM_CHECK(in_ram || in_window, "a step on [{:#x}, +{:#x}) in {:#x} bytes of RAM and {} windows", at, length,
+                memory, vm.windows.size());
     KVMEM_CHECK(step > 0, "a step of 0 bytes");
     const uint64_t end = at + length;
     const uint64_t last = at + (length - 1) / step * step;
     const uint64_t next = last + step;
     KVMEM_CHECK(next > last || next >= end, "after [{:#x}, +{:#x}) every {:#x} the guest goes on at {:#x}", at,
                 length, step, next);
+  }
+}
+
+// The rules of docs/config.md, "Shared files and windows": names differ and
+// are the layer's, sizes add up to at most kMaxFileBytes; a VM's windows are
+// sorted, disjoint, page-aligned, above its RAM and below the page tables'
+// reach, each onto a file of the config.
+void check_files_and_windows(const RunConfig& c) {
+  constexpr uint32_t kAllSeals =
+      tmpfs::kSealSeal | tmpfs::kSealShrink | tmpfs::kSealGrow | tmpfs::kSealWrite | tmpfs::kSealFutureWrite;
+  KVMEM_CHECK(c.files.size() <= kMaxFiles, "{} files", c.files.size());
+  uint64_t total = 0;
+  for (size_t i = 0; i < c.files.size(); i++) {
+    const FileConfig& f = c.files[i];
+    KVMEM_CHECK(!f.name.empty() && f.name.size() <= tmpfs::kMaxNameLength, "a file named \"{}\"", f.name);
+    for (size_t k = 0; k < i; k++) KVMEM_CHECK(c.files[k].name != f.name, "two files named \"{}\"", f.name);
+    KVMEM_CHECK(f.size <= kMaxFileBytes - total, "files of {:#x} bytes and more", total);
+    total += f.size;
+    KVMEM_CHECK((f.seals & ~kAllSeals) == 0, "file \"{}\" has seals {:#x}", f.name, f.seals);
+  }
+  for (const VmConfig& vm : c.vms) {
+    KVMEM_CHECK(vm.windows.size() <= kMaxWindows, "{} windows", vm.windows.size());
+    uint64_t previous_end = vm.memory;
+    for (const WindowConfig& w : vm.windows) {
+      KVMEM_CHECK(w.at % kPageSize == 0 && w.offset % kPageSize == 0 && w.length % kPageSize == 0 && w.length > 0,
+                  "window {} at file offset {:#x}", w.guest(), w.offset);
+      KVMEM_CHECK(w.at >= previous_end && w.at <= guest::kMaxGuestPhysical &&
+                      w.length <= guest::kMaxGuestPhysical - w.at,
+                  "window {} of a VM with {:#x} bytes of RAM, after {:#x}", w.guest(), vm.memory, previous_end);
+      KVMEM_CHECK(std::any_of(c.files.begin(), c.files.end(), [&](const FileConfig& f) { return f.name == w.file; }),
+                  "a window onto \"{}\", which is not a file of the config", w.file);
+      previous_end = w.at + w.length;
+    }
   }
 }
 
@@ -79,7 +123,7 @@ void stress(const json& j) {
   const uint64_t seed = c->seed ? c->seed : 1;
   for (uint64_t i : {uint64_t{0}, c->vms_per_round - 1}) {
     const VmConfig vm = make_stress_vm(*c, seed, 0, i).config;
-    check_stays_in_ram(vm.program, vm.memory);
+    check_stays_in_bounds(vm.program, vm);
     check_assembles(vm.program, vm.memory);
   }
 }
@@ -88,9 +132,10 @@ void run(const json& j) {
   auto c = parse_run_config(j, "fuzz");
   if (!c) return check_reportable(c.error());
   KVMEM_CHECK(!c->vms.empty() && c->vms.size() <= kMaxVms, "{} VMs", c->vms.size());
+  check_files_and_windows(*c);
   for (const VmConfig& vm : c->vms) {
     (void)json{{"name", vm.name}}.dump();  // validate --json names every VM
-    check_stays_in_ram(vm.program, vm.memory);
+    check_stays_in_bounds(vm.program, vm);
     check_assembles(vm.program, vm.memory);
   }
 }

@@ -174,12 +174,68 @@ def config_seeds():
     s["stress-bad"] = {"stress": {"rounds": 0, "duration_s": 0, "vm_memory": "3M", "seed": -1, "inject_corruption": 1}}
     s["stress-corruption"] = {"stress": {"rounds": 2, "seed": 18446744073709551615, "vm_memory": "8M",
                                          "region_min": "2M", "region_max": "6M", "inject_corruption": True}}
+    s.update(window_seeds(vm))
     out = {k: json.dumps(v).encode() for k, v in s.items()}
     out["not-json"] = b'{"name": "x", "memory": 16M}'
     out["invalid-utf8"] = b'{"name": "\xff\xfe", "memory": "16M", "program": []}'
     out["deep-arrays"] = b"[" * 5000 + b"]" * 5000
     out["duplicate-keys"] = b'{"name": "a", "name": "b", "memory": "16M", "program": [{"op": "exit"}]}'
     return out
+
+
+# --- config: shared files and windows (docs/config.md) ----------------------
+
+def window_seeds(vm):
+    """Files and windows that parse, and near misses of each rule."""
+    box = {"name": "box", "size": "2M", "pattern": {"seed": 7}, "seals": ["shrink", "grow"]}
+    win = {"file": "box", "at": "1G", "length": "2M"}
+    in_win = [{"op": "fill", "at": "1G", "length": "4K", "pattern": "address"},
+              {"op": "verify", "at": "0x40001000", "length": "8", "pattern": {"byte": 0}},
+              {"op": "touch", "at": "1G", "length": "2M", "stride": "64K", "write": False}]
+    s = {}
+    s["windows-valid"] = dict(vm(in_win, windows=[win, {"file": "box", "at": "2G", "offset": "1M", "length": "1M",
+                                                        "writable": False}]), files=[box])
+    s["windows-many-vms"] = {"files": [box, {"name": "a.b_c-9", "size": 0}, {"name": "sealed", "size": "4K",
+                                                                            "seals": ["seal", "write", "future_write"]}],
+                             "vms": [vm(in_win, name="a", windows=[win]),
+                                     vm([], name="b", windows=[dict(win, writable=False), {"file": "sealed", "at": "3G",
+                                                                                          "length": "1G"}])]}
+    s["windows-overlapping"] = dict(vm([], windows=[win, dict(win, at="0x40100000")]), files=[box])
+    s["windows-same-at"] = dict(vm([], windows=[win, win]), files=[box])
+    s["window-in-ram"] = dict(vm([], windows=[dict(win, at="8M")]), files=[box])
+    s["window-at-ram-end"] = dict(vm([{"op": "fill", "at": "16M", "length": "4K", "pattern": "zero"}],
+                                     windows=[dict(win, at="16M")]), files=[box])
+    s["window-past-page-tables"] = dict(vm([], windows=[dict(win, at="0x7fffff000", length="8K")]), files=[box])
+    s["window-wrapping"] = dict(vm([], windows=[dict(win, at="0xfffffffffffff000", length="8K")]), files=[box])
+    s["window-unaligned"] = dict(vm([], windows=[dict(win, at="0x40000800", offset="100", length="100")]),
+                                 files=[box])
+    s["window-offset-huge"] = dict(vm([], windows=[dict(win, offset="0x7ffffffffffff000")]), files=[box])
+    s["window-unknown-file"] = dict(vm([], windows=[dict(win, file="nope")]), files=[box])
+    s["window-no-files"] = vm([], windows=[win])
+    s["window-bad-keys"] = dict(vm([], windows=[{"file": 7, "at": -1, "length": "2M", "writable": "yes",
+                                                 "size": "4K"}]), files=[box])
+    s["windows-too-many"] = dict(vm([], windows=[dict(win, at=(1 << 30) + i * 0x200000) for i in range(17)]),
+                                 files=[box])
+    s["file-bad-seals"] = dict(vm([]), files=[dict(box, seals=["seal", "frozen"])])
+    s["file-seals-not-array"] = dict(vm([]), files=[dict(box, seals=8)])
+    s["file-bad-names"] = {"files": [dict(box, name=""), dict(box, name="a/b"), dict(box, name="x" * 250)],
+                           "vms": [vm([])]}
+    s["file-twice"] = dict(vm([]), files=[box, box])
+    s["files-too-big"] = dict(vm([]), files=[dict(box, size="40G"), dict(box, name="two", size="40G")])
+    s["files-in-a-vm"] = {"vms": [dict(vm([]), files=[box])]}
+    s["files-not-array"] = dict(vm([]), files={"name": "box", "size": "2M"})
+    s["step-across-window-end"] = dict(vm([{"op": "fill", "at": "0x401ff000", "length": "8K", "pattern": "zero"}],
+                                          windows=[win]), files=[box])
+    s["step-between-windows"] = dict(vm([{"op": "verify", "at": "0x401ff000", "length": "8K", "pattern": "zero"}],
+                                        windows=[win, dict(win, at="0x40200000")]), files=[box])
+    s["step-from-ram-into-window"] = dict(vm([{"op": "touch", "at": "0xfff000", "length": "8K"}],
+                                             windows=[dict(win, at="16M")]), files=[box])
+    s["touch-window-wrapping-stride"] = dict(vm([{"op": "touch", "at": "1G", "length": "2M",
+                                                  "stride": "0xfffffffffff00000"}], windows=[win]), files=[box])
+    s["free-in-window"] = dict(vm([{"op": "free", "at": "1G", "length": "2M"},
+                                   {"op": "report", "ranges": [["1G", "4K"]], "expect": ["-EPERM"]}],
+                                  windows=[win]), files=[box])
+    return s
 
 
 def main():
