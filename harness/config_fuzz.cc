@@ -24,6 +24,7 @@
 #include "guest/boot.h"
 #include "guest/layout.h"
 #include "guest/program.h"
+#include "guest/step.h"
 #include "harness/stress.h"
 #include "memory/tmpfs/file_system.h"
 #include "memory/tmpfs/regular_file.h"
@@ -58,6 +59,9 @@ void check_stays_in_bounds(const std::vector<guest::Step>& program, const VmConf
       at = fr->at, length = fr->length, step = fr->stride_or_granule();
       KVMEM_CHECK(fr->granule <= step && fr->length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",
                   fr->granule, step, fr->length);
+    } else if (s.is<guest::StoreWord>() || s.is<guest::WaitWord>()) {
+      const GuestRange word = *guest::memory_walked(s);  // its one word
+      at = word.start, length = word.length();
     } else {
       continue;
     }

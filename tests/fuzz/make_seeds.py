@@ -235,6 +235,11 @@ def window_seeds(vm):
     s["free-in-window"] = dict(vm([{"op": "free", "at": "1G", "length": "2M"},
                                    {"op": "report", "ranges": [["1G", "4K"]], "expect": ["-EPERM"]}],
                                   windows=[win]), files=[box])
+    s["words-in-window"] = dict(vm([{"op": "store_word", "at": "0x401ffff8", "value": 1},
+                                    {"op": "wait_word", "at": "1G", "value": "0xffffffffffffffff", "timeout_ms": 1}],
+                                   windows=[win]), files=[box])
+    s["word-past-window"] = dict(vm([{"op": "store_word", "at": "0x40200000", "value": 2}], windows=[win]),
+                                 files=[box])
     return s
 
 
