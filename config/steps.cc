@@ -280,6 +280,11 @@ Result<Step> parse_free(const json& j, const Ptr& p, Context& cx) {
   if (!mode) return std::unexpected(mode.error());
   s.mode = *mode;
   KVMEM_STEP_TRY(at_length(j, p, cx, 4096, &s.at, &s.length));
+  // A guest gives back only its own RAM: the VMM would refuse a window's
+  // pages with -EPERM and the run would fail, so say so now.
+  if (s.at >= cx.memory || s.length > cx.memory - s.at)
+    return (p / "at").fail("free hands back RAM only; the range at {:#x} of {:#x} bytes lies in a window", s.at,
+                           s.length);
   KVMEM_STEP_TRY(free_sizes(j, p, &s));
   return s;
 }

@@ -132,11 +132,13 @@ TEST_CASE("fs replay --help tells the ops, the result kinds and the exit codes",
 
 TEST_CASE("fs replay stops at SIGINT while its script is quiet, after printing what ran", "[cli][fs_replay]") {
   // The script is a FIFO held open by the shell: the replay waits for more
-  // input until the signal comes, sent once its first result is out.
+  // input until the signal comes, sent once its first result is out. The
+  // shell opens it read-write, which never blocks, so the test cannot hang
+  // when kvmem exits before it opens the FIFO.
   const char* script = R"(dir=$(mktemp -d) && mkfifo "$dir/script" || exit 99
 "$0" fs replay "$dir/script" > "$dir/out" &
 pid=$!
-exec 3> "$dir/script"
+exec 3<> "$dir/script"
 echo '{"op":"list"}' >&3
 printf '{"op":' >&3
 i=0; while [ ! -s "$dir/out" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done

@@ -73,6 +73,10 @@ TEST_CASE("steps may walk a window, but not across its end or between windows", 
   json outside = vm_with({window()}, {{{"op", "fill"}, {"at", "0x50000000"}, {"length", "8"}, {"pattern", "zero"}}});
   outside["files"] = {box()};
   CHECK(error_of(outside).find("runs past the end of RAM") != std::string::npos);
+  json free = vm_with({window()}, {{{"op", "free"}, {"at", "1G"}, {"length", "2M"}}});
+  free["files"] = {box()};
+  CHECK(error_of(free) ==
+        "/program/0/at: free hands back RAM only; the range at 0x40000000 of 0x200000 bytes lies in a window");
 }
 
 TEST_CASE("bad files and windows are refused with their pointer", "[config][windows]") {
