@@ -30,7 +30,7 @@ Result<Prepared> prepare(const std::string& path) {
 Result<Prepared> assemble(RunConfig config, const std::string& path) {
   Prepared p{std::move(config), {}};
   for (const VmConfig& vm : p.config.vms) {
-    auto image = guest::build(vm.program, {.ram_bytes = vm.memory});
+    auto image = guest::build_vcpus(vm.vcpu_programs(), vm.machine());
     if (!image) return std::unexpected(image.error().context(fmt::format("{}: vm {}", path, vm.name)));
     p.images.push_back(std::move(*image));
   }

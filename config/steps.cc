@@ -20,6 +20,7 @@ using namespace guest;
 struct Context {
   uint64_t memory;
   const std::vector<GuestRange>* windows;
+  unsigned vcpus = 1;  // of the VM: async free is for one vCPU, report lists are sliced
   size_t steps = 0;
   unsigned depth = 0;
 };
@@ -84,10 +85,17 @@ Result<Pattern> parse_pattern(const json& j, const Ptr& p) {
 
 namespace {
 
-Result<FreeMode> free_mode(const json& j, const Ptr& p) {
+// The free ring is one per VM and its guest side has no lock: async free
+// and report are for one-vCPU VMs.
+Result<FreeMode> free_mode(const json& j, const Ptr& p, const Context& cx) {
   if (!j.contains("mode")) return FreeMode::kSync;
   if (j.at("mode") == "sync") return FreeMode::kSync;
-  if (j.at("mode") == "async") return FreeMode::kAsync;
+  if (j.at("mode") == "async") {
+    if (cx.vcpus > 1)
+      return (p / "mode").fail("the free ring (\"async\") is for one-vCPU VMs; this VM has {} vCPUs: use \"sync\"",
+                               cx.vcpus);
+    return FreeMode::kAsync;
+  }
   return (p / "mode").fail("expected \"sync\" or \"async\"");
 }
 
@@ -246,7 +254,7 @@ Result<Step> parse_fault(const json& j, const Ptr& p, Context&) {
 }
 
 // "granule", "stride" and "batch" of a free step whose mode is known.
-Status free_sizes(const json& j, const Ptr& p, Free* s) {
+Status free_sizes(const json& j, const Ptr& p, const Context& cx, Free* s) {
   if (j.contains("granule")) {
     auto g = size_value(j.at("granule"), p / "granule");
     if (!g) return std::unexpected(g.error());
@@ -263,7 +271,7 @@ Status free_sizes(const json& j, const Ptr& p, Free* s) {
   if (s->length % s->stride_or_granule() != 0)
     return (p / "length").fail("{:#x} is not a multiple of the {} ({:#x})", s->length,
                                s->stride ? "stride" : "granule", s->stride_or_granule());
-  const uint64_t max_batch = s->mode == FreeMode::kSync ? abi::kReportMax : guest::layout::kFreeRingEntries;
+  const uint64_t max_batch = s->mode == FreeMode::kSync ? layout::report_list_entries(cx.vcpus) : guest::layout::kFreeRingEntries;
   if (j.contains("batch")) {
     auto b = size_value(j.at("batch"), p / "batch");
     if (!b) return std::unexpected(b.error());
@@ -276,7 +284,7 @@ Status free_sizes(const json& j, const Ptr& p, Free* s) {
 Result<Step> parse_free(const json& j, const Ptr& p, Context& cx) {
   KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "granule", "stride", "batch", "mode"}));
   Free s;
-  auto mode = free_mode(j, p);
+  auto mode = free_mode(j, p, cx);
   if (!mode) return std::unexpected(mode.error());
   s.mode = *mode;
   KVMEM_STEP_TRY(at_length(j, p, cx, 4096, &s.at, &s.length));
@@ -285,14 +293,14 @@ Result<Step> parse_free(const json& j, const Ptr& p, Context& cx) {
   if (s.at >= cx.memory || s.length > cx.memory - s.at)
     return (p / "at").fail("free hands back RAM only; the range at {:#x} of {:#x} bytes lies in a window", s.at,
                            s.length);
-  KVMEM_STEP_TRY(free_sizes(j, p, &s));
+  KVMEM_STEP_TRY(free_sizes(j, p, cx, &s));
   return s;
 }
 
-Result<Step> parse_report(const json& j, const Ptr& p, Context&) {
+Result<Step> parse_report(const json& j, const Ptr& p, Context& cx) {
   KVMEM_STEP_TRY(check_keys(j, p, {"op", "ranges", "expect", "mode"}));
   Report s;
-  auto mode = free_mode(j, p);
+  auto mode = free_mode(j, p, cx);
   if (!mode) return std::unexpected(mode.error());
   s.mode = *mode;
   if (!j.contains("ranges")) return p.fail("missing required key \"ranges\"");
@@ -400,6 +408,11 @@ Result<Step> parse_wait_word(const json& j, const Ptr& p, Context& cx) {
   return s;
 }
 
+Result<Step> parse_barrier(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op"}));
+  return Barrier{};
+}
+
 using Parser = Result<Step> (*)(const json&, const Ptr&, Context&);
 struct OpParser {
   const char* name;
@@ -409,7 +422,7 @@ constexpr OpParser kParsers[] = {
     {"print", parse_print},   {"fill", parse_fill},     {"touch", parse_touch},   {"verify", parse_verify},
     {"loop", parse_loop},     {"hypercall", parse_hypercall}, {"exit", parse_exit}, {"fault", parse_fault},
     {"free", parse_free},     {"report", parse_report}, {"out", parse_out},       {"timestamp", parse_timestamp},
-    {"store_word", parse_store_word}, {"wait_word", parse_wait_word},
+    {"store_word", parse_store_word}, {"wait_word", parse_wait_word}, {"barrier", parse_barrier},
 };
 static_assert(std::size(kParsers) == std::variant_size_v<StepVariant>, "one parser per op");
 
@@ -422,7 +435,7 @@ Result<Step> parse_step(const json& j, const Ptr& p, Context& cx) {
   for (const OpParser& parser : kParsers)
     if (op == parser.name) return parser.parse(j, p, cx);
   return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, "
-                         "free, report, out, timestamp, store_word or wait_word)",
+                         "free, report, out, timestamp, store_word, wait_word or barrier)",
                          op.get<std::string>());
 }
 
@@ -436,6 +449,9 @@ Result<std::vector<Step>> parse_list(const json& j, const Ptr& p, Context& cx) {
   }
   return out;
 }
+
+// RAM above the boot area, where result slots may go.
+uint64_t memory_above_boot(uint64_t ram) { return ram > abi::kBootAreaEnd ? ram - abi::kBootAreaEnd : 0; }
 
 // No step of `steps` (at pointer p) walks memory in `reserved`.
 Status check_clear_of(const std::vector<Step>& steps, const Ptr& p, GuestRange reserved, const char* what) {
@@ -455,13 +471,53 @@ Status check_clear_of(const std::vector<Step>& steps, const Ptr& p, GuestRange r
 
 Result<std::vector<Step>> parse_program(const json& j, const Ptr& p, const GuestLayout& layout) {
   const uint64_t memory = layout.ram;
-  Context cx{memory, &layout.windows};
+  Context cx{memory, &layout.windows, layout.vcpus};
   auto steps = parse_list(j, p, cx);
   if (!steps) return steps;
   if (const uint64_t slots = result_slots_used(*steps))
     KVMEM_STEP_TRY(check_clear_of(*steps, p, layout::result_slots_range(memory, slots),
                                   "the result slots of the program's timestamp steps at the top of RAM"));
   return steps;
+}
+
+Result<std::vector<std::vector<Step>>> parse_programs(const json& vm, const Ptr& root, const GuestLayout& layout) {
+  const bool one = vm.contains("program"), many = vm.contains("programs");
+  if (one == many) return root.fail("expected exactly one of \"program\" (every vCPU runs it) and \"programs\" (one per vCPU)");
+  if (one) {
+    // Every vCPU runs the same steps, so they pass the same barriers.
+    std::vector<std::vector<Step>> out;
+    out.push_back(KVMEM_TRY(parse_program(vm.at("program"), root / "program", layout)));
+    const uint64_t bytes = layout::result_slots_bytes(result_slots_used(out[0])) * layout.vcpus;
+    if (layout.vcpus > 1 && bytes) {
+      if (bytes > memory_above_boot(layout.ram))
+        return (root / "program").fail("the result slots of {} vCPUs ({:#x} bytes) do not fit in RAM", layout.vcpus, bytes);
+      KVMEM_STEP_TRY(check_clear_of(out[0], root / "program", GuestRange(layout.ram - bytes, layout.ram),
+                                    "the result slots of every vCPU's timestamp steps at the top of RAM"));
+    }
+    return out;
+  }
+  const Ptr p = root / "programs";
+  const json& j = vm.at("programs");
+  if (!j.is_array() || j.size() != layout.vcpus)
+    return p.fail("expected an array of {} step arrays, one per vCPU", layout.vcpus);
+  Context cx{layout.ram, &layout.windows, layout.vcpus};  // shared: kMaxSteps bounds them all
+  std::vector<std::vector<Step>> out;
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < j.size(); i++) {
+    out.push_back(KVMEM_TRY(parse_list(j[i], p / i, cx)));
+    bytes += layout::result_slots_bytes(result_slots_used(out.back()));
+    if (bytes > memory_above_boot(layout.ram))
+      return (p / i).fail("the result slots of vCPUs 0..{} ({:#x} bytes) do not fit in RAM", i, bytes);
+  }
+  for (size_t i = 0; i < out.size(); i++) {
+    if (bytes)
+      KVMEM_STEP_TRY(check_clear_of(out[i], p / i, GuestRange(layout.ram - bytes, layout.ram),
+                                    "the result slots of every vCPU's timestamp steps at the top of RAM"));
+    if (barriers_passed(out[i]) != barriers_passed(out[0]))
+      return (p / i).fail("vCPU {} passes {} barriers and vCPU 0 passes {}: every vCPU must pass the same number",
+                          i, barriers_passed(out[i]), barriers_passed(out[0]));
+  }
+  return out;
 }
 
 }  // namespace kvmem

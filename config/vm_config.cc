@@ -1,5 +1,7 @@
 #include "config/vm_config.h"
 
+#include "guest/layout.h"
+
 #include <cerrno>
 #include <charconv>
 #include <cstring>
@@ -146,9 +148,9 @@ Result<std::vector<FileConfig>> parse_files(const json& j) {
 Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view default_name,
                              const std::vector<FileConfig>& files, bool top_level) {
   if (auto k = top_level ? check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit",
-                                                "windows", "program", "files"})
+                                                "windows", "program", "programs", "files"})
                          : check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit",
-                                                "windows", "program"});
+                                                "windows", "program", "programs"});
       !k)
     return std::unexpected(k.error());
   VmConfig c;
@@ -186,7 +188,9 @@ Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view de
   if (j.contains("vcpus")) {
     auto v = size_value(j.at("vcpus"), root / "vcpus");
     if (!v) return std::unexpected(v.error());
-    if (*v != 1) return (root / "vcpus").fail("only 1 vCPU per VM is supported for now, found {}", *v);
+    if (*v < 1 || *v > guest::layout::kMaxVcpus)
+      return (root / "vcpus").fail("must be 1..{}, found {}", guest::layout::kMaxVcpus, *v);
+    c.vcpus = static_cast<unsigned>(*v);
   }
   if (j.contains("timeout_ms")) {
     auto t = size_value(j.at("timeout_ms"), root / "timeout_ms");
@@ -195,12 +199,15 @@ Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view de
     c.timeout_ms = *t;
   }
   KVMEM_TRY(parse_windows(j, root, files, c));
-  if (!j.contains("program")) return root.fail("missing required key \"program\"");
+  if (!j.contains("program") && !j.contains("programs")) return root.fail("missing required key \"program\"");
   std::vector<GuestRange> windows;
   for (const WindowConfig& w : c.windows) windows.push_back(w.guest());
-  auto program = parse_program(j.at("program"), root / "program", GuestLayout{c.memory, windows});
-  if (!program) return std::unexpected(program.error());
-  c.program = std::move(*program);
+  auto programs = parse_programs(j, root, GuestLayout{c.memory, windows, c.vcpus});
+  if (!programs) return std::unexpected(programs.error());
+  if (j.contains("program"))
+    c.program = std::move(programs->front());
+  else
+    c.programs = std::move(*programs);
   return c;
 }
 

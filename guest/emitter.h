@@ -5,7 +5,7 @@
 // files:
 //   guest/program.cc       build(), the memory steps (fill, touch, verify,
 //                          store_word, wait_word), patterns, loops, print,
-//                          exit, out, timestamp, fault, and fail_with();
+//                          exit, out, timestamp, barrier, fault, and fail_with();
 //   guest/program_free.cc  the steps that talk to the VMM's devices: free
 //                          and report (both paths), raw hypercalls, and the
 //                          free ring's set-up and waits.
@@ -24,6 +24,7 @@
 #include <utility>
 #include <vector>
 
+#include "guest/layout.h"
 #include "guest/program.h"
 #include "guest/step.h"
 
@@ -31,7 +32,10 @@ namespace kvmem::guest {
 
 class Emitter {
  public:
-  Emitter(asmjit::x86::Assembler& a, ResultSlots results) : a_(a), results_(results) {}
+  // The program of vCPU `vcpu` of a VM with `vcpus`: its result slots,
+  // its slice of the report lists, and the count its barriers wait for.
+  Emitter(asmjit::x86::Assembler& a, ResultSlots results, unsigned vcpu = 0, unsigned vcpus = 1)
+      : a_(a), results_(results), vcpus_(vcpus), report_list_(layout::report_list_addr(vcpu, vcpus)) {}
 
   void steps(const std::vector<Step>& steps) {
     for (const Step& s : steps) std::visit([this](const auto& op) { emit(op); }, s);
@@ -55,6 +59,7 @@ class Emitter {
   void emit(const Fault& s);
   void emit(const Out& s);
   void emit(const Timestamp& s);
+  void emit(const Barrier& s);
   // program_free.cc
   void emit(const Hypercall& s);
   void emit(const Free& s) { s.mode == FreeMode::kSync ? free_sync(s) : free_async(s); }
@@ -88,6 +93,8 @@ class Emitter {
 
   asmjit::x86::Assembler& a_;
   ResultSlots results_;
+  unsigned vcpus_;
+  uint64_t report_list_;  // this vCPU's report lists (guest/layout.h)
   std::vector<std::pair<asmjit::Label, std::string>> strings_;
 };
 

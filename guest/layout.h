@@ -15,11 +15,13 @@
 //   [0x40000, 0x50000)  supervisor   per vCPU: a page with its TSS and its ring-0 stack
 //   [0x50000, 0xc0000)  user, read   the program's code and string data
 //   [0xc0000, 0xc1000)  user, read   the boot info (abi::BootInfo), written by the VMM
-//   [0xd0000, 0xe0000)  user, write  FreeReport lists of `free`/`report` steps
+//   [0xc1000, 0xc2000)  user, write  the barrier of `barrier` steps (a counter and a generation)
+//   [0xd0000, 0xe0000)  user, write  FreeReport lists of `free`/`report` steps, a slice per vCPU
 //   [0xe0000, 0xf0000)  user, write  the free ring of programs that use one
 //   [0xf0000, 0x100000) user, write  per vCPU: a user stack
 //   [0x100000, ...)     user, write  RAM for steps (4 KiB pages up to 2 MiB, then 2 MiB or 1 GiB)
 //   [top - N pages, top) user, write the result slots of a program with timestamp steps
+//                                    (vCPU 0's at the top, vCPU 1's below them, ...)
 //
 // The ring-0 pieces are supervisor-only: a CPL3 write to any of them is a
 // #PF, so a program cannot repoint a gate or a page table at its own code.
@@ -64,9 +66,29 @@ inline constexpr uint64_t kProgramEnd = 0xc0000;
 inline constexpr uint64_t kBootInfoAddr = 0xc0000;
 inline constexpr uint64_t kBootInfoEnd = 0xc1000;
 static_assert(kBootInfoEnd - kBootInfoAddr >= sizeof(abi::BootInfo));
+// The barrier: the count of vCPUs that have arrived at kBarrierAddr, the
+// generation (barriers completed) a cache line further on, so spinners
+// read a line the arrivals do not write.
+inline constexpr uint64_t kBarrierAddr = 0xc1000;
+inline constexpr uint64_t kBarrierGeneration = kBarrierAddr + 64;
+inline constexpr uint64_t kBarrierEnd = 0xc2000;
 inline constexpr uint64_t kReportListAddr = 0xd0000;
 inline constexpr uint64_t kReportListEnd = 0xe0000;
 static_assert(kReportListEnd - kReportListAddr >= abi::kReportMax * sizeof(abi::FreeReport));
+// Each vCPU of a VM with `vcpus` of them writes its report lists in a slice
+// of its own, whole pages, so sync reports of several vCPUs never share a
+// list: one vCPU has the whole area, 16 have a page (128 entries) each.
+constexpr uint64_t report_list_slice(unsigned vcpus) {
+  return (kReportListEnd - kReportListAddr) / (vcpus ? vcpus : 1) / 0x1000 * 0x1000;
+}
+constexpr uint64_t report_list_addr(unsigned vcpu, unsigned vcpus) {
+  return kReportListAddr + vcpu * report_list_slice(vcpus);
+}
+// Entries a sync report list may hold on a VM with `vcpus` vCPUs.
+constexpr uint64_t report_list_entries(unsigned vcpus) {
+  const uint64_t n = report_list_slice(vcpus) / sizeof(abi::FreeReport);
+  return n < abi::kReportMax ? n : abi::kReportMax;
+}
 inline constexpr uint64_t kFreeRingAddr = 0xe0000;
 inline constexpr uint64_t kFreeRingEntries = 1024;  // the ring of generated programs
 inline constexpr uint64_t kFreeRingEnd = 0xf0000;
@@ -120,6 +142,7 @@ inline constexpr Area kAreas[] = {
     {{kVcpuKernelAddr, kVcpuKernelEnd}, Access::kSupervisor, "TSSes and ring-0 stacks"},
     {{kProgramAddr, kProgramEnd}, Access::kUserRead, "program"},
     {{kBootInfoAddr, kBootInfoEnd}, Access::kUserRead, "boot info"},
+    {{kBarrierAddr, kBarrierEnd}, Access::kUserWrite, "barrier"},
     {{kReportListAddr, kReportListEnd}, Access::kUserWrite, "report lists"},
     {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free ring"},
     {{kUserStacksAddr, kUserStacksEnd}, Access::kUserWrite, "user stacks"},

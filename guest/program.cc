@@ -1,7 +1,11 @@
 // build(), and the Emitter's memory and control steps (guest/emitter.h).
 #include "guest/program.h"
 
+#include <algorithm>
 #include <cstddef>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "guest/abi.h"
 #include "guest/emitter.h"
@@ -64,6 +68,33 @@ void Emitter::emit(const Timestamp& s) {
   read_tsc();
   a_.mov(r11, results_.gpa + s.slot * 8);
   a_.mov(qword_ptr(r11), rax);
+}
+
+// A generation barrier: read the generation, arrive (lock xadd on the
+// count); the last to arrive zeroes the count and then bumps the
+// generation, the others spin with pause until the generation moves. x86
+// keeps the two stores in order, so a vCPU released into the next barrier
+// finds the count at 0. Reading the generation before arriving is safe: it
+// cannot move until this vCPU has arrived too.
+void Emitter::emit(const Barrier&) {
+  if (vcpus_ <= 1) return;  // nobody to wait for
+  Label spin = a_.newLabel(), done = a_.newLabel();
+  a_.mov(r8, layout::kBarrierGeneration);
+  a_.mov(rcx, qword_ptr(r8));
+  a_.mov(r9, layout::kBarrierAddr);
+  a_.mov(eax, 1);
+  a_.lock().xadd(qword_ptr(r9), rax);
+  a_.cmp(rax, vcpus_ - 1);
+  a_.jne(spin);
+  a_.mov(qword_ptr(r9), 0);
+  a_.inc(rcx);
+  a_.mov(qword_ptr(r8), rcx);
+  a_.jmp(done);
+  a_.bind(spin);
+  a_.pause();
+  a_.cmp(qword_ptr(r8), rcx);
+  a_.je(spin);
+  a_.bind(done);
 }
 
 void Emitter::emit(const Out& s) {
@@ -274,25 +305,58 @@ void Emitter::emit(const Fault& s) {
 }
 
 Result<Image> build(const std::vector<Step>& steps, const Machine& vm) {
+  const std::vector<std::vector<Step>> programs(std::max(vm.vcpus, 1u), steps);
+  return build_vcpus(programs, vm);
+}
+
+namespace {
+
+// Each vCPU's result slots, vCPU 0's at the top of RAM, the next below.
+Result<std::vector<ResultSlots>> place_results(std::span<const std::vector<Step>> programs, const Machine& vm) {
+  std::vector<ResultSlots> out;
+  uint64_t top = vm.ram_bytes;
+  for (size_t i = 0; i < programs.size(); i++) {
+    const uint64_t slots = result_slots_used(programs[i]);
+    const std::string who = programs.size() > 1 ? fmt::format("vCPU {}'s guest program", i) : "the guest program";
+    if (slots > layout::kMaxResultSlots)
+      return fail("{} writes result slot {}, past the last one there may be ({})", who, slots - 1,
+                  layout::kMaxResultSlots - 1);
+    const uint64_t bytes = layout::result_slots_bytes(slots);
+    if (top < abi::kBootAreaEnd || bytes > top - abi::kBootAreaEnd)
+      return fail("{}'s {} result slots do not fit in RAM ({:#x} bytes) above the boot area", who, slots,
+                  vm.ram_bytes);
+    top -= bytes;
+    out.push_back({slots ? top : 0, slots});
+  }
+  return out;
+}
+
+}  // namespace
+
+Result<Image> build_vcpus(std::span<const std::vector<Step>> programs, const Machine& vm) {
   const uint64_t base = layout::kProgramAddr, limit = layout::kProgramEnd;
-  const uint64_t slots = result_slots_used(steps);
-  if (slots > layout::kMaxResultSlots)
-    return fail("the guest program writes result slot {}, past the last one there may be ({})", slots - 1,
-                layout::kMaxResultSlots - 1);
-  if (vm.ram_bytes < abi::kBootAreaEnd || layout::result_slots_bytes(slots) > vm.ram_bytes - abi::kBootAreaEnd)
-    return fail("the guest program's {} result slots do not fit in RAM ({:#x} bytes) above the boot area", slots,
-                vm.ram_bytes);
-  const ResultSlots results{slots ? layout::result_slots_range(vm.ram_bytes, slots).start : 0, slots};
+  if (vm.vcpus < 1 || vm.vcpus > layout::kMaxVcpus || programs.size() != vm.vcpus)
+    return fail("cannot build {} guest programs for a VM of {} vCPUs (1..{})", programs.size(), vm.vcpus,
+                layout::kMaxVcpus);
+  const std::vector<ResultSlots> results = KVMEM_TRY(place_results(programs, vm));
   CodeHolder code;
   Errors errors;
   code.init(Environment(Arch::kX64), base);
   code.setErrorHandler(&errors);
   Assembler a(&code);
-  Emitter e(a, results);
-  if (uses_free_ring(steps)) e.setup_free_ring();
-  e.steps(steps);
-  e.exit(0);
-  e.emit_data();
+  Image img;
+  for (unsigned i = 0; i < vm.vcpus; i++) {
+    const std::vector<Step>& steps = programs[i];
+    if (vm.vcpus > 1 && uses_free_ring(steps))
+      return fail("vCPU {}'s guest program uses the free ring (async free or report), which only a one-vCPU VM may", i);
+    img.vcpus.push_back({base + a.offset(), results[i]});
+    Emitter e(a, results[i], i, vm.vcpus);
+    if (uses_free_ring(steps)) e.setup_free_ring();
+    e.steps(steps);
+    e.exit(0);
+    e.emit_data();
+    img.needs_boot_info = img.needs_boot_info || uses_boot_info(steps);
+  }
   if (!errors.first) {
     code.flatten();
     code.resolveUnresolvedLinks();
@@ -303,13 +367,11 @@ Result<Image> build(const std::vector<Step>& steps, const Machine& vm) {
   if (size > limit - base)
     return fail("the guest program needs {} bytes of code, more than the {} bytes it may use",
                 size, limit - base);
-  Image img;
   img.bytes.resize(size);
   code.copyFlattenedData(img.bytes.data(), size);
   img.base = base;
-  img.entry = base;
-  img.results = results;
-  img.needs_boot_info = uses_boot_info(steps);
+  img.entry = img.vcpus[0].entry;
+  img.results = img.vcpus[0].results;
   return img;
 }
 

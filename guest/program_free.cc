@@ -86,7 +86,7 @@ void Emitter::free_sync(const Free& s) {
   a_.mov(r11, s.granule);
   a_.mov(r14, s.stride_or_granule());
   a_.bind(outer);
-  a_.mov(r13, layout::kReportListAddr);
+  a_.mov(r13, report_list_);
   a_.xor_(r12d, r12d);
   a_.bind(inner);
   put_entry(r13, r8, r11);
@@ -98,14 +98,14 @@ void Emitter::free_sync(const Free& s) {
   a_.cmp(r12, s.batch);
   a_.jb(inner);
   a_.bind(flush);
-  a_.mov(rdi, layout::kReportListAddr);
+  a_.mov(rdi, report_list_);
   a_.mov(rsi, r12);
   a_.mov(eax, abi::kHcReportFree);
   a_.out(imm(abi::kHypercallPort), eax);
   a_.cmp(rax, r12);
   a_.je(good);
   a_.mov(rcx, r12);
-  check_list_statuses(layout::kReportListAddr, rcx);
+  check_list_statuses(report_list_, rcx);
   // Every status was 0 but the count differs: the call itself was refused.
   a_.mov(r10, rax);
   a_.mov(rdx, r12);
@@ -219,7 +219,7 @@ void Emitter::check_entry(const Report& s, size_t i) {
 }
 
 void Emitter::report_sync(const Report& s) {
-  const uint64_t list = layout::kReportListAddr;
+  const uint64_t list = report_list_;
   a_.mov(rdx, list);
   for (size_t i = 0; i < s.ranges.size(); i++) {
     a_.mov(r8, s.ranges[i].first);

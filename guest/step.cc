@@ -57,7 +57,8 @@ const char* op_name(const Step& s) {
                                [](const Free&) { return "free"; }, [](const Report&) { return "report"; },
                                [](const Out&) { return "out"; }, [](const Timestamp&) { return "timestamp"; },
                                [](const StoreWord&) { return "store_word"; },
-                               [](const WaitWord&) { return "wait_word"; }},
+                               [](const WaitWord&) { return "wait_word"; },
+                               [](const Barrier&) { return "barrier"; }},
                     s);
 }
 
@@ -109,6 +110,26 @@ uint64_t result_slots_used(const std::vector<Step>& steps) {
     if (const auto* l = std::get_if<Loop>(&s)) used = std::max(used, result_slots_used(l->body));
   }
   return used;
+}
+
+uint64_t barriers_passed(const std::vector<Step>& steps) {
+  uint64_t n = 0;
+  for (const Step& s : steps) {
+    uint64_t add = s.is<Barrier>() ? 1 : 0;
+    if (const auto* l = std::get_if<Loop>(&s)) {
+      const uint64_t body = barriers_passed(l->body);
+      add = body && l->count > UINT64_MAX / body ? UINT64_MAX : body * l->count;
+    }
+    n = add > UINT64_MAX - n ? UINT64_MAX : n + add;
+  }
+  return n;
+}
+
+bool uses_barrier(const std::vector<Step>& steps) {
+  return std::any_of(steps.begin(), steps.end(), [](const Step& s) {
+    if (const auto* l = std::get_if<Loop>(&s)) return uses_barrier(l->body);
+    return s.is<Barrier>();
+  });
 }
 
 }  // namespace kvmem::guest

@@ -149,8 +149,14 @@ struct WaitWord {
   uint64_t timeout_ms = 1000;
 };
 
+// Waits until every vCPU of the VM has reached a barrier: the vCPUs of a
+// multi-vCPU VM start the next phase together (docs/config.md, "vcpus").
+// Reusable: the n-th barrier a vCPU reaches meets the n-th of each other
+// vCPU. On a one-vCPU VM it passes at once.
+struct Barrier {};
+
 using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp,
-                                 StoreWord, WaitWord>;
+                                 StoreWord, WaitWord, Barrier>;
 
 // One step of a program: exactly one of the ops above.
 struct Step : StepVariant {
@@ -170,7 +176,7 @@ inline constexpr uint64_t kMaxReportRanges = 64;  // ranges in one `report` step
 inline constexpr int64_t kStatusUnanswered = 1;
 
 // The config's name of each op: "print", "fill", ... "timestamp",
-// "store_word", "wait_word".
+// "store_word", "wait_word", "barrier".
 const char* op_name(const Step& s);
 
 // Names used in configs: "divide-by-zero", "invalid-opcode", "breakpoint",
@@ -200,5 +206,12 @@ uint64_t last_touched(const Touch& t);
 // The number of result slots the program writes: its largest timestamp
 // slot + 1, or 0 when it has no timestamp step.
 uint64_t result_slots_used(const std::vector<Step>& steps);
+
+// How many barriers a run of `steps` to its end passes: a loop's body
+// counts `count` times (saturating at UINT64_MAX). config/ asks every
+// vCPU's program for the same number.
+uint64_t barriers_passed(const std::vector<Step>& steps);
+// True when a step of `steps`, or one inside a loop, is a barrier.
+bool uses_barrier(const std::vector<Step>& steps);
 
 }  // namespace kvmem::guest

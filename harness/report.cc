@@ -1,5 +1,7 @@
 #include "harness/report.h"
 
+#include <algorithm>
+
 #include "memory/tmpfs/regular_file.h"
 
 #include "harness/runner.h"
@@ -125,6 +127,10 @@ json vm_report(const VmOutcome& v) {
   j["bytes_decommitted"] = r.bytes_decommitted;
   j["run_ms"] = r.run_ms;
   if (!r.timestamps.empty()) j["timestamps"] = r.timestamps;
+  // A VM of several vCPUs whose programs write timestamps: every vCPU's.
+  if (r.vcpu_timestamps.size() > 1 &&
+      std::any_of(r.vcpu_timestamps.begin(), r.vcpu_timestamps.end(), [](const auto& t) { return !t.empty(); }))
+    j["vcpu_timestamps"] = r.vcpu_timestamps;
   return j;
 }
 

@@ -79,11 +79,18 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
     return std::unexpected(s.error());
   if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
+  std::vector<guest::VcpuCode> code = program.vcpus;
+  if (code.empty()) code.push_back({program.entry, program.results});
+  const unsigned vcpus = std::max(config.vcpus, 1u);
+  if (code.size() != vcpus)
+    return fail("the guest program has code for {} vCPUs, but VM {} has {}", code.size(), config.name, vcpus);
   std::memcpy(v->memory_->host(GuestAddr(program.base)), program.bytes.data(), program.bytes.size());
-  if (program.results.count &&
-      !v->memory_->contains(GuestRange(program.results.gpa, program.results.gpa + program.results.count * sizeof(uint64_t))))
-    return fail("the guest program's result slots lie outside RAM");
-  v->results_ = program.results;
+  for (const guest::VcpuCode& c : code) {
+    if (c.results.count &&
+        !v->memory_->contains(GuestRange(c.results.gpa, c.results.gpa + c.results.count * sizeof(uint64_t))))
+      return fail("the guest program's result slots lie outside RAM");
+    v->results_.push_back(c.results);
+  }
   if (auto s = v->memory_->register_with(*v->vm_); !s) return std::unexpected(s.error());
   for (const WindowConfig& w : config.windows) {
     auto f = files->open(w.file);
@@ -91,11 +98,9 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
     v->windows_.add(KVMEM_TRY(Window::create(*v->memory_, std::move(*f), GuestAddr(w.at), w.offset, w.length, w.writable)));
   }
 
-  // One vCPU until the boot area has a stack and an entry per vCPU
-  // (config/ refuses more); everything below takes any number.
-  for (unsigned id = 0; id < std::max(config.vcpus, 1u); id++)
+  for (unsigned id = 0; id < vcpus; id++)
     v->vcpus_.push_back(KVMEM_TRY(Vcpu::create(kvm, *v->vm_, id, cpuid ? &*cpuid : nullptr,
-                                               guest::user_regs(program.entry))));
+                                               guest::user_regs(code[id].entry, id))));
   // The program's wait_word steps turn milliseconds into TSC ticks with this.
   if (program.needs_boot_info) {
     const abi::BootInfo info{.tsc_khz = v->vcpus_[0]->tsc_khz(), .reserved = {}};
@@ -128,17 +133,18 @@ void Vm::stop(FailureKind kind, std::string message) {
   for (auto& c : vcpus_) c->request_stop();
 }
 
-void Vm::vcpu_ended(size_t i) {
+void Vm::vcpu_ended(size_t i, const VcpuRun& run) {
+  if (run.outcome == RunOutcome::kExited && run.exit_code == 0) return;  // the others go on
   std::lock_guard lock(end_mu_);
-  if (first_end_) return;
-  first_end_ = i;
+  if (decider_) return;
+  decider_ = i;
   for (size_t j = 0; j < vcpus_.size(); j++)
     if (j != i) vcpus_[j]->request_stop();
 }
 
 void Vm::run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs) {
   runs[i] = vcpus_[i]->run(devices, config_.timeout_ms);
-  vcpu_ended(i);
+  vcpu_ended(i, runs[i]);
 }
 
 RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
@@ -158,7 +164,7 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
       continue;
     }
     runs[i].message = t.error().message;  // kFailed, kHost
-    vcpu_ended(i);
+    vcpu_ended(i, runs[i]);
   }
   run_vcpu(0, devices, runs);
   for (auto& t : threads) t.join();
@@ -169,7 +175,9 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
 
 RunResult Vm::gather(std::vector<VcpuRun>& runs) {
   RunResult result;
-  const VcpuRun& decided = runs[first_end_.value_or(0)];  // every vCPU has ended: no lock needed
+  // Every vCPU has ended: no lock needed. No decider: all exited 0.
+  const size_t who = decider_.value_or(0);
+  const VcpuRun& decided = runs[who];
   result.outcome = decided.outcome;
   result.failure = decided.failure;
   result.guest_exit_code = decided.exit_code;
@@ -178,6 +186,8 @@ RunResult Vm::gather(std::vector<VcpuRun>& runs) {
     std::lock_guard lock(stop_mu_);
     result.failure = stop_kind_;
     result.message = stop_message_;
+  } else if (vcpus_.size() > 1 && !result.message.empty()) {
+    result.message = fmt::format("vCPU {}: {}", who, result.message);
   }
   for (const VcpuRun& r : runs) {
     for (const auto& [name, n] : r.exits) result.exits[name] += n;
@@ -193,11 +203,13 @@ RunResult Vm::gather(std::vector<VcpuRun>& runs) {
   result.free_ranges_invalid = frees_.invalid_ranges.load();
   result.bytes_reported_free = frees_.bytes_reported.load();
   result.bytes_decommitted = frees_.bytes_decommitted.load();
-  if (results_.count) {
-    const std::string slots = memory_->read(GuestRange(results_.gpa, results_.gpa + results_.count * sizeof(uint64_t)));
-    result.timestamps.resize(results_.count);
-    std::memcpy(result.timestamps.data(), slots.data(), slots.size());
+  for (const guest::ResultSlots& r : results_) {
+    std::vector<uint64_t>& out = result.vcpu_timestamps.emplace_back(r.count);
+    if (!r.count) continue;
+    const std::string slots = memory_->read(GuestRange(r.gpa, r.gpa + r.count * sizeof(uint64_t)));
+    std::memcpy(out.data(), slots.data(), slots.size());
   }
+  result.timestamps = result.vcpu_timestamps.at(0);
   return result;
 }
 

@@ -4,14 +4,15 @@
 // Life cycle: Vm::create() builds everything (KVM VM, RAM, boot area,
 // program, memory slots, the vCPUs and their registers) and fails with an
 // Error naming the host call when the host cannot run it; run() then drives
-// every vCPU until the first of them ends (the guest exits, fails, or
-// overstays its timeout) or stop() is called, and returns what happened.
-// A Vm runs once.
+// every vCPU until all have exited 0, or one of them ends otherwise (exits
+// with another code, fails, or overstays its timeout), or stop() is
+// called, and returns what happened. A Vm runs once.
 //
-// Nothing here assumes one vCPU: vCPU 0 runs on the thread that calls run(),
-// each other one on a thread of its own; the first vCPU to end decides the
-// outcome and stops the rest; pause() holds every vCPU out of the guest;
-// stop() stops every vCPU.
+// vCPU 0 runs on the thread that calls run(), each other one on a thread
+// of its own. A vCPU that exits 0 leaves the others running; the first
+// vCPU to end any other way decides the outcome (its message starts
+// "vCPU i: " on a VM of several) and stops the rest. pause() holds every
+// vCPU out of the guest; stop() stops every vCPU.
 //
 // Lock order (docs/design.md, "Locks", has the tree across components):
 //   stop_mu_, end_mu_ -> Vcpu::mu_ (each vCPU's, one at a time).
@@ -61,8 +62,10 @@ struct RunResult {
   uint64_t bytes_decommitted = 0;
   double run_ms = 0;  // wall time from the first KVM_RUN to the end
   // The program's result slots (timestamp steps), read when the run ended:
-  // one per slot, empty when the program has none.
+  // one per slot, empty when the program has none. vCPU 0's.
   std::vector<uint64_t> timestamps;
+  // Every vCPU's, one list per vCPU (vcpu_timestamps[0] == timestamps).
+  std::vector<std::vector<uint64_t>> vcpu_timestamps;
 
   // 0 when the guest exited with 0; 3 when the host could not go on; 1 for
   // any other end (DESIGN.md exit codes).
@@ -105,9 +108,10 @@ class Vm : public VcpuPauser {
  private:
   explicit Vm(VmConfig config) : config_(std::move(config)) {}
 
-  // Runs vCPU i and records it; the first to end stops the others.
+  // Runs vCPU i and records it; the first to end other than by exit 0
+  // stops the others.
   void run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs);
-  void vcpu_ended(size_t i);
+  void vcpu_ended(size_t i, const VcpuRun& run);
   RunResult gather(std::vector<VcpuRun>& runs);
 
   // Declaration order is teardown order reversed: the devices and vCPUs go
@@ -116,7 +120,7 @@ class Vm : public VcpuPauser {
   // (vmm/kvm/memslot.h). The free ring (its thread touches RAM) is stopped
   // in run() and again, to be sure, first in the destructor.
   VmConfig config_;
-  guest::ResultSlots results_;  // the program's, read back when the run ends
+  std::vector<guest::ResultSlots> results_;  // each vCPU's, read back when the run ends
   std::unique_ptr<GuestMemory> memory_;
   Windows windows_;  // their regions are in memory_; they go after the VM, before it
   std::optional<KvmVm> vm_;
@@ -131,7 +135,9 @@ class Vm : public VcpuPauser {
   FailureKind stop_kind_ = FailureKind::kStopped;  // protected by stop_mu_
   std::string stop_message_;                       // protected by stop_mu_
   std::mutex end_mu_;
-  std::optional<size_t> first_end_;  // protected by end_mu_: the vCPU that ended first
+  // Protected by end_mu_: the first vCPU to end other than by exit 0 (none:
+  // every vCPU exited 0).
+  std::optional<size_t> decider_;
 };
 
 }  // namespace kvmem

@@ -32,7 +32,17 @@ struct VmConfig {
   guest::PageSize page_size = guest::PageSize::k2M;
   uint64_t ram_unit = 16ull << 20;  // RAM is allocated in pieces of this size
   std::vector<WindowConfig> windows;  // sorted by `at`, disjoint, outside RAM
-  std::vector<guest::Step> program;
+  std::vector<guest::Step> program;  // what every vCPU runs, unless `programs` is given
+  // One step list per vCPU (vcpus of them) when not empty; then `program`
+  // is unused.
+  std::vector<std::vector<guest::Step>> programs;
+
+  // Each vCPU's steps, vcpus lists: `programs`, or `program` for each.
+  std::vector<std::vector<guest::Step>> vcpu_programs() const {
+    if (!programs.empty()) return programs;
+    return std::vector<std::vector<guest::Step>>(vcpus ? vcpus : 1, program);
+  }
+  guest::Machine machine() const { return {.ram_bytes = memory, .vcpus = vcpus ? vcpus : 1}; }
 };
 
 }  // namespace kvmem

@@ -13,7 +13,7 @@ GuestRun create_guest(const nlohmann::json& config) {
     out.setup_error = c.error().message;
     return out;
   }
-  auto image = guest::build(c->program, {.ram_bytes = c->memory});
+  auto image = guest::build_vcpus(c->vcpu_programs(), c->machine());
   if (!image) {
     out.setup_error = image.error().message;
     return out;
