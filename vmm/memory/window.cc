@@ -14,6 +14,13 @@ void drop(MemoryFile& file, const std::vector<tmpfs::Translation>& ts) {
   for (const tmpfs::Translation& t : ts) file.dec_ref(t.file_range());
 }
 
+// The end of a file of `size` bytes rounded up to a page: where translations
+// stop. A size is at most 2^63 - 1, so the rounding cannot overflow.
+uint64_t page_end(uint64_t size) {
+  uint64_t end = 0;
+  return align_up(size, kPageSize, &end) ? end : tmpfs::kMaxFileSize;
+}
+
 }  // namespace
 
 Result<std::unique_ptr<Window>> Window::create(GuestMemory& memory, std::shared_ptr<tmpfs::RegularFile> file,
@@ -33,9 +40,7 @@ Result<std::unique_ptr<Window>> Window::create(GuestMemory& memory, std::shared_
   if (auto s = file->add_mapping(w.get(), at.value, range, rw); !s) return std::unexpected(s.error().context(what));
   w->mapping_added_ = true;
   // What lies below the file's end now, in as few allocations as it takes.
-  uint64_t end = 0;
-  if (!align_up(file->size(), kPageSize, &end)) end = tmpfs::kMaxFileSize;
-  const MappableRange now(offset, std::clamp(end, offset, offset + length));
+  const MappableRange now(offset, std::clamp(page_end(file->size()), offset, offset + length));
   if (!now.empty()) {
     tmpfs::TranslateResult tr = file->translate(now, now, w->translate_access());
     if (!tr.ok()) {
@@ -135,10 +140,8 @@ Window::Fault Window::fault(GuestAddr a, bool write) {
       if (r.end <= page.start) run.start = std::max(run.start, r.end);
       if (r.start >= page.end) run.end = std::min(run.end, r.start);
     }
-    uint64_t end = 0;
-    if (!align_up(size, kPageSize, &end)) end = tmpfs::kMaxFileSize;
     MappableRange optional = file_range_of(run);
-    optional.end = std::min(optional.end, end);
+    optional.end = std::min(optional.end, page_end(size));
     const uint64_t gen = generation_;
     // Translate without mu_ (the file may be invalidating under its lock,
     // which then waits for mu_), and start again if it did meanwhile.
