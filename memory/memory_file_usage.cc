@@ -279,7 +279,9 @@ void MemoryFile::check_invariants_locked() const {
   }
   for (auto s = reclaimable.first_segment(); s.ok(); s = s.next_segment()) {
     uint64_t covered = s.start();
-    for (auto u = usage.find_segment(s.start()); u.ok() && u.start() == covered && covered < s.end();
+    // A free usage segment may begin before the reclaimable range (free
+    // neighbours merge), so the first one need only contain its start.
+    for (auto u = usage.find_segment(s.start()); u.ok() && u.start() <= covered && covered < s.end();
          u = u.next_segment()) {
       KVMEM_CHECK(u.value().refs == 0, "reclaimable pages {} are referenced\n{}",
                   u.range().to_string(), dump_locked());
