@@ -1,11 +1,15 @@
-// `kvmem bench boot|alloc|reclaim`: measurements, as a table or JSON lines.
+// `kvmem bench boot|alloc|reclaim|fs|fault`: measurements, as a table or JSON lines.
 #include <cstdio>
+
+#include <nlohmann/json.hpp>
 
 #include "bench/alloc.h"
 #include "bench/boot.h"
+#include "bench/fault.h"
 #include "bench/fs.h"
 #include "bench/reclaim.h"
 #include "cli/cli.h"
+#include "config/fields.h"
 #include "vmm/kvm/kvm.h"
 
 namespace kvmem::cli {
@@ -36,6 +40,7 @@ class BenchCommand : public Command {
                                "running guest, ping-pong between two VMs through a window against two host threads");
     fs_->add_flag("--quick", fs_opts_.quick, "smaller sizes, fewer trials (a smoke check; not figures to quote)");
     fs_->add_flag("--json", fs_json_, "print one JSON object per line instead of the tables");
+    add_fault(*cmd_);
   }
 
   int run(Clock::time_point) override {
@@ -43,6 +48,7 @@ class BenchCommand : public Command {
     if (alloc_->parsed()) return alloc();
     if (reclaim_->parsed()) return reclaim();
     if (fs_->parsed()) return fs();
+    if (fault_->parsed()) return fault();
     return kExitUsage;
   }
 
@@ -108,6 +114,70 @@ class BenchCommand : public Command {
     return failed ? kExitFailed : kExitOk;
   }
 
+  // `bench fault`: options in FaultBenchOptions' terms; sizes and lists are
+  // checked by check_fault_options, so every refusal names the option.
+  void add_fault(CLI::App& bench) {
+    fault_ = bench.add_subcommand(
+        "fault",
+        "A guest's first touch of fresh RAM, per access, per backing and prefault mode, beside the host's own first "
+        "touch of the same memory and the guest's touch of host-populated memory, in one run");
+    fault_->add_option("--backing", fault_backings_, "memfd, memfd-thp, hugetlb, anon; comma-separated")
+        ->delimiter(',')
+        ->default_str("memfd,anon");
+    fault_->add_option("--prefault", fault_prefaults_,
+                       "none (the guest faults every page), eager (the host populates RAM before the guest runs), "
+                       "ahead (host threads populate while the guest runs); comma-separated")
+        ->delimiter(',')
+        ->default_str("none,ahead");
+    fault_->add_option("--size", fault_size_, "bytes swept, split evenly among the vCPUs (256M, 1G, ...)")
+        ->default_str("256M");
+    fault_->add_option("--vcpus", fault_opts_.vcpus, "vCPUs, each sweeping its own slice (as memstress)")
+        ->capture_default_str()
+        ->check(whole_number(1, 16));
+    fault_->add_option("--stride", fault_opts_.stride, "bytes between accesses")
+        ->capture_default_str()
+        ->check(whole_number(8, uint64_t{1} << 30));
+    auto* read = fault_->add_flag("--read", fault_read_, "time reads");
+    fault_->add_flag("--write", fault_write_, "time writes (the default)")->excludes(read);
+    fault_->add_option("--repeat", fault_opts_.repeat, "each measurement this many times; samples pooled")
+        ->capture_default_str()
+        ->check(whole_number(1, 1000));
+    fault_->add_option("--prefault-threads", fault_opts_.prefault_threads,
+                       "host threads for --prefault ahead (0: the engine chooses)")
+        ->capture_default_str()
+        ->check(whole_number(0, 64));
+    fault_->add_flag("--json", fault_json_, "print one JSON object per backing and mode, one per line");
+  }
+
+  int fault() {
+    if (!fault_backings_.empty()) fault_opts_.backings = fault_backings_;
+    if (!fault_prefaults_.empty()) fault_opts_.prefaults = fault_prefaults_;
+    fault_opts_.write = !fault_read_;
+    if (!fault_size_.empty()) {
+      auto size = json_fields::size_value(nlohmann::json(fault_size_), json_fields::Ptr() / "size");
+      if (!size) return report_error(fault_json_, kExitUsage, "--size: " + size.error().message);
+      fault_opts_.size = *size;
+    }
+    if (auto ok = check_fault_options(fault_opts_); !ok) return report_error(fault_json_, kExitUsage, ok.error().message);
+    auto kvm = Kvm::open();
+    if (!kvm) return report_error(fault_json_, kExitHost, kvm.error().message);
+    std::function<void(const std::string&)> progress;
+    if (!fault_json_) progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    auto rows = run_fault_bench(*kvm, fault_opts_, progress);
+    bool failed = false;
+    for (const auto& row : rows) failed = failed || row.contains("error");
+    if (fault_json_)
+      for (const auto& row : rows) print_json(row);
+    else
+      std::printf("%s", format_fault_bench(rows).c_str());
+    return failed ? kExitFailed : kExitOk;
+  }
+
+  CLI::App* fault_ = nullptr;
+  FaultBenchOptions fault_opts_;
+  std::vector<std::string> fault_backings_, fault_prefaults_;
+  std::string fault_size_;
+  bool fault_read_ = false, fault_write_ = false, fault_json_ = false;
   CLI::App *boot_, *alloc_, *reclaim_, *fs_;
   FsBenchOptions fs_opts_;
   bool fs_json_ = false;

@@ -164,8 +164,32 @@ Result<Step> parse_pattern_range(const json& j, const Ptr& p, Context& cx) {
 Result<Step> parse_fill(const json& j, const Ptr& p, Context& cx) { return parse_pattern_range<Fill>(j, p, cx); }
 Result<Step> parse_verify(const json& j, const Ptr& p, Context& cx) { return parse_pattern_range<Verify>(j, p, cx); }
 
+// A timed touch's "samples": a word per access, in RAM (not a window),
+// outside the boot area and apart from the range it times.
+Status touch_samples(const json& j, const Ptr& p, const Context& cx, Touch* s) {
+  auto at = size_value(j.at("samples"), p / "samples");
+  if (!at) return std::unexpected(at.error());
+  const Ptr sp = p / "samples";
+  if (*at == 0) return sp.fail("must not be 0 (leave the key out for an untimed touch)");
+  if (*at % 8 != 0) return sp.fail("{:#x} is not a multiple of 8", *at);
+  const uint64_t bytes = s->accesses() * 8;
+  for (const GuestRange& w : *cx.windows)
+    if (w.overlaps(GuestRange(*at, *at + std::min(bytes, UINT64_MAX - *at))))
+      return sp.fail("the samples at {:#x} ({:#x} bytes) overlap the window {}: they go in RAM", *at, bytes, w);
+  if (*at < abi::kBootAreaEnd)
+    return sp.fail("{:#x} lies in the reserved boot area [0x0, {:#x})", *at, abi::kBootAreaEnd);
+  if (*at >= cx.memory || bytes > cx.memory - *at)
+    return sp.fail("the samples at {:#x} ({} accesses, {:#x} bytes) run past the end of RAM ({:#x})", *at,
+                   s->accesses(), bytes, cx.memory);
+  if (*at < s->at + s->length && s->at < *at + bytes)
+    return sp.fail("the samples at {:#x} ({:#x} bytes) overlap the range they time [{:#x}, {:#x})", *at, bytes,
+                   s->at, s->at + s->length);
+  s->samples = *at;
+  return {};
+}
+
 Result<Step> parse_touch(const json& j, const Ptr& p, Context& cx) {
-  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern", "stride", "write"}));
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "at", "length", "pattern", "stride", "write", "samples"}));
   Touch s;
   KVMEM_STEP_TRY(at_length(j, p, cx, 8, &s.at, &s.length));
   KVMEM_STEP_TRY(pattern_key(j, p, false, &s.pattern));
@@ -185,6 +209,7 @@ Result<Step> parse_touch(const json& j, const Ptr& p, Context& cx) {
     if (!j.at("write").is_boolean()) return (p / "write").fail("expected true or false");
     s.write = j.at("write").get<bool>();
   }
+  if (j.contains("samples")) KVMEM_STEP_TRY(touch_samples(j, p, cx, &s));
   return s;
 }
 

@@ -15,6 +15,7 @@
 //   rax the pattern word for r8           rcx the word read from memory
 //   r11 scratch                           r12 seed   r13, r14 mix constants
 //   r15 a pattern's origin (loaded only when it is not 0)
+//   rbx, rdi, rsi a timed touch's word, start TSC and sample cursor
 // Hypercall arguments use rdi, rsi, rdx, r10, r8, r9 (guest/abi.h).
 #pragma once
 
@@ -51,6 +52,7 @@ class Emitter {
   void emit(const Print& s) { print(s.text); }
   void emit(const Fill& s);
   void emit(const Touch& s);
+  void timed_touch(const Touch& s);
   void emit(const Verify& s);
   void emit(const StoreWord& s);
   void emit(const WaitWord& s);

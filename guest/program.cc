@@ -197,6 +197,7 @@ void Emitter::emit(const Fill& s) {
 }
 
 void Emitter::emit(const Touch& s) {
+  if (s.samples) return timed_touch(s);
   pattern_setup(s.pattern);
   range_loop(s.at, s.length, s.stride, [&] {
     if (s.write) {
@@ -205,6 +206,35 @@ void Emitter::emit(const Touch& s) {
     } else {
       a_.mov(rcx, qword_ptr(r8));
     }
+  });
+}
+
+// rbx the word to store, rdi the TSC before the access, rsi the sample
+// cursor. The lfence before each rdtsc keeps it from reading the counter
+// before the instructions ahead of it are done (a fault is taken before the
+// access retires, so its whole cost lies between the two reads).
+void Emitter::timed_touch(const Touch& s) {
+  const bool constant = s.pattern.kind == Pattern::Kind::kZero || s.pattern.kind == Pattern::Kind::kByte;
+  pattern_setup(s.pattern);
+  if (constant) a_.mov(rbx, rax);
+  a_.mov(rsi, s.samples);
+  range_loop(s.at, s.length, s.stride, [&] {
+    if (s.write && !constant) {
+      pattern_word(s.pattern);
+      a_.mov(rbx, rax);
+    }
+    a_.lfence();
+    read_tsc();
+    a_.mov(rdi, rax);
+    if (s.write)
+      a_.mov(qword_ptr(r8), rbx);
+    else
+      a_.mov(rcx, qword_ptr(r8));
+    a_.lfence();
+    read_tsc();
+    a_.sub(rax, rdi);
+    a_.mov(qword_ptr(rsi), rax);
+    a_.add(rsi, 8);
   });
 }
 

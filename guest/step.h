@@ -62,12 +62,23 @@ struct Fill {
 };
 
 // Writes (or reads) one word every `stride` bytes of [at, at + length).
+//
+// With `samples` (not 0), each access is timed: the TSC is read (after an
+// lfence) before and after it, and the difference in ticks goes to the
+// 8-byte word samples + 8·i for the i-th access. rdtsc is native at CPL3,
+// so the loop makes no exit; the host reads the samples when the run is
+// over. The samples' words (timed_accesses() of them) lie in RAM, apart
+// from the touched range (config/ checks it).
 struct Touch {
   uint64_t at = 0;
   uint64_t length = 0;
   uint64_t stride = 4096;
   bool write = true;
   Pattern pattern{Pattern::Kind::kAddress, 0};
+  uint64_t samples = 0;
+
+  // The accesses the loop makes: one per stride that starts in the range.
+  uint64_t accesses() const { return length ? (length - 1) / stride + 1 : 0; }
 };
 
 // Reads every word of [at, at + length); the first mismatch fails the run.

@@ -55,6 +55,13 @@ void check_stays_in_bounds(const std::vector<guest::Step>& program, const VmConf
       at = v->at, length = v->length;
     } else if (const auto* t = std::get_if<guest::Touch>(&s)) {
       at = t->at, length = t->length, step = t->stride;
+      if (t->samples) {
+        const uint64_t bytes = t->accesses() * 8;
+        KVMEM_CHECK(t->samples >= abi::kBootAreaEnd && t->samples <= vm.memory && bytes <= vm.memory - t->samples &&
+                        (t->samples + bytes <= t->at || t->at + t->length <= t->samples),
+                    "touch samples at {:#x} ({:#x} bytes) escape RAM or overlap [{:#x}, +{:#x})", t->samples, bytes,
+                    t->at, t->length);
+      }
     } else if (const auto* fr = std::get_if<guest::Free>(&s)) {
       at = fr->at, length = fr->length, step = fr->stride_or_granule();
       KVMEM_CHECK(fr->granule <= step && fr->length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",

@@ -77,6 +77,7 @@ bool simulate(const std::vector<Step>& steps, Touched* t) {
       } else {
         for (uint64_t k = 0; k < kMaxTouchPages && k * tc->stride < tc->length; k++) t->add(tc->at + k * tc->stride, 8);
       }
+      if (tc->samples) t->add(tc->samples, tc->accesses() * 8);
     } else if (const auto* fr = std::get_if<guest::Free>(&s)) {
       // A strided free leaves pages between its ranges: dropping the whole
       // span says too little is held, never too much.

@@ -324,6 +324,8 @@ bool Vcpu::handle_io(const Devices& devices, const kvm_regs& regs, VcpuRun& out)
   return end(out, RunOutcome::kFailed, FailureKind::kHost, "unknown hypercall outcome");
 }
 
+bool Vcpu::tsc_khz_from_kvm() const { return ::ioctl(vcpu_.fd(), KVM_GET_TSC_KHZ, 0) > 0; }
+
 uint64_t Vcpu::tsc_khz() const {
   const int khz = ::ioctl(vcpu_.fd(), KVM_GET_TSC_KHZ, 0);
   return khz > 0 ? static_cast<uint64_t>(khz) : measured_tsc_khz();

@@ -88,6 +88,8 @@ class Vcpu {
   // KVM refuses it, the host's TSC measured against CLOCK_MONOTONIC (once
   // per process, ~20 ms) — what the guest's runs at when KVM does not scale it.
   uint64_t tsc_khz() const;
+  // Whether tsc_khz() comes from KVM_GET_TSC_KHZ (else from the calibration).
+  bool tsc_khz_from_kvm() const;
 
  private:
   Vcpu(KvmVcpu vcpu, unsigned id, bool sync_regs) : vcpu_(std::move(vcpu)), id_(id), sync_regs_(sync_regs) {}

@@ -99,6 +99,9 @@ class Vm : public VcpuPauser {
   GuestMemory& memory() { return *memory_; }
   const Windows& windows() const { return windows_; }
   size_t vcpu_count() const { return vcpus_.size(); }
+  // vCPU 0's TSC rate in kHz (Vcpu::tsc_khz) and whether KVM gave it.
+  uint64_t tsc_khz() const { return vcpus_[0]->tsc_khz(); }
+  bool tsc_khz_from_kvm() const { return vcpus_[0]->tsc_khz_from_kvm(); }
 
   // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
   // until resume(). Safe from any thread, before, during and after run().
