@@ -46,6 +46,9 @@ struct FaultBenchOptions {
   bool write = true;       // false: reads
   unsigned repeat = 1;     // each measurement this many times; samples pooled
   unsigned prefault_threads = 0;  // ahead: 0 lets the engine choose
+  // An unrecorded host sweep per backing before the measured ones (see
+  // "Warm-up" in docs/benchmarks.md).
+  bool warmup = true;
 };
 
 // The options' values checked against each other: names known, size a

@@ -146,6 +146,8 @@ class BenchCommand : public Command {
                        "host threads for --prefault ahead (0: the engine chooses)")
         ->capture_default_str()
         ->check(whole_number(0, 64));
+    fault_->add_flag("--no-warmup", fault_no_warmup_,
+                     "skip the unrecorded host sweep that each backing gets before the measured ones");
     fault_->add_flag("--json", fault_json_, "print one JSON object per backing and mode, one per line");
   }
 
@@ -153,6 +155,7 @@ class BenchCommand : public Command {
     if (!fault_backings_.empty()) fault_opts_.backings = fault_backings_;
     if (!fault_prefaults_.empty()) fault_opts_.prefaults = fault_prefaults_;
     fault_opts_.write = !fault_read_;
+    fault_opts_.warmup = !fault_no_warmup_;
     if (!fault_size_.empty()) {
       auto size = json_fields::size_value(nlohmann::json(fault_size_), json_fields::Ptr() / "size");
       if (!size) return report_error(fault_json_, kExitUsage, "--size: " + size.error().message);
@@ -177,7 +180,7 @@ class BenchCommand : public Command {
   FaultBenchOptions fault_opts_;
   std::vector<std::string> fault_backings_, fault_prefaults_;
   std::string fault_size_;
-  bool fault_read_ = false, fault_write_ = false, fault_json_ = false;
+  bool fault_read_ = false, fault_write_ = false, fault_no_warmup_ = false, fault_json_ = false;
   CLI::App *boot_, *alloc_, *reclaim_, *fs_;
   FsBenchOptions fs_opts_;
   bool fs_json_ = false;

@@ -488,6 +488,11 @@ Status check_clear_of(const std::vector<Step>& steps, const Ptr& p, GuestRange r
     const auto walked = memory_walked(steps[i]);
     if (walked && walked->overlaps(reserved))
       return (p / i).fail("{} {} overlaps {}, {}", op_name(steps[i]), *walked, reserved, what);
+    if (const auto* t = std::get_if<Touch>(&steps[i]); t && t->samples) {
+      const GuestRange samples(t->samples, t->samples + t->accesses() * 8);
+      if (samples.overlaps(reserved))
+        return (p / i / "samples").fail("the samples {} overlap {}, {}", samples, reserved, what);
+    }
   }
   return {};
 }

@@ -153,3 +153,26 @@ TEST_CASE("a pattern may name its origin, a size, where its words depend on the 
   refused(fill({{"origin", "1G"}}), "/program/0/pattern: expected a pattern");
   refused(fill({{"seed", 7}, {"address", true}}), "/program/0/pattern: expected a pattern");
 }
+
+TEST_CASE("a timed touch's samples go in RAM, apart from the range it times and the result slots", "[config]") {
+  auto touch = [](json samples) {
+    return json{{"op", "touch"}, {"at", "2M"}, {"length", "1M"}, {"samples", std::move(samples)}};
+  };
+  // 1 MiB at 4 KiB strides: 256 accesses, 2 KiB of samples.
+  auto ok = parse_vm_config(program("8M", {touch("4M")}), "t");
+  REQUIRE(ok);
+  const auto& t = std::get<guest::Touch>(ok->program[0]);
+  CHECK(t.samples == 4u << 20);
+  CHECK(t.accesses() == 256);
+  refused(program("8M", {touch(0)}), "/program/0/samples: must not be 0");
+  refused(program("8M", {touch("4M+4")}), "/program/0/samples:");
+  refused(program("8M", {touch(0x400004)}), "/program/0/samples: 0x400004 is not a multiple of 8");
+  refused(program("8M", {touch("0x80000")}), "/program/0/samples: 0x80000 lies in the reserved boot area");
+  refused(program("8M", {touch("0x7ffc00")}), "/program/0/samples: the samples at 0x7ffc00 (256 accesses, 0x800 bytes) run past the end of RAM");
+  refused(program("8M", {touch("0x2ff800")}),
+          "/program/0/samples: the samples at 0x2ff800 (0x800 bytes) overlap the range they time [0x200000, 0x300000)");
+  // Just after the range is fine; over the result slots is not.
+  CHECK(parse_vm_config(program("8M", {touch("3M")}), "t"));
+  refused(program("8M", {touch("0x7ff000"), {{"op", "timestamp"}, {"slot", 1023}}}),
+          "/program/0/samples: the samples [0x7ff000, 0x7ff800) overlap [0x7fe000, 0x800000)");
+}
