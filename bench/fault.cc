@@ -241,7 +241,10 @@ std::vector<json> backing_rows(const Kvm& kvm, const Backing& b, const FaultBenc
     // handed out pays for that too. An unrecorded sweep first puts every
     // measured sweep after it on the same footing.
     say(fmt::format("fault: {}: warm-up sweep of {} MiB (not recorded)", b.name, o.size >> 20));
-    (void)host_sweeps(b, o, host_khz);
+    FaultBenchOptions warm = o;
+    warm.size = plan(o).ram;  // as much as a VM will take
+    warm.stride = 4096;
+    (void)host_sweeps(b, warm, host_khz);
   }
   Pooled host_first, host_second;
   for (unsigned k = 0; k < o.repeat; k++) {
@@ -307,6 +310,8 @@ std::vector<json> backing_rows(const Kvm& kvm, const Backing& b, const FaultBenc
 }
 
 }  // namespace
+
+uint64_t fault_guest_ram(const FaultBenchOptions& o) { return plan(o).ram; }
 
 Status check_fault_options(const FaultBenchOptions& o) {
   if (o.backings.empty()) return fail("--backing: name at least one of memfd, memfd-thp, hugetlb, anon");

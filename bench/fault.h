@@ -66,6 +66,10 @@ nlohmann::json latency_json(const Summary& s, double total_ms);
 // huge pages, TSC kHz and where that figure came from.
 nlohmann::json fault_host_facts(uint64_t tsc_khz, const std::string& tsc_source);
 
+// Bytes of guest RAM each benchmark VM has (the swept range, the samples,
+// the boot area and the result slots): what a hugetlb run needs free.
+uint64_t fault_guest_ram(const FaultBenchOptions& o);
+
 // One JSON object per backing and prefault mode (see docs/benchmarks.md for
 // the keys). `progress` (may be empty) gets a line per phase.
 std::vector<nlohmann::json> run_fault_bench(const Kvm& kvm, const FaultBenchOptions& o,

@@ -1,4 +1,5 @@
 // `kvmem bench boot|alloc|reclaim|fs|fault`: measurements, as a table or JSON lines.
+#include <algorithm>
 #include <cstdio>
 
 #include <nlohmann/json.hpp>
@@ -6,6 +7,7 @@
 #include "bench/alloc.h"
 #include "bench/boot.h"
 #include "bench/fault.h"
+#include "bench/host_setup.h"
 #include "bench/fs.h"
 #include "bench/reclaim.h"
 #include "cli/cli.h"
@@ -146,6 +148,9 @@ class BenchCommand : public Command {
                        "host threads for --prefault ahead (0: the engine chooses)")
         ->capture_default_str()
         ->check(whole_number(0, 64));
+    fault_->add_flag("--setup-host", fault_setup_host_,
+                     "as root, turn on what the chosen backings need for this run (shmem THP 'advise', enough "
+                     "hugetlb pages) and put the old settings back afterwards, also on failure and on a signal");
     fault_->add_flag("--no-warmup", fault_no_warmup_,
                      "skip the unrecorded host sweep that each backing gets before the measured ones");
     fault_->add_flag("--json", fault_json_, "print one JSON object per backing and mode, one per line");
@@ -166,7 +171,24 @@ class BenchCommand : public Command {
     if (!kvm) return report_error(fault_json_, kExitHost, kvm.error().message);
     std::function<void(const std::string&)> progress;
     if (!fault_json_) progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    std::unique_ptr<HostSetup> setup;
+    if (fault_setup_host_) {
+      auto has = [&](const char* b) {
+        return std::find(fault_opts_.backings.begin(), fault_opts_.backings.end(), b) != fault_opts_.backings.end();
+      };
+      HostNeeds needs{.thp = has("memfd-thp")};
+      // The host's sweep and a VM's RAM, never both at once; the memory
+      // file grows (and maps, and so reserves huge pages) in steps that may
+      // reach twice what it holds.
+      if (has("hugetlb")) needs.hugetlb_bytes = 2 * std::max(fault_opts_.size, fault_guest_ram(fault_opts_));
+      auto s = HostSetup::apply(needs);
+      if (!s) return report_error(fault_json_, kExitHost, s.error().message);
+      setup = std::move(*s);
+      for (const auto& c : setup->changes()) std::fprintf(stderr, "setup-host: %s (restored at the end)\n", c.c_str());
+    }
     auto rows = run_fault_bench(*kvm, fault_opts_, progress);
+    if (setup)
+      for (auto& row : rows) row["host_setup"] = setup->changes();
     bool failed = false;
     for (const auto& row : rows) failed = failed || row.contains("error");
     if (fault_json_)
@@ -180,7 +202,7 @@ class BenchCommand : public Command {
   FaultBenchOptions fault_opts_;
   std::vector<std::string> fault_backings_, fault_prefaults_;
   std::string fault_size_;
-  bool fault_read_ = false, fault_write_ = false, fault_no_warmup_ = false, fault_json_ = false;
+  bool fault_read_ = false, fault_write_ = false, fault_setup_host_ = false, fault_no_warmup_ = false, fault_json_ = false;
   CLI::App *boot_, *alloc_, *reclaim_, *fs_;
   FsBenchOptions fs_opts_;
   bool fs_json_ = false;
