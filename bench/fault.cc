@@ -18,6 +18,7 @@
 #include "guest/program.h"
 #include "memory/memory_file.h"
 #include "vmm/kvm/kvm.h"
+#include "vmm/kvm/stats.h"
 #include "vmm/vm.h"
 
 namespace kvmem {
@@ -172,6 +173,7 @@ std::vector<guest::Step> vcpu_steps(const GuestPlan& p, const FaultBenchOptions&
 struct VmSweeps {
   Sweep first, second;
   uint64_t exits = 0;      // to userspace, other than each vCPU's exit hypercall
+  json kvm = nullptr;      // the kernel's counters over the run (KVM_GET_STATS_FD), or null
   double prefault_cpu_ms = 0;
   unsigned prefault_threads = 0;
 };
@@ -195,6 +197,16 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
   const uint64_t khz = vm->tsc_khz();
   *khz_out = khz;
   *khz_from_kvm = vm->tsc_khz_from_kvm();
+  // The kernel's own counters (exits it handled itself, shadow page
+  // faults) over the whole run: the sweeps are nearly all of it.
+  std::vector<KvmStats> stats;
+  std::vector<std::map<std::string, uint64_t>> before;
+  for (unsigned i = 0; i < o.vcpus; i++)
+    if (auto s = KvmStats::open(vm->vcpu_fd(i)))
+      if (auto b = s->read()) {
+        stats.push_back(std::move(*s));
+        before.push_back(std::move(*b));
+      }
   RunResult r = vm->run(nullptr);
   if (r.outcome != RunOutcome::kExited || r.guest_exit_code != 0)
     return fail("the guest did not finish its sweeps: {} ({})", r.outcome_name(), r.message);
@@ -213,6 +225,16 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
   }
   for (int pass = 0; pass < 2; pass++)
     (pass ? out.second : out.first).total_ms = end[pass] > start[pass] ? ticks_to_ns(end[pass] - start[pass], khz) / 1e6 : 0;
+  if (stats.size() == o.vcpus) {
+    std::map<std::string, uint64_t> sum;
+    for (size_t i = 0; i < stats.size(); i++)
+      if (auto after = stats[i].read())
+        for (const auto& [name, v] : stats_delta(before[i], *after)) sum[name] += v;
+    out.kvm = json::object();
+    for (const char* name : {"exits", "pf_taken", "pf_fixed", "pf_spurious", "pf_emulate", "pf_guest", "io_exits",
+                             "signal_exits", "halt_exits", "irq_exits"})
+      if (sum.count(name)) out.kvm[name] = sum[name];
+  }
   uint64_t exits = 0;
   for (const auto& [reason, count] : r.exits) exits += count;
   out.exits = exits > o.vcpus ? exits - o.vcpus : 0;
@@ -303,7 +325,7 @@ std::vector<json> backing_rows(const Kvm& kvm, const Backing& b, const FaultBenc
                 {"ratio_total", host_total > 0 ? json(first.total_ms() / host_total) : json(nullptr)},
                 {"pages_per_s", first.total_ms() > 0 ? json(static_cast<double>(first.ns.size() / o.repeat) / (first.total_ms() / 1e3)) : json(nullptr)},
                 {"prefault_cpu_ms", last[m].prefault_cpu_ms}, {"prefault_threads", last[m].prefault_threads},
-                {"exits_during_measure", last[m].exits}};
+                {"exits_during_measure", last[m].exits}, {"kvm_stats_run", last[m].kvm}};
     rows.push_back(row);
   }
   return rows;

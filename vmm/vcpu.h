@@ -83,6 +83,7 @@ class Vcpu {
   void resume();
 
   unsigned id() const { return id_; }
+  int fd() const { return vcpu_.fd(); }  // for KVM_GET_STATS_FD and the like
 
   // The rate of this vCPU's TSC in kHz, never 0: KVM_GET_TSC_KHZ, or, when
   // KVM refuses it, the host's TSC measured against CLOCK_MONOTONIC (once

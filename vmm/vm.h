@@ -102,6 +102,8 @@ class Vm : public VcpuPauser {
   // vCPU 0's TSC rate in kHz (Vcpu::tsc_khz) and whether KVM gave it.
   uint64_t tsc_khz() const { return vcpus_[0]->tsc_khz(); }
   bool tsc_khz_from_kvm() const { return vcpus_[0]->tsc_khz_from_kvm(); }
+  // vCPU i's fd (i < vcpu_count()), for its KVM statistics (vmm/kvm/stats.h).
+  int vcpu_fd(size_t i) const { return vcpus_.at(i)->fd(); }
 
   // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
   // until resume(). Safe from any thread, before, during and after run().
