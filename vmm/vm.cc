@@ -106,6 +106,11 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
     const abi::BootInfo info{.tsc_khz = v->vcpus_[0]->tsc_khz(), .reserved = {}};
     std::memcpy(v->memory_->host(GuestAddr(guest::layout::kBootInfoAddr)), &info, sizeof info);
   }
+  // Eager prefault last: the boot area and the program are in place, and
+  // every page is populated before the first KVM_RUN.
+  KVMEM_TRY(prefault_lanes(*v->memory_, config.prefault_options()));
+  if (config.prefault == Prefault::kEager)
+    v->prefault_ = KVMEM_TRY(prefault_eager(*v->memory_, config.prefault_options()));
   v->free_reports_.emplace(*v->memory_, v->frees_);
   v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()));
   return v;
@@ -151,6 +156,20 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   console_.set_echo(echo);
   const Devices devices{*memory_, console_, *free_reports_, &*free_ring_, windows_.all().empty() ? nullptr : &windows_};
   std::vector<VcpuRun> runs(vcpus_.size());
+  // Ahead's threads start just before the vCPUs and go (joined) with this
+  // scope, whatever way the run ends. One that cannot start is reported in
+  // the stats; the guest runs without it.
+  std::unique_ptr<PrefaultAhead> ahead;
+  PrefaultStats ahead_failed;
+  ahead_failed.mode = Prefault::kAhead;
+  if (config_.prefault == Prefault::kAhead) {
+    if (auto a = PrefaultAhead::start(*memory_, config_.prefault_options())) {
+      ahead = std::move(*a);
+    } else {
+      ahead_failed.errors = 1;
+      ahead_failed.error = a.error().message;
+    }
+  }
   const auto start = std::chrono::steady_clock::now();
   // vCPU 0 runs here; each other one on its own thread. A thread the host
   // cannot start ends the run as the host's failure.
@@ -168,7 +187,9 @@ RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   }
   run_vcpu(0, devices, runs);
   for (auto& t : threads) t.join();
+  if (ahead) ahead->stop();
   RunResult result = gather(runs);
+  result.prefault = ahead ? ahead->stats() : config_.prefault == Prefault::kAhead ? ahead_failed : prefault_;
   result.run_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return result;
 }

@@ -66,6 +66,10 @@ struct RunResult {
   std::vector<uint64_t> timestamps;
   // Every vCPU's, one list per vCPU (vcpu_timestamps[0] == timestamps).
   std::vector<std::vector<uint64_t>> vcpu_timestamps;
+  // What the host populated of RAM for it (mode kNone: nothing): eager's
+  // in Vm::create, ahead's while the guest ran (its threads stopped and
+  // joined when the run ended).
+  PrefaultStats prefault;
 
   // 0 when the guest exited with 0; 3 when the host could not go on; 1 for
   // any other end (DESIGN.md exit codes).
@@ -86,7 +90,8 @@ class Vm : public VcpuPauser {
                                             const guest::Image& program, tmpfs::FileSystem* files = nullptr);
   ~Vm() override;
 
-  // Runs the guest to its end. `echo` (may be empty) receives console bytes
+  // Runs the guest to its end. With prefault ahead, its threads start just
+  // before the vCPUs and are stopped and joined before run() returns. `echo` (may be empty) receives console bytes
   // as the guest writes them, all of them; the result keeps a bounded record.
   RunResult run(const std::function<void(std::string_view)>& echo);
 
@@ -134,6 +139,7 @@ class Vm : public VcpuPauser {
   Console console_;
   std::optional<FreeReports> free_reports_;
   std::optional<FreeRingDevice> free_ring_;
+  PrefaultStats prefault_;  // eager's, from create()
 
   std::mutex stop_mu_;
   bool stopped_ = false;                           // protected by stop_mu_: the first stop won

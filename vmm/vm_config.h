@@ -8,6 +8,8 @@
 
 #include "guest/boot.h"
 #include "guest/program.h"
+#include "memory/range.h"
+#include "vmm/memory/prefault.h"
 
 namespace kvmem {
 
@@ -36,6 +38,18 @@ struct VmConfig {
   // One step list per vCPU (vcpus of them) when not empty; then `program`
   // is unused.
   std::vector<std::vector<guest::Step>> programs;
+  // Host-side population of RAM (vmm/memory/prefault.h): eager in
+  // Vm::create, ahead while run() runs the guest.
+  Prefault prefault = Prefault::kNone;
+  unsigned prefault_threads = 1;        // ahead: 0 lets the engine pick
+  uint64_t prefault_chunk = 2ull << 20;  // ahead: bytes a thread takes at a time
+  // The order the guest uses RAM in (one range per vCPU's slice, say);
+  // empty: one lane of all RAM.
+  std::vector<GuestRange> prefault_lanes;
+
+  PrefaultOptions prefault_options() const {
+    return {.threads = prefault_threads, .chunk = prefault_chunk, .lanes = prefault_lanes};
+  }
 
   // Each vCPU's steps, vcpus lists: `programs`, or `program` for each.
   std::vector<std::vector<guest::Step>> vcpu_programs() const {

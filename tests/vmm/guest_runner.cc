@@ -6,13 +6,16 @@
 
 namespace kvmem::test {
 
-GuestRun create_guest(const nlohmann::json& config) {
+GuestRun create_guest(const nlohmann::json& config) { return create_guest(config, nullptr); }
+
+GuestRun create_guest(const nlohmann::json& config, const std::function<void(VmConfig&)>& tweak) {
   GuestRun out;
   auto c = parse_vm_config(config, "test");
   if (!c) {
     out.setup_error = c.error().message;
     return out;
   }
+  if (tweak) tweak(*c);
   auto image = guest::build_vcpus(c->vcpu_programs(), c->machine());
   if (!image) {
     out.setup_error = image.error().message;

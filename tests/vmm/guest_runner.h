@@ -1,6 +1,7 @@
 // Boots a guest from an in-test JSON config, as `kvmem run` would.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -21,5 +22,8 @@ struct GuestRun {
 GuestRun run_guest(const nlohmann::json& config);
 // The same, without running it: vm is set unless setup_error is.
 GuestRun create_guest(const nlohmann::json& config);
+// The same, with `tweak` changing the parsed config before the VM is made
+// (settings a JSON config does not reach, such as prefault lanes).
+GuestRun create_guest(const nlohmann::json& config, const std::function<void(VmConfig&)>& tweak);
 
 }  // namespace kvmem::test

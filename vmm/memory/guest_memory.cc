@@ -274,6 +274,11 @@ std::span<uint8_t> GuestMemory::boot_area() const {
   return {host(GuestAddr(0)), abi::kBootAreaEnd};
 }
 
+std::span<uint8_t> GuestMemory::ram_run(GuestAddr a, uint64_t max) const {
+  const RegionPiece& p = ram_->piece_at(a);
+  return {ram_->host(a), std::min(max, p.guest.end - a.value)};
+}
+
 Status GuestMemory::decommit(GuestRange r) {
   KVMEM_CHECK(r.is_page_aligned(), "decommit of {}, which is not page-aligned", r);
   View v = view();

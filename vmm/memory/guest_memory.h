@@ -146,6 +146,10 @@ class GuestMemory {
   // Precondition: a lies in RAM.
   uint8_t* host(GuestAddr a) const { return ram_->host(a); }
   FileOffset file_offset(GuestAddr a) const { return ram_->file_offset(a); }
+  // Host memory of RAM from a, at most `max` bytes and never past the end
+  // of a's piece (host memory is contiguous only within one). Precondition:
+  // a lies in RAM.
+  std::span<uint8_t> ram_run(GuestAddr a, uint64_t max) const;
   // The boot area [0, abi::kBootAreaEnd), which always lies in one piece.
   std::span<uint8_t> boot_area() const;
 
