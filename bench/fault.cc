@@ -19,6 +19,7 @@
 #include "memory/memory_file.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/kvm/stats.h"
+#include "vmm/memory/prefault.h"
 #include "vmm/vm.h"
 
 namespace kvmem {
@@ -189,7 +190,11 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
   c.timeout_ms = 600'000;
   c.ram_unit = p.ram;  // one allocation: one memory slot
   for (unsigned i = 0; i < o.vcpus; i++) c.programs.push_back(vcpu_steps(p, o, i));
-  if (mode != "none") return fail("prefault {} is not built yet", mode);
+  c.prefault = *parse_prefault(mode);
+  c.prefault_threads = o.prefault_threads;
+  // Ahead walks each vCPU's slice in its footsteps; eager takes all RAM.
+  if (c.prefault == Prefault::kAhead)
+    for (unsigned i = 0; i < o.vcpus; i++) c.prefault_lanes.emplace_back(p.slice_at(i), p.slice_at(i) + p.slice);
   if (b.anon) return fail("anon guest RAM is not built yet");
   auto file = KVMEM_TRY(MemoryFile::create(file_options(b, p.ram)));
   const guest::Image img = KVMEM_TRY(guest::build_vcpus(c.vcpu_programs(), c.machine()));
@@ -235,6 +240,9 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
                              "signal_exits", "halt_exits", "irq_exits"})
       if (sum.count(name)) out.kvm[name] = sum[name];
   }
+  out.prefault_cpu_ms = r.prefault.cpu_ms;
+  out.prefault_threads = r.prefault.threads;
+  if (!r.prefault.error.empty()) return fail("prefault {}: {}", mode, r.prefault.error);
   uint64_t exits = 0;
   for (const auto& [reason, count] : r.exits) exits += count;
   out.exits = exits > o.vcpus ? exits - o.vcpus : 0;
