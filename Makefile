@@ -23,8 +23,9 @@ CXXFLAGS += -std=c++2b -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion 
 CXXFLAGS += -DJSON_DIAGNOSTICS=1
 LDLIBS   += -lasmjit -lfmt -pthread
 
+# librsvg2-bin: rsvg-convert, with which a test renders bench fault's SVG.
 DEBIAN_PACKAGES := g++ make linux-libc-dev libasmjit-dev catch2 nlohmann-json3-dev \
-                   libcli11-dev libfmt-dev
+                   libcli11-dev libfmt-dev librsvg2-bin
 
 # One folder per concern; docs/design.md, "Layers", has their order and
 # tools/check-layers enforces it.

@@ -258,7 +258,7 @@ json skipped_row(const Backing& b, const std::string& mode, const FaultBenchOpti
 // touch (the virtualisation floor), then each mode asked for.
 std::vector<json> backing_rows(const Kvm& kvm, const Backing& b, const FaultBenchOptions& o,
                                const std::function<void(const std::string&)>& say, uint64_t* khz,
-                               std::string* tsc_source) {
+                               std::string* tsc_source, std::vector<CdfSeries>* plot) {
   std::vector<json> rows;
   if (auto why = unavailable(b, plan(o).ram)) {
     for (const auto& m : o.prefaults) rows.push_back(skipped_row(b, m, o, *why));
@@ -312,6 +312,11 @@ std::vector<json> backing_rows(const Kvm& kvm, const Backing& b, const FaultBenc
       last[m] = *s;
     }
   }
+  if (plot) {
+    for (const auto& m : modes)
+      if (!errors.count(m)) plot->push_back({fmt::format("{} / {}", b.name, m), guest[m].first.ns});
+    plot->push_back({fmt::format("{}: the host's own first touch", b.name), host_first.ns, true});
+  }
   const Summary hs = summarize(host_first.ns);
   const double host_total = host_first.total_ms();
   for (const auto& m : modes) {
@@ -363,7 +368,8 @@ Status check_fault_options(const FaultBenchOptions& o) {
 }
 
 std::vector<json> run_fault_bench(const Kvm& kvm, const FaultBenchOptions& o,
-                                  const std::function<void(const std::string&)>& progress) {
+                                  const std::function<void(const std::string&)>& progress,
+                                  std::vector<CdfSeries>* plot) {
   auto say = [&](const std::string& line) {
     if (progress) progress(line);
   };
@@ -393,7 +399,7 @@ std::vector<json> run_fault_bench(const Kvm& kvm, const FaultBenchOptions& o,
   for (const auto& name : o.backings) {
     const Backing& b = *find_backing(name);
     uint64_t k = khz;
-    auto more = backing_rows(kvm, b, o, say, &k, &source);
+    auto more = backing_rows(kvm, b, o, say, &k, &source, plot);
     rows.insert(rows.end(), more.begin(), more.end());
   }
   const json facts = fault_host_facts(khz, source);

@@ -31,6 +31,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/error.h"
+#include "bench/plot.h"
 #include "bench/stats.h"
 
 namespace kvmem {
@@ -71,9 +72,12 @@ nlohmann::json fault_host_facts(uint64_t tsc_khz, const std::string& tsc_source)
 uint64_t fault_guest_ram(const FaultBenchOptions& o);
 
 // One JSON object per backing and prefault mode (see docs/benchmarks.md for
-// the keys). `progress` (may be empty) gets a line per phase.
+// the keys). `progress` (may be empty) gets a line per phase. With `plot`,
+// each guest first-touch distribution and each host floor (dashed) is
+// added to it, for cdf_svg().
 std::vector<nlohmann::json> run_fault_bench(const Kvm& kvm, const FaultBenchOptions& o,
-                                            const std::function<void(const std::string&)>& progress);
+                                            const std::function<void(const std::string&)>& progress,
+                                            std::vector<CdfSeries>* plot = nullptr);
 
 // The rows as a table, and the selftests' two lines per row
 // ("Total guest execution time", "Overall demand paging rate").

@@ -8,6 +8,7 @@
 #include "bench/boot.h"
 #include "bench/fault.h"
 #include "bench/host_setup.h"
+#include "bench/plot.h"
 #include "bench/fs.h"
 #include "bench/reclaim.h"
 #include "cli/cli.h"
@@ -154,6 +155,8 @@ class BenchCommand : public Command {
     fault_->add_flag("--no-warmup", fault_no_warmup_,
                      "skip the unrecorded host sweep that each backing gets before the measured ones");
     fault_->add_flag("--json", fault_json_, "print one JSON object per backing and mode, one per line");
+    fault_->add_option("--plot", fault_plot_,
+                       "write an SVG of the first-touch latency CDFs, each backing's host floor dashed beside them");
   }
 
   int fault() {
@@ -186,7 +189,15 @@ class BenchCommand : public Command {
       setup = std::move(*s);
       for (const auto& c : setup->changes()) std::fprintf(stderr, "setup-host: %s (restored at the end)\n", c.c_str());
     }
-    auto rows = run_fault_bench(*kvm, fault_opts_, progress);
+    std::vector<CdfSeries> series;
+    auto rows = run_fault_bench(*kvm, fault_opts_, progress, fault_plot_.empty() ? nullptr : &series);
+    if (!fault_plot_.empty()) {
+      const std::string title = fmt::format("kvmem bench fault: first touch per access, {} MiB, {} vCPU{}",
+                                            fault_opts_.size >> 20, fault_opts_.vcpus, fault_opts_.vcpus == 1 ? "" : "s");
+      if (auto w = write_text_file(fault_plot_, cdf_svg(title, series)); !w)
+        return report_error(fault_json_, kExitHost, w.error().message);
+      if (!fault_json_) std::fprintf(stderr, "wrote %s\n", fault_plot_.c_str());
+    }
     if (setup)
       for (auto& row : rows) row["host_setup"] = setup->changes();
     bool failed = false;
@@ -201,7 +212,7 @@ class BenchCommand : public Command {
   CLI::App* fault_ = nullptr;
   FaultBenchOptions fault_opts_;
   std::vector<std::string> fault_backings_, fault_prefaults_;
-  std::string fault_size_;
+  std::string fault_size_, fault_plot_;
   bool fault_read_ = false, fault_write_ = false, fault_setup_host_ = false, fault_no_warmup_ = false, fault_json_ = false;
   CLI::App *boot_, *alloc_, *reclaim_, *fs_;
   FsBenchOptions fs_opts_;
