@@ -196,6 +196,8 @@ class MemoryFile {
   // The file's current size; grows by doubling, never shrinks.
   uint64_t total_size() const { return file_size_.load(std::memory_order_acquire); }
   uint64_t page_size() const { return page_size_; }
+  // Created with HugePages::Thp (MADV_HUGEPAGE on its mappings).
+  bool thp() const { return thp_; }
   uint64_t reservation() const { return reservation_; }
   int fd() const { return fd_; }
   // Host address of file offset 0; offset x lives at base() + x once mapped.

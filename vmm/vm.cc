@@ -23,6 +23,21 @@ bool gib_pages_supported(const std::vector<kvm_cpuid_entry2>& supported) {
   return false;
 }
 
+// The caller's MemoryFile is of the backing the config asks for.
+Status check_backing(const MemoryFile& file, const VmConfig& config) {
+  const bool hugetlb = file.page_size() == kHugePageSize;
+  const RamBacking b = config.backing;
+  const char* has = hugetlb ? "hugetlb" : file.thp() ? "memfd-thp" : "memfd";
+  const bool ok = b == RamBacking::kHugetlb ? hugetlb
+                  : b == RamBacking::kMemfdThp ? file.thp()
+                  : b == RamBacking::kMemfd ? !hugetlb && !file.thp()
+                                            : true;  // anon: the file only serves windows
+  if (!ok)
+    return fail("VM {} has backing {}, but the memory file given for its RAM is {} (make_ram_file makes one of a backing)",
+                config.name, ram_backing_name(b), has);
+  return {};
+}
+
 }  // namespace
 
 const char* RunResult::outcome_name() const {
@@ -67,7 +82,9 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
       return fail("this host's KVM does not offer 1 GiB guest pages (CPUID pdpe1gb); use \"guest_page_size\": \"2M\"");
   }
 
-  auto memory = GuestMemory::create(file, config.memory, config.ram_unit);
+  KVMEM_TRY(check_backing(file, config));
+  auto memory = config.backing == RamBacking::kAnon ? GuestMemory::create_anon(file, config.memory)
+                                                    : GuestMemory::create(file, config.memory, config.ram_unit);
   if (!memory) return std::unexpected(memory.error());
   v->memory_ = std::move(*memory);
   // Guest memory must hold its contents before the vCPU can see it.

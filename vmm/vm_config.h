@@ -9,6 +9,7 @@
 #include "guest/boot.h"
 #include "guest/program.h"
 #include "memory/range.h"
+#include "vmm/memory/backing.h"
 #include "vmm/memory/prefault.h"
 
 namespace kvmem {
@@ -38,6 +39,10 @@ struct VmConfig {
   // One step list per vCPU (vcpus of them) when not empty; then `program`
   // is unused.
   std::vector<std::vector<guest::Step>> programs;
+  // Where RAM lives (vmm/memory/backing.h): memfd, memfd-thp and hugetlb
+  // RAM comes from the MemoryFile given to Vm::create, which must be of
+  // that backing; anon RAM from an anonymous mapping of the VM's own.
+  RamBacking backing = RamBacking::kMemfd;
   // Host-side population of RAM (vmm/memory/prefault.h): eager in
   // Vm::create, ahead while run() runs the guest.
   Prefault prefault = Prefault::kNone;

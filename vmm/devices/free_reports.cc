@@ -66,7 +66,7 @@ void FreeBatch::flush() {
     const int64_t err = -(s.error().code ? s.error().code : EIO);
     for (int64_t* st : statuses_) *st = err;
   } else {
-    stats_.bytes_decommitted.fetch_add(run_.length(), std::memory_order_relaxed);
+    stats_.bytes_decommitted.fetch_add(*s, std::memory_order_relaxed);
   }
   run_ = GuestRange();
   statuses_.clear();

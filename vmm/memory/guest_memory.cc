@@ -63,6 +63,15 @@ Result<std::unique_ptr<GuestMemory>> GuestMemory::create(MemoryFile& file, uint6
   return std::unique_ptr<GuestMemory>(new GuestMemory(file, std::move(ram)));
 }
 
+Result<std::unique_ptr<GuestMemory>> GuestMemory::create_anon(MemoryFile& file, uint64_t size) {
+  KVMEM_CHECK(size > 0 && size % kHugePageSize == 0, "anonymous guest RAM of {:#x} bytes", size);
+  auto m = Mapping::create(fmt::format("cannot map {} MiB of anonymous guest RAM", size >> 20), size,
+                           PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+  if (!m) return std::unexpected(m.error());
+  auto anon = std::make_shared<const Mapping>(std::move(*m));
+  return std::unique_ptr<GuestMemory>(new GuestMemory(file, std::make_shared<const Region>(file, std::move(anon))));
+}
+
 GuestMemory::GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram)
     : file_(file), ram_(std::move(ram)), map_(std::make_shared<const RegionMap>(RegionMap().with(ram_))) {}
 
@@ -81,7 +90,7 @@ Result<GuestMemory::Registration> GuestMemory::register_region_locked(std::share
   Registration reg{std::move(r), {}};
   const Region& region = *reg.region;
   for (const RegionPiece& p : region.pieces()) {
-    auto slot = vm_->add(p.guest, file_.base() + p.file.value, region.access());
+    auto slot = vm_->add(p.guest, region.host(p.guest.start_addr()), region.access());
     // Returning drops reg, and with it every slot made so far.
     if (!slot)
       return std::unexpected(slot.error().context(
@@ -190,7 +199,7 @@ Result<GuestMemory::Registration> GuestMemory::reregister_locked(std::shared_ptr
       old.erase(same);
       continue;
     }
-    auto slot = vm_->add(p.guest, file_.base() + p.file.value, reg.region->access());
+    auto slot = vm_->add(p.guest, reg.region->host(p.guest.start_addr()), reg.region->access());
     if (!slot) return std::unexpected(slot.error().context(fmt::format("cannot register guest {} {}",
                                                                         region_kind_name(reg.region->kind()), p.guest)));
     reg.slots.push_back(std::move(*slot));
@@ -279,25 +288,39 @@ std::span<uint8_t> GuestMemory::ram_run(GuestAddr a, uint64_t max) const {
   return {ram_->host(a), std::min(max, p.guest.end - a.value)};
 }
 
-Status GuestMemory::decommit(GuestRange r) {
+Result<uint64_t> GuestMemory::decommit(GuestRange r) {
   KVMEM_CHECK(r.is_page_aligned(), "decommit of {}, which is not page-aligned", r);
   View v = view();
   if (int err = v->reportable(r); err != 0)
     return std::unexpected(Error{-err, fmt::format("cannot decommit guest-physical {}: it is not all RAM", r)});
+  uint64_t released = 0;
   for (uint64_t at = r.start; at < r.end;) {
     const Region& region = **v->find(GuestAddr(at));
     const RegionPiece& piece = region.piece_at(GuestAddr(at));
     const uint64_t end = std::min(r.end, piece.guest.end);
     const FileOffset f = region.file_offset(GuestAddr(at));
-    if (auto s = file_.decommit(FileRange(f.value, f.value + (end - at))); !s)
-      return std::unexpected(s.error().context(fmt::format("cannot decommit guest-physical {}", r)));
+    if (region.anonymous()) {
+      if (madvise(region.host(GuestAddr(at)), end - at, MADV_DONTNEED) != 0)
+        return sys_fail(fmt::format("cannot decommit guest-physical {}", r), "madvise(MADV_DONTNEED)", errno);
+      released += end - at;
+    } else {
+      // Whole file pages only (hugetlb's are 2 MiB): round inward.
+      const uint64_t page = file_.page_size();
+      const uint64_t lo = (f.value + page - 1) / page * page, hi = (f.value + (end - at)) / page * page;
+      if (lo < hi) {
+        if (auto s = file_.decommit(FileRange(lo, hi)); !s)
+          return std::unexpected(s.error().context(fmt::format("cannot decommit guest-physical {}", r)));
+        released += hi - lo;
+      }
+    }
     at = end;
   }
-  return {};
+  return released;
 }
 
 std::vector<FileRange> GuestMemory::file_ranges() const {
   std::vector<FileRange> out;
+  if (ram_->anonymous()) return out;
   for (const RegionPiece& p : ram_->pieces()) out.push_back(p.file_range());
   return out;
 }
@@ -306,11 +329,26 @@ Result<uint64_t> GuestMemory::resident_bytes() const {
   // The file counts over its data extents only: the cost follows what the
   // guest touched, not its size (a mincore of all of a 32 GiB guest took
   // ~0.5 s).
+  if (ram_->anonymous()) return anon_resident_bytes();
   uint64_t bytes = 0;
   for (const FileRange& f : file_ranges()) {
     auto r = file_.resident_in(f);
     if (!r) return std::unexpected(r.error().context("cannot count resident guest RAM"));
     bytes += *r;
+  }
+  return bytes;
+}
+
+Result<uint64_t> GuestMemory::anon_resident_bytes() const {
+  constexpr uint64_t kWindow = 64ull << 20;  // 16384 pages per mincore
+  std::vector<unsigned char> vec(kWindow / 4096);
+  uint64_t bytes = 0;
+  uint8_t* base = ram_->host(GuestAddr(0));
+  for (uint64_t at = 0; at < ram_size(); at += kWindow) {
+    const uint64_t n = std::min(kWindow, ram_size() - at);
+    if (mincore(base + at, n, vec.data()) != 0)
+      return sys_fail("cannot count resident anonymous guest RAM", "mincore", errno);
+    for (uint64_t i = 0; i < n / 4096; i++) bytes += (vec[i] & 1) ? 4096 : 0;
   }
   return bytes;
 }

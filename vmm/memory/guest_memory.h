@@ -53,7 +53,9 @@
 // Cost: nothing here is proportional to the size of RAM. resident_bytes()
 // asks the kernel (mincore) only about the file's data extents
 // (MemoryFile::resident_in skips holes with SEEK_DATA), so its cost follows
-// what the guest touched. Keep it that way.
+// what the guest touched. Keep it that way. The one exception is anonymous
+// RAM (create_anon, backing anon in vmm/memory/backing.h), which has no
+// data extents to ask about: its resident_bytes() mincores all of it.
 #pragma once
 
 #include <cstdint>
@@ -90,6 +92,13 @@ class GuestMemory {
   // Errors: the allocator's, with the size asked for.
   static Result<std::unique_ptr<GuestMemory>> create(MemoryFile& file, uint64_t size,
                                                      uint64_t unit = kDefaultUnit);
+  // RAM of `size` bytes (a multiple of 2 MiB) from a private anonymous
+  // mapping (MAP_NORESERVE), one piece and one memory slot; `file` serves
+  // the windows only. Its file_ranges() are empty (nothing of the file is
+  // behind RAM), memslots() give offsets into the mapping as the file
+  // range, decommit() is MADV_DONTNEED, and resident_bytes() mincores the
+  // whole mapping: this one costs time in proportion to RAM. Errors: mmap's.
+  static Result<std::unique_ptr<GuestMemory>> create_anon(MemoryFile& file, uint64_t size);
   GuestMemory(const GuestMemory&) = delete;
   GuestMemory& operator=(const GuestMemory&) = delete;
   ~GuestMemory();
@@ -153,13 +162,20 @@ class GuestMemory {
   // The boot area [0, abi::kBootAreaEnd), which always lies in one piece.
   std::span<uint8_t> boot_area() const;
 
-  // Punches the backing of r now: the guest reads zeros there afterwards.
-  // Preconditions: page-aligned (the hypercall layer checks). Errors: r
-  // not wholly RAM (EPERM, EFAULT), the punch's.
-  Status decommit(GuestRange r);
-  // The file ranges behind RAM, in guest order (for accounting).
+  // Punches the backing of r now: the guest reads zeros there afterwards;
+  // returns the bytes released. On a file of larger pages (hugetlb, 2 MiB)
+  // only the whole pages inside r are punched (r rounded inward: the rest
+  // keeps its contents and stays committed); anonymous RAM is
+  // MADV_DONTNEED. Preconditions: 4 KiB-aligned (the hypercall layer
+  // checks). Errors: r not wholly RAM (EPERM, EFAULT), the punch's.
+  Result<uint64_t> decommit(GuestRange r);
+  // RAM over an anonymous mapping (create_anon), not the file.
+  bool anonymous() const { return ram_->anonymous(); }
+  // The file ranges behind RAM, in guest order (for accounting); empty for
+  // anonymous RAM.
   std::vector<FileRange> file_ranges() const;
-  // Bytes of RAM the host holds (mincore over the data extents of each piece).
+  // Bytes of RAM the host holds (mincore over the data extents of each
+  // piece; anonymous RAM: over all of it).
   Result<uint64_t> resident_bytes() const;
 
  private:
@@ -169,6 +185,7 @@ class GuestMemory {
   };
 
   GuestMemory(MemoryFile& file, std::shared_ptr<const Region> ram);
+  Result<uint64_t> anon_resident_bytes() const;
   // Adds one slot per piece of r; all of them or none.
   Result<Registration> register_region_locked(std::shared_ptr<const Region> r) const;
   // Adds one slot per piece of r, reusing the slot in `old` with exactly a

@@ -29,6 +29,13 @@ Region::Region(MemoryFile& file, RegionKind kind, MemAccess access, std::vector<
   guest_ = GuestRange(pieces_.front().guest.start, pieces_.back().guest.end);
 }
 
+Region::Region(MemoryFile& file, std::shared_ptr<const Mapping> anon)
+    : file_(file), kind_(RegionKind::kRam), access_(MemAccess::kReadWrite), anon_(std::move(anon)) {
+  KVMEM_CHECK(anon_ && anon_->size() > 0 && anon_->size() % 4096 == 0, "anonymous RAM without memory");
+  guest_ = GuestRange(0, anon_->size());
+  pieces_.push_back(RegionPiece{guest_, FileOffset(0)});
+}
+
 Region::~Region() {
   for (const FileRange& r : refs_) file_.dec_ref(r);
 }

@@ -7,7 +7,11 @@
 //   Region               one guest range: its kind, its access, whether a guest
 //                        may report it free, and its pieces (host-contiguous
 //                        runs, one memory slot each); holds a reference on the
-//                        file ranges behind it until the last map that has it goes
+//                        file ranges behind it until the last map that has it goes.
+//                        Anonymous RAM (backing anon) is one piece over a
+//                        private anonymous mapping instead: its "file offsets"
+//                        are offsets into that mapping, and it holds no
+//                        file reference
 //   RegionMap            a sorted, disjoint, immutable set of regions: lookups,
 //                        contains, reportable, read, host_span, translate
 //   HostSpan             host memory behind a guest range plus what keeps it
@@ -26,6 +30,7 @@
 #include <string>
 #include <vector>
 
+#include "base/mapping.h"
 #include "memory/memory_file.h"
 #include "memory/range.h"
 #include "vmm/kvm/memslot.h"
@@ -49,6 +54,9 @@ class Region {
   // Preconditions: pieces are non-empty, sorted, touching, page-aligned.
   Region(MemoryFile& file, RegionKind kind, MemAccess access, std::vector<RegionPiece> pieces,
          std::vector<FileRange> refs);
+  // RAM at [0, anon->size()) over the anonymous mapping `anon` (one piece;
+  // `file` is the VM's MemoryFile, unused for this region's memory).
+  Region(MemoryFile& file, std::shared_ptr<const Mapping> anon);
   Region(const Region&) = delete;
   Region& operator=(const Region&) = delete;
   ~Region();
@@ -61,11 +69,13 @@ class Region {
   bool reportable() const { return kind_ == RegionKind::kRam; }
   const std::vector<RegionPiece>& pieces() const { return pieces_; }
   MemoryFile& file() const { return file_; }
+  // True for RAM over an anonymous mapping (no file behind it).
+  bool anonymous() const { return anon_ != nullptr; }
 
   // Preconditions: guest().contains(a).
   const RegionPiece& piece_at(GuestAddr a) const;
   FileOffset file_offset(GuestAddr a) const;
-  uint8_t* host(GuestAddr a) const { return file_.base() + file_offset(a).value; }
+  uint8_t* host(GuestAddr a) const { return (anon_ ? anon_->data() : file_.base()) + file_offset(a).value; }
 
  private:
   MemoryFile& file_;
@@ -74,6 +84,7 @@ class Region {
   GuestRange guest_;
   std::vector<RegionPiece> pieces_;
   std::vector<FileRange> refs_;  // each holds one reference of ours
+  std::shared_ptr<const Mapping> anon_;  // anonymous RAM's memory, else null
 };
 
 class HostSpan {
