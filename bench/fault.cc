@@ -19,6 +19,7 @@
 #include "memory/memory_file.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/kvm/stats.h"
+#include "vmm/memory/backing.h"
 #include "vmm/memory/prefault.h"
 #include "vmm/vm.h"
 
@@ -195,8 +196,9 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
   // Ahead walks each vCPU's slice in its footsteps; eager takes all RAM.
   if (c.prefault == Prefault::kAhead)
     for (unsigned i = 0; i < o.vcpus; i++) c.prefault_lanes.emplace_back(p.slice_at(i), p.slice_at(i) + p.slice);
-  if (b.anon) return fail("anon guest RAM is not built yet");
-  auto file = KVMEM_TRY(MemoryFile::create(file_options(b, p.ram)));
+  c.backing = *parse_ram_backing(b.name);
+  // anon RAM is an anonymous mapping of the VM's own; the file is for windows.
+  auto file = KVMEM_TRY(MemoryFile::create(file_options(b.anon ? kBackings[0] : b, p.ram)));
   const guest::Image img = KVMEM_TRY(guest::build_vcpus(c.vcpu_programs(), c.machine()));
   auto vm = KVMEM_TRY(Vm::create(kvm, *file, c, img));
   const uint64_t khz = vm->tsc_khz();
