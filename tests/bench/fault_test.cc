@@ -1,6 +1,8 @@
 // `kvmem bench fault`: the conversion and JSON helpers, the option checks,
 // and small real runs whose rows must have every key and sane figures (the
 // figures themselves are not asserted: a benchmark measures).
+#include <map>
+
 #include <catch2/catch.hpp>
 
 #include "bench/fault.h"
@@ -134,4 +136,31 @@ TEST_CASE("a backing the host cannot give is a skipped row that says how to enab
       check_latency(r.at("first_touch_ns"), 512);
     }
   }
+}
+
+TEST_CASE("every prefault mode on memfd and anon runs, and prefaulting takes most shadow faults away",
+          "[bench-fault][kvm]") {
+  REQUIRE_KVM();
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  FaultBenchOptions o{.backings = {"memfd", "anon"}, .prefaults = {"none", "eager", "ahead"}, .size = 4 * kMiB};
+  auto rows = run_fault_bench(*kvm, o, nullptr);
+  REQUIRE(rows.size() == 6);
+  std::map<std::string, uint64_t> faults;
+  for (const json& r : rows) {
+    INFO(r.dump());
+    REQUIRE(r.at("skipped") == false);
+    check_latency(r.at("first_touch_ns"), 1024);
+    check_latency(r.at("prefaulted_touch_ns"), 1024);
+    if (r.at("prefault") != "none") CHECK(r.at("prefault_threads").get<unsigned>() >= 1);
+    if (r.at("kvm_stats_run").is_object())
+      faults[r.at("backing").get<std::string>() + "/" + r.at("prefault").get<std::string>()] =
+          r.at("kvm_stats_run").at("pf_taken").get<uint64_t>();
+  }
+  // KVM maps up to 8 neighbouring pages per fault when the host holds them.
+  if (faults.size() == 6)
+    for (const char* b : {"memfd", "anon"}) {
+      INFO(b);
+      CHECK(faults[std::string(b) + "/eager"] * 2 < faults[std::string(b) + "/none"]);
+    }
 }
