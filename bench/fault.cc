@@ -32,17 +32,13 @@ constexpr uint64_t k2M = 2ull << 20;
 
 uint64_t align_2m(uint64_t x) { return (x + k2M - 1) / k2M * k2M; }
 
+// The backings by name, and whether the host sweep maps anonymous memory
+// (else a MemoryFile of that backing, as the guest's RAM).
 struct Backing {
   const char* name;
-  HugePages huge;
   bool anon;
 };
-constexpr Backing kBackings[] = {
-    {"memfd", HugePages::None, false},
-    {"memfd-thp", HugePages::Thp, false},
-    {"hugetlb", HugePages::Hugetlb, false},
-    {"anon", HugePages::None, true},
-};
+constexpr Backing kBackings[] = {{"memfd", false}, {"memfd-thp", false}, {"hugetlb", false}, {"anon", true}};
 
 const Backing* find_backing(const std::string& name) {
   for (const Backing& b : kBackings)
@@ -71,27 +67,16 @@ struct Pooled {
   json to_json() const { return latency_json(summarize(ns), total_ms()); }
 };
 
+RamBacking ram_backing(const Backing& b) { return *parse_ram_backing(b.name); }
+
 // Why the host cannot give this backing for `bytes`, or nothing.
 std::optional<std::string> unavailable(const Backing& b, uint64_t bytes) {
-  const HugePageSupport s = probe_huge_pages();
-  if (b.huge == HugePages::Thp && !s.thp)
-    return s.thp_reason + "; `echo advise > /sys/kernel/mm/transparent_hugepage/shmem_enabled` (or --setup-host)";
-  if (b.huge == HugePages::Hugetlb) {
-    if (!s.hugetlb)
-      return s.hugetlb_reason + fmt::format("; `echo {} > /proc/sys/vm/nr_hugepages` (or --setup-host)", bytes / k2M);
-  }
-  return std::nullopt;
+  auto why = ram_backing_unavailable(ram_backing(b), bytes);
+  if (why) *why += " (or --setup-host)";
+  return why;
 }
 
-MemoryFileOptions file_options(const Backing& b, uint64_t bytes) {
-  MemoryFileOptions o;
-  o.name = fmt::format("kvmem-fault-{}", b.name);
-  o.huge = b.huge;
-  uint64_t r = uint64_t{1} << 30;
-  while (r < 2 * bytes) r <<= 1;
-  o.reservation = r;
-  return o;
-}
+MemoryFileOptions file_options(const Backing& b, uint64_t bytes) { return ram_file_options(ram_backing(b), bytes); }
 
 // The host's own first touch of `size` fresh bytes of `b`, then its second
 // pass over them (a plain write or read loop).
@@ -196,9 +181,10 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
   // Ahead walks each vCPU's slice in its footsteps; eager takes all RAM.
   if (c.prefault == Prefault::kAhead)
     for (unsigned i = 0; i < o.vcpus; i++) c.prefault_lanes.emplace_back(p.slice_at(i), p.slice_at(i) + p.slice);
-  c.backing = *parse_ram_backing(b.name);
-  // anon RAM is an anonymous mapping of the VM's own; the file is for windows.
-  auto file = KVMEM_TRY(MemoryFile::create(file_options(b.anon ? kBackings[0] : b, p.ram)));
+  c.backing = ram_backing(b);
+  // anon RAM is an anonymous mapping of the VM's own; its file (plain
+  // memfd) is only for windows.
+  auto file = KVMEM_TRY(MemoryFile::create(file_options(b, p.ram)));
   const guest::Image img = KVMEM_TRY(guest::build_vcpus(c.vcpu_programs(), c.machine()));
   auto vm = KVMEM_TRY(Vm::create(kvm, *file, c, img));
   const uint64_t khz = vm->tsc_khz();
