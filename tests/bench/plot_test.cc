@@ -1,6 +1,10 @@
-// The SVG of latency CDFs (bench/plot.h): its structure, its escaping, its
-// "no data" case, and a real render with rsvg-convert to a PNG of the size
+// The SVG of latency CDFs (bench/plot.h): its structure (well-formed XML,
+// by our checker and by xmllint when installed), its escaping, its hostile
+// values, its "no data" case, and a real render with rsvg-convert to a PNG of the size
 // the SVG asks for, whose bytes differ from a blank render's.
+#include <unistd.h>
+
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -10,6 +14,7 @@
 #include <catch2/catch.hpp>
 
 #include "bench/plot.h"
+#include "tests/bench/svg_check.h"
 
 using namespace kvmem;
 
@@ -64,6 +69,54 @@ TEST_CASE("a CDF plot has a path and a legend line per series, decade ticks and 
   const size_t path = svg.find("<path d=\"");
   const std::string d = svg.substr(path, svg.find('"', path + 9) - path);
   CHECK(count(d, " L") < 500);
+}
+
+TEST_CASE("the plot is well-formed XML, and the checker catches what is not", "[plot]") {
+  const std::string svg = cdf_svg("t <&> \"'", {{"a & b <c>", ramp(3000, 10, 1000)}, {"\x01ctl", {5, 50}, true}},
+                                  "time per call & more");
+  CHECK(test::xml_problem(svg) == "");
+  CHECK_THAT(svg, Catch::Contains(">time per call &amp; more<"));
+  CHECK_THAT(svg, Catch::Contains(">a &amp; b &lt;c&gt; — p50"));
+  CHECK(test::xml_problem(cdf_svg("t", {})) == "");
+  // The checker is not a rubber stamp.
+  CHECK(test::xml_problem("<svg><g></svg>") != "");
+  CHECK(test::xml_problem("<svg>a & b</svg>") != "");
+  CHECK(test::xml_problem("<svg x=\"1>") != "");
+  CHECK(test::xml_problem("<svg/><svg/>") != "");
+  char path[] = "/tmp/kvmem-plot-XXXXXX.svg";
+  const int fd = ::mkstemps(path, 4);
+  REQUIRE(fd >= 0);
+  ::close(fd);
+  REQUIRE(write_text_file(path, svg));
+  bool ran = false;
+  CHECK(test::xmllint_accepts(path, &ran));
+  if (!ran) WARN("xmllint is missing (Debian's libxml2-utils): only our own XML check ran");
+  ::unlink(path);
+}
+
+TEST_CASE("the curve passes through the quoted percentiles, min and max", "[plot]") {
+  // 0..9999 ns, one sample each: the rank of p99 is 9900, of p99.9 9990.
+  std::vector<double> v;
+  for (int i = 1; i <= 10000; i++) v.push_back(i);
+  const std::string svg = cdf_svg("t", {{"a", v}});
+  const size_t path = svg.find("<path d=\"");
+  const std::string d = svg.substr(path, svg.find('"', path + 9) - path);
+  CHECK(count(d, " L") < 500);
+  // y of rank r is 40 + (1 - r/n) * 300: p50 at 190.0, p99 at 43.0, p99.9 at 40.3, max at 40.0.
+  for (const char* y : {",190.0", ",43.0", ",40.3", ",40.0", ",340.0"}) CHECK_THAT(d, Catch::Contains(y));
+}
+
+TEST_CASE("hostile values: NaN and inf are left out, <= 0 clamps, a huge range keeps few labels", "[plot]") {
+  const std::string svg = cdf_svg("t", {{"a", {NAN, INFINITY, -INFINITY, -5, 0, 100, 1000}},
+                                        {"b", {1e-300, 1e300}}});
+  CHECK(test::xml_problem(svg) == "");
+  CHECK(count(svg, "<path ") == 2);
+  CHECK(svg.find("nan") == std::string::npos);
+  CHECK(svg.find("inf") == std::string::npos);
+  // 600 decades: labelled every 50, not 600 labels on top of each other.
+  CHECK(count(svg, "text-anchor=\"middle\"") < 20);
+  const std::string only_bad = cdf_svg("t", {{"a", {NAN, INFINITY, -1}}});
+  CHECK_THAT(only_bad, Catch::Contains("no data"));
 }
 
 TEST_CASE("a plot with no samples is still an SVG, saying so", "[plot]") {
