@@ -1,4 +1,4 @@
-// `kvmem bench boot|alloc|reclaim|fs|fault`: measurements, as a table or JSON lines.
+// `kvmem bench boot|alloc|reclaim|fs|fault|usage`: measurements, as a table or JSON lines.
 #include <algorithm>
 #include <cstdio>
 
@@ -11,6 +11,7 @@
 #include "bench/plot.h"
 #include "bench/fs.h"
 #include "bench/reclaim.h"
+#include "bench/usage.h"
 #include "cli/cli.h"
 #include "config/fields.h"
 #include "vmm/kvm/kvm.h"
@@ -44,6 +45,7 @@ class BenchCommand : public Command {
     fs_->add_flag("--quick", fs_opts_.quick, "smaller sizes, fewer trials (a smoke check; not figures to quote)");
     fs_->add_flag("--json", fs_json_, "print one JSON object per line instead of the tables");
     add_fault(*cmd_);
+    add_usage(*cmd_);
   }
 
   int run(Clock::time_point) override {
@@ -52,6 +54,7 @@ class BenchCommand : public Command {
     if (reclaim_->parsed()) return reclaim();
     if (fs_->parsed()) return fs();
     if (fault_->parsed()) return fault();
+    if (usage_->parsed()) return usage();
     return kExitUsage;
   }
 
@@ -214,6 +217,78 @@ class BenchCommand : public Command {
   std::vector<std::string> fault_backings_, fault_prefaults_;
   std::string fault_size_, fault_plot_;
   bool fault_read_ = false, fault_write_ = false, fault_setup_host_ = false, fault_no_warmup_ = false, fault_json_ = false;
+  // `bench usage`: update_usage's cost per call by scan mode and file size
+  // (bench/usage.h); check_usage_options refuses, naming the option.
+  void add_usage(CLI::App& bench) {
+    usage_ = bench.add_subcommand(
+        "usage",
+        "The allocator's usage scans: update_usage() per call by scan mode (mincore, seek_data, elided by st_blocks) "
+        "and file size, against one plain mincore of the whole mapping");
+    usage_->add_option("--size", usage_sizes_, "file sizes, comma-separated (a multiple of --piece, at most 256G)")
+        ->delimiter(',')
+        ->default_str("4G,64G");
+    usage_->add_option("--committed", usage_committed_,
+                       "bytes written in each file, as pieces spread evenly (default: 1/64 of the file, 1G of 64G)");
+    usage_->add_option("--piece", usage_piece_, "bytes per written piece, one data extent each")->default_str("2M");
+    usage_->add_option("--rounds", usage_opts_.rounds, "timed calls per mode and size")
+        ->capture_default_str()
+        ->check(whole_number(1, 100000));
+    usage_->add_flag("--json", usage_json_, "print one JSON object per mode and size, one per line");
+    usage_->add_option("--plot", usage_plot_,
+                       "write an SVG of the per-call time CDFs, one line per mode and size, plain mincore dashed");
+  }
+
+  int usage() {
+    auto size_of = [&](const std::string& text, const char* option) -> Result<uint64_t> {
+      auto v = parse_size_string(text);
+      if (!v) return fail("{}: {}", option, v.error().message);
+      return *v;
+    };
+    if (!usage_sizes_.empty()) usage_opts_.sizes.clear();
+    for (const auto& text : usage_sizes_) {
+      auto v = size_of(text, "--size");
+      if (!v) return report_error(usage_json_, kExitUsage, v.error().message);
+      usage_opts_.sizes.push_back(*v);
+    }
+    for (auto [text, out, option] : {std::tuple{&usage_committed_, &usage_opts_.committed, "--committed"},
+                                     std::tuple{&usage_piece_, &usage_opts_.piece, "--piece"}}) {
+      if (text->empty()) continue;
+      auto v = size_of(*text, option);
+      if (!v) return report_error(usage_json_, kExitUsage, v.error().message);
+      if (*v == 0) return report_error(usage_json_, kExitUsage, fmt::format("{}: must not be 0", option));
+      *out = *v;
+    }
+    if (auto ok = check_usage_options(usage_opts_); !ok) return report_error(usage_json_, kExitUsage, ok.error().message);
+    // The plot's file is written first ("no data") so that a path that
+    // cannot be written is refused before the run, not after it.
+    auto plot = [&](const std::vector<CdfSeries>& series) {
+      return write_text_file(usage_plot_, cdf_svg("kvmem bench usage: update_usage() per call, by scan mode and "
+                                                  "file size", series, "time per call (log scale)"));
+    };
+    if (!usage_plot_.empty())
+      if (auto w = plot({}); !w) return report_error(usage_json_, kExitHost, w.error().message);
+    std::function<void(const std::string&)> progress;
+    if (!usage_json_) progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    std::vector<CdfSeries> series;
+    auto rows = run_usage_bench(usage_opts_, progress, usage_plot_.empty() ? nullptr : &series);
+    if (!usage_plot_.empty()) {
+      if (auto w = plot(series); !w) return report_error(usage_json_, kExitHost, w.error().message);
+      if (!usage_json_) std::fprintf(stderr, "wrote %s\n", usage_plot_.c_str());
+    }
+    bool failed = false;
+    for (const auto& row : rows) failed = failed || row.contains("error");
+    if (usage_json_)
+      for (const auto& row : rows) print_json(row);
+    else
+      std::printf("%s", format_usage_bench(rows).c_str());
+    return failed ? kExitFailed : kExitOk;
+  }
+
+  CLI::App* usage_ = nullptr;
+  UsageBenchOptions usage_opts_;
+  std::vector<std::string> usage_sizes_;
+  std::string usage_committed_, usage_piece_, usage_plot_;
+  bool usage_json_ = false;
   CLI::App *boot_, *alloc_, *reclaim_, *fs_;
   FsBenchOptions fs_opts_;
   bool fs_json_ = false;
