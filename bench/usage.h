@@ -4,15 +4,17 @@
 // For each file size, two fresh MemoryFiles (UsageScan::Mincore, the
 // default, and UsageScan::SeekData), each with `committed` bytes written
 // through the mapping as pieces of `piece` bytes spread evenly over the
-// file (one data extent each). Then, `rounds` times:
-//   plain_mincore  one mincore of the whole mapping (the Mincore file only):
-//                  what a scan that knew nothing of holes would pay;
+// file (one data extent each). In each file:
+//   plain_mincore  (the Mincore file only) `rounds` mincores of the whole
+//                  mapping, in a loop of their own: what a scan that knew
+//                  nothing of holes would pay;
+// then `rounds` times:
 //   mincore / seek_data
 //                  forget_known_committed(), then one timed update_usage():
 //                  a fresh scan in that file's mode, st_blocks disagreeing
 //                  with nothing known;
-//   elided         a second update_usage() straight after (the Mincore file
-//                  only), which st_blocks lets skip.
+//   elided         a second update_usage() straight after, which st_blocks
+//                  lets skip (reported from the Mincore file).
 // Every call is timed on its own (steady_clock), and every scan must find
 // exactly `committed` bytes.
 //
