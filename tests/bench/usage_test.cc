@@ -128,6 +128,10 @@ TEST_CASE("a small usage run yields a row per mode and size with every key, and 
   const std::string table = format_usage_bench(rows);
   for (const char* mode : kModes) CHECK_THAT(table, Catch::Contains(mode));
   CHECK_THAT(table, Catch::Contains("256 MiB"));
+  // A size that failed is a line after the table, not a row in it.
+  rows.push_back({{"bench", "usage"}, {"size", 64 * kMiB}, {"error", "the scan found 0 bytes"}});
+  CHECK_THAT(format_usage_bench(rows), Catch::EndsWith("usage, 64 MiB: the scan found 0 bytes\n"));
+  CHECK(format_usage_bench({rows.back()}) == "usage, 64 MiB: the scan found 0 bytes\n");
 }
 
 TEST_CASE("kvmem bench usage --json --plot prints the rows and writes a valid SVG", "[bench-usage][cli]") {
