@@ -5,6 +5,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "tests/vmm/memory/ram_helpers.h"
+
 #include "guest/abi.h"
 #include "guest/layout.h"
 #include "vmm/devices/free_reports.h"
@@ -14,20 +16,7 @@ using namespace kvmem;
 
 namespace {
 
-struct Guest {
-  std::unique_ptr<MemoryFile> file;
-  std::unique_ptr<GuestMemory> memory;
-};
-
-Guest make_guest(uint64_t size, uint64_t unit) {
-  MemoryFileOptions o;
-  o.reservation = 1ull << 32;
-  auto file = MemoryFile::create(o);
-  REQUIRE(file);
-  auto memory = GuestMemory::create(**file, size, unit);
-  REQUIRE(memory);
-  return {std::move(*file), std::move(*memory)};
-}
+test::Ram make_guest(uint64_t size, uint64_t unit) { return test::make_ram(size, unit, 1ull << 32); }
 
 void write_pages(GuestMemory& m, uint64_t gpa, uint64_t length) {
   for (uint64_t a = gpa; a < gpa + length; a += 4096) std::memset(m.host(GuestAddr(a)), 0x5a, 4096);
@@ -36,7 +25,7 @@ void write_pages(GuestMemory& m, uint64_t gpa, uint64_t length) {
 }  // namespace
 
 TEST_CASE("free ranges are checked for alignment, size, wrap, bounds and the boot area", "[free]") {
-  Guest g = make_guest(8 << 20, 2 << 20);
+  test::Ram g = make_guest(8 << 20, 2 << 20);
   struct Case {
     uint64_t gpa, length;
     int64_t want;
@@ -53,7 +42,7 @@ TEST_CASE("free ranges are checked for alignment, size, wrap, bounds and the boo
 }
 
 TEST_CASE("neighbouring ranges are punched as one run; every range keeps its own status", "[free]") {
-  Guest g = make_guest(16 << 20, 2 << 20);
+  test::Ram g = make_guest(16 << 20, 2 << 20);
   write_pages(*g.memory, 2 << 20, 8 << 20);
   auto before = g.file->total_usage();
   REQUIRE(before);
@@ -90,7 +79,7 @@ TEST_CASE("neighbouring ranges are punched as one run; every range keeps its own
 }
 
 TEST_CASE("report_free_list writes each status back and returns how many were punched", "[free]") {
-  Guest g = make_guest(8 << 20, 2 << 20);
+  test::Ram g = make_guest(8 << 20, 2 << 20);
   write_pages(*g.memory, 2 << 20, 1 << 20);
   abi::FreeReport list[3] = {{0x200000, 0x1000, 7, 0}, {0x900000, 0x1000, 7, 0}, {0x201000, 0x1000, 7, 0}};
   std::memcpy(g.memory->host(GuestAddr(guest::layout::kReportListAddr)), list, sizeof list);
@@ -131,7 +120,7 @@ TEST_CASE("guest RAM in 2 MiB units is one segment per contiguous run of allocat
 }
 
 TEST_CASE("a guest's share of commit, by the allocator's count, matches the kernel's", "[free]") {
-  Guest g = make_guest(16 << 20, 2 << 20);
+  test::Ram g = make_guest(16 << 20, 2 << 20);
   write_pages(*g.memory, 2 << 20, 6 << 20);
   FreeStats stats;
   REQUIRE(free_range(*g.memory, stats, 3 << 20, 1 << 20) == 0);

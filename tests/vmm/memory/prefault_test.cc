@@ -1,6 +1,8 @@
 // The prefault engine: eager and ahead over guest RAM, with and without a
 // guest running on it.
 #include <catch2/catch.hpp>
+
+#include "tests/vmm/memory/ram_helpers.h"
 #include <nlohmann/json.hpp>
 
 #include "tests/support.h"
@@ -15,20 +17,7 @@ namespace {
 
 constexpr uint64_t kMiB = 1 << 20;
 
-struct Ram {
-  std::unique_ptr<MemoryFile> file;
-  std::unique_ptr<GuestMemory> memory;
-};
-
-Ram make_ram(uint64_t size, uint64_t unit) {
-  MemoryFileOptions o;
-  o.reservation = 1ull << 34;
-  auto file = MemoryFile::create(o);
-  REQUIRE(file);
-  auto memory = GuestMemory::create(**file, size, unit);
-  REQUIRE(memory);
-  return {std::move(*file), std::move(*memory)};
-}
+test::Ram make_ram(uint64_t size, uint64_t unit) { return test::make_ram(size, unit, 1ull << 34); }
 
 uint64_t resident(const GuestMemory& m) {
   auto r = m.resident_bytes();
@@ -45,7 +34,7 @@ TEST_CASE("prefault names parse both ways", "[backing]") {
 }
 
 TEST_CASE("eager prefault makes every page of RAM resident, across pieces", "[backing]") {
-  Ram ram = make_ram(16 * kMiB, 2 * kMiB);  // several allocations
+  test::Ram ram = make_ram(16 * kMiB, 2 * kMiB);  // several allocations
   CHECK(resident(*ram.memory) == 0);
   auto st = prefault_eager(*ram.memory);
   REQUIRE(st);
@@ -59,7 +48,7 @@ TEST_CASE("eager prefault makes every page of RAM resident, across pieces", "[ba
 }
 
 TEST_CASE("ahead prefault walks every lane to its end", "[backing]") {
-  Ram ram = make_ram(32 * kMiB, 4 * kMiB);
+  test::Ram ram = make_ram(32 * kMiB, 4 * kMiB);
   PrefaultOptions o;
   o.threads = 2;
   o.chunk = 256 * 1024;
@@ -82,7 +71,7 @@ TEST_CASE("ahead prefault walks every lane to its end", "[backing]") {
 }
 
 TEST_CASE("ahead prefault stops when asked and joins its threads", "[backing]") {
-  Ram ram = make_ram(512 * kMiB, 512 * kMiB);
+  test::Ram ram = make_ram(512 * kMiB, 512 * kMiB);
   PrefaultOptions o;
   o.threads = 0;  // the engine picks
   o.chunk = 4096;
@@ -97,7 +86,7 @@ TEST_CASE("ahead prefault stops when asked and joins its threads", "[backing]") 
 }
 
 TEST_CASE("prefault refuses lanes outside RAM and bad chunks", "[backing]") {
-  Ram ram = make_ram(8 * kMiB, 8 * kMiB);
+  test::Ram ram = make_ram(8 * kMiB, 8 * kMiB);
   PrefaultOptions o;
   o.lanes = {GuestRange(4 * kMiB, 12 * kMiB)};
   auto e = prefault_eager(*ram.memory, o);

@@ -1,0 +1,31 @@
+// Guest RAM without a VM, for tests of what works on GuestMemory alone
+// (free batches, prefault): a MemoryFile of its own and RAM on it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include <catch2/catch.hpp>
+
+#include "memory/memory_file.h"
+#include "vmm/memory/guest_memory.h"
+
+namespace kvmem::test {
+
+struct Ram {
+  std::unique_ptr<MemoryFile> file;
+  std::unique_ptr<GuestMemory> memory;
+};
+
+// `size` bytes of RAM in `unit` pieces, on a file reserving `reservation`.
+inline Ram make_ram(uint64_t size, uint64_t unit, uint64_t reservation) {
+  MemoryFileOptions o;
+  o.reservation = reservation;
+  auto file = MemoryFile::create(o);
+  REQUIRE(file);
+  auto memory = GuestMemory::create(**file, size, unit);
+  REQUIRE(memory);
+  return {std::move(*file), std::move(*memory)};
+}
+
+}  // namespace kvmem::test
