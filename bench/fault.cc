@@ -196,9 +196,9 @@ Result<VmSweeps> vm_sweeps(const Kvm& kvm, const Backing& b, const std::string& 
   std::vector<std::map<std::string, uint64_t>> before;
   for (unsigned i = 0; i < o.vcpus; i++)
     if (auto s = KvmStats::open(vm->vcpu_fd(i)))
-      if (auto b = s->read()) {
+      if (auto counters = s->read()) {
         stats.push_back(std::move(*s));
-        before.push_back(std::move(*b));
+        before.push_back(std::move(*counters));
       }
   RunResult r = vm->run(nullptr);
   if (r.outcome != RunOutcome::kExited || r.guest_exit_code != 0)

@@ -93,6 +93,61 @@ Status parse_windows(const json& j, const Ptr& root, const std::vector<FileConfi
   return {};
 }
 
+// "backing", "prefault", "prefault_threads", "prefault_chunk", "prefault_lanes":
+// where RAM lives and how the host populates it. Needs c.memory.
+Status parse_ram_keys(const json& j, const Ptr& root, VmConfig& c) {
+  if (j.contains("backing")) {
+    const Ptr p = root / "backing";
+    const std::string name = KVMEM_TRY(string_value(j.at("backing"), p));
+    auto b = parse_ram_backing(name);
+    if (!b) return p.fail("unknown backing \"{}\" (expected \"memfd\", \"memfd-thp\", \"hugetlb\" or \"anon\")", name);
+    c.backing = *b;
+  }
+  if (j.contains("prefault")) {
+    const Ptr p = root / "prefault";
+    const std::string name = KVMEM_TRY(string_value(j.at("prefault"), p));
+    auto m = parse_prefault(name);
+    if (!m) return p.fail("unknown prefault \"{}\" (expected \"none\", \"eager\" or \"ahead\")", name);
+    c.prefault = *m;
+  }
+  const bool ahead = c.prefault == Prefault::kAhead;
+  for (const char* key : {"prefault_threads", "prefault_chunk", "prefault_lanes"})
+    if (j.contains(key) && c.prefault == Prefault::kNone)
+      return (root / key).fail("means nothing without \"prefault\": \"eager\" or \"ahead\"");
+  if (j.contains("prefault_threads")) {
+    const Ptr p = root / "prefault_threads";
+    if (!ahead) return p.fail("is for \"prefault\": \"ahead\" (eager populates on the VM's own thread)");
+    const uint64_t n = KVMEM_TRY(size_value(j.at("prefault_threads"), p));
+    if (n > kMaxPrefaultThreads) return p.fail("must be 0 (let kvmem pick) to {}, found {}", kMaxPrefaultThreads, n);
+    c.prefault_threads = static_cast<unsigned>(n);
+  }
+  if (j.contains("prefault_chunk")) {
+    const Ptr p = root / "prefault_chunk";
+    if (!ahead) return p.fail("is for \"prefault\": \"ahead\"");
+    const uint64_t chunk = KVMEM_TRY(size_value(j.at("prefault_chunk"), p));
+    if (chunk == 0 || chunk % kPageSize || chunk > c.memory)
+      return p.fail("must be a non-zero multiple of 4K no larger than RAM ({:#x}), found {:#x}", c.memory, chunk);
+    c.prefault_chunk = chunk;
+  }
+  if (j.contains("prefault_lanes")) {
+    const Ptr p = root / "prefault_lanes";
+    const json& ls = j.at("prefault_lanes");
+    if (!ls.is_array() || ls.empty() || ls.size() > kMaxPrefaultLanes)
+      return p.fail("expected an array of 1..{} lanes, each {{\"at\": ..., \"length\": ...}}", kMaxPrefaultLanes);
+    for (size_t i = 0; i < ls.size(); i++) {
+      KVMEM_TRY(check_keys(ls[i], p / i, {"at", "length"}));
+      const uint64_t at = KVMEM_TRY(required_size(ls[i], p / i, "at"));
+      const uint64_t length = KVMEM_TRY(required_size(ls[i], p / i, "length"));
+      if (at % kPageSize || length == 0 || length % kPageSize)
+        return (p / i).fail("a lane is a non-empty range of whole 4K pages, found at {:#x} length {:#x}", at, length);
+      if (at >= c.memory || length > c.memory - at)
+        return (p / i).fail("[{:#x}, +{:#x}) runs past RAM ({:#x} bytes)", at, length, c.memory);
+      c.prefault_lanes.push_back(GuestRange(at, at + length));
+    }
+  }
+  return {};
+}
+
 bool valid_file_name(const std::string& n) {
   if (n.empty() || n.size() > tmpfs::kMaxNameLength) return false;
   for (char c : n)
@@ -148,9 +203,11 @@ Result<std::vector<FileConfig>> parse_files(const json& j) {
 Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view default_name,
                              const std::vector<FileConfig>& files, bool top_level) {
   if (auto k = top_level ? check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit",
-                                                "windows", "program", "programs", "files"})
+                                                "windows", "program", "programs", "backing", "prefault",
+                                                "prefault_threads", "prefault_chunk", "prefault_lanes", "files"})
                          : check_keys(j, root, {"name", "memory", "vcpus", "timeout_ms", "guest_page_size", "ram_unit",
-                                                "windows", "program", "programs"});
+                                                "windows", "program", "programs", "backing", "prefault",
+                                                "prefault_threads", "prefault_chunk", "prefault_lanes"});
       !k)
     return std::unexpected(k.error());
   VmConfig c;
@@ -198,7 +255,13 @@ Result<VmConfig> parse_vm_at(const json& j, const Ptr& root, std::string_view de
     if (*t == 0 || *t > kMaxTimeoutMs) return (root / "timeout_ms").fail("must be 1..{}, found {}", kMaxTimeoutMs, *t);
     c.timeout_ms = *t;
   }
+  KVMEM_TRY(parse_ram_keys(j, root, c));
   KVMEM_TRY(parse_windows(j, root, files, c));
+  if (!c.windows.empty() && (c.backing == RamBacking::kMemfdThp || c.backing == RamBacking::kHugetlb))
+    return (root / "windows").fail("a VM of backing {} cannot have windows: the shared files live in the run's plain "
+                                   "memfd, and a VM's file-backed RAM and windows share one memory file (use backing "
+                                   "\"memfd\" or \"anon\")",
+                                   ram_backing_name(c.backing));
   if (!j.contains("program") && !j.contains("programs")) return root.fail("missing required key \"program\"");
   std::vector<GuestRange> windows;
   for (const WindowConfig& w : c.windows) windows.push_back(w.guest());

@@ -39,6 +39,9 @@ inline constexpr size_t kMaxFiles = 64;
 inline constexpr size_t kMaxWindows = 16;  // per VM
 inline constexpr uint64_t kMaxFileBytes = 64ull << 30;
 
+inline constexpr unsigned kMaxPrefaultThreads = 64;
+inline constexpr size_t kMaxPrefaultLanes = 64;
+
 inline constexpr uint64_t kMaxTimeoutMs = 3'600'000;
 inline constexpr size_t kMaxVms = 64;
 

@@ -121,6 +121,23 @@ void check_files_and_windows(const RunConfig& c) {
   }
 }
 
+// docs/config.md, "RAM backing and prefault": RAM on a file of its own has no
+// windows; prefault keys only with a prefault that uses them; lanes in RAM.
+void check_backing_and_prefault(const RunConfig& c) {
+  for (const VmConfig& vm : c.vms) {
+    KVMEM_CHECK(vm.windows.empty() || vm.backing == RamBacking::kMemfd || vm.backing == RamBacking::kAnon,
+                "a VM of backing {} with {} windows", ram_backing_name(vm.backing), vm.windows.size());
+    KVMEM_CHECK(vm.prefault_threads <= kMaxPrefaultThreads, "{} prefault threads", vm.prefault_threads);
+    KVMEM_CHECK(vm.prefault_chunk > 0 && vm.prefault_chunk % kPageSize == 0 && vm.prefault_chunk <= vm.memory,
+                "a prefault chunk of {:#x} bytes in {:#x} of RAM", vm.prefault_chunk, vm.memory);
+    KVMEM_CHECK(vm.prefault_lanes.size() <= kMaxPrefaultLanes, "{} prefault lanes", vm.prefault_lanes.size());
+    KVMEM_CHECK(vm.prefault_lanes.empty() || vm.prefault != Prefault::kNone, "prefault lanes without a prefault");
+    for (const GuestRange& l : vm.prefault_lanes)
+      KVMEM_CHECK(l.well_formed() && !l.empty() && l.is_page_aligned() && l.end <= vm.memory,
+                  "prefault lane {} in {:#x} bytes of RAM", l, vm.memory);
+  }
+}
+
 void check_assembles(const std::vector<guest::Step>& program, uint64_t memory) {
   auto image = guest::build(program, {.ram_bytes = memory});
   if (!image) return check_reportable(image.error());
@@ -143,6 +160,7 @@ void run(const json& j) {
   auto c = parse_run_config(j, "fuzz");
   if (!c) return check_reportable(c.error());
   KVMEM_CHECK(!c->vms.empty() && c->vms.size() <= kMaxVms, "{} VMs", c->vms.size());
+  check_backing_and_prefault(*c);
   check_files_and_windows(*c);
   for (const VmConfig& vm : c->vms) {
     (void)json{{"name", vm.name}}.dump();  // validate --json names every VM

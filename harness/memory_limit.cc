@@ -163,8 +163,7 @@ Status check_stress_fits(const MemoryLimit& limit, const StressConfig& c) {
                                 c.vms_per_round, mib(guest), mib(kvm)));
 }
 
-MemoryWatch::MemoryWatch(MemoryFile& file, MemoryLimit limit, size_t vms)
-    : file_(file), limit_(std::move(limit)), entries_(vms) {}
+MemoryWatch::MemoryWatch(MemoryLimit limit, size_t vms) : limit_(std::move(limit)), entries_(vms) {}
 
 void MemoryWatch::add(size_t index, Vm& vm) {
   std::lock_guard lock(mu_);
@@ -229,13 +228,13 @@ void MemoryWatch::check() {
 }
 
 void MemoryWatch::stop_largest_locked(const CgroupMemoryBound& bound, uint64_t usage, uint64_t line) {
-  if (auto s = file_.update_usage(); !s) error_ = error_.empty() ? s.error().message : error_;
   Entry* victim = nullptr;
   uint64_t most = 0;
   for (Entry& e : entries_) {
     if (!e.vm || e.stopped) continue;
     uint64_t held = 0;
-    for (const FileRange& r : e.vm->memory().file_ranges()) held += file_.committed_in(r);
+    if (auto c = e.vm->memory().committed_bytes()) held = *c;
+    else if (error_.empty()) error_ = c.error().message;
     // Ties (say, nothing committed yet) go to the larger VM: its memory slot
     // is what KVM's kernel memory grows with.
     if (!victim || held > most || (held == most && e.vm->config().memory > victim->vm->config().memory)) {

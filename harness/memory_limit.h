@@ -18,7 +18,8 @@
 // LRUs) is not held against it.
 //
 // Which VM goes: the one holding the most guest RAM when the line is passed
-// (update_usage, then each VM's share of the file). Stopping it frees the
+// (GuestMemory::committed_bytes: its share of its memory file, or for
+// anonymous RAM what mincore finds resident). Stopping it frees the
 // most, and the VM that ran the process up to its limit is almost always
 // that one; "the one that grew most since the last sample" would need a
 // per-VM scan every 5 ms and picks whichever VM happened to be touching
@@ -87,7 +88,7 @@ Status check_stress_fits(const MemoryLimit& limit, const StressConfig& config);
 // remove and released with no lock of theirs held.
 class MemoryWatch {
  public:
-  MemoryWatch(MemoryFile& file, MemoryLimit limit, size_t vms);
+  MemoryWatch(MemoryLimit limit, size_t vms);
   bool active() const { return !limit_.none(); }
   const MemoryLimit& limit() const { return limit_; }
 
@@ -114,7 +115,6 @@ class MemoryWatch {
   uint64_t pending_locked() const;
   void stop_largest_locked(const CgroupMemoryBound& bound, uint64_t usage, uint64_t line);
 
-  MemoryFile& file_;
   const MemoryLimit limit_;
   mutable std::mutex mu_;
   std::vector<Entry> entries_;  // protected by mu_

@@ -98,6 +98,7 @@ json vm_report(const VmOutcome& v) {
   j["name"] = v.name;
   j["exit_code"] = v.exit_code();
   j["memory_bytes"] = v.memory_bytes;
+  j["backing"] = ram_backing_name(v.backing);
   if (!v.setup_error.empty()) {
     j["outcome"] = "not_started";
     j["message"] = v.setup_error;
@@ -126,6 +127,19 @@ json vm_report(const VmOutcome& v) {
   j["bytes_reported_free"] = r.bytes_reported_free;
   j["bytes_decommitted"] = r.bytes_decommitted;
   j["run_ms"] = r.run_ms;
+  if (r.prefault.mode != Prefault::kNone) {
+    const PrefaultStats& p = r.prefault;
+    json pf = json::object();
+    pf["mode"] = prefault_name(p.mode);
+    pf["bytes"] = p.bytes;
+    pf["wall_ms"] = p.wall_ms;
+    pf["cpu_ms"] = p.cpu_ms;
+    pf["threads"] = p.threads;
+    pf["errors"] = p.errors;
+    pf["error"] = p.error.empty() ? json(nullptr) : json(p.error);
+    pf["stopped"] = p.stopped;
+    j["prefault"] = std::move(pf);
+  }
   if (!r.timestamps.empty()) j["timestamps"] = r.timestamps;
   // A VM of several vCPUs whose programs write timestamps: every vCPU's.
   if (r.vcpu_timestamps.size() > 1 &&

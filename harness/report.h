@@ -21,9 +21,9 @@ struct RunTotals;
 struct StressSummary;
 
 // The keys of one VM's object in `run --json` (the library writes them sorted).
-inline constexpr std::array<const char*, 24> kVmReportKeys = {
+inline constexpr std::array<const char*, 26> kVmReportKeys = {
     "name",           "outcome",           "failure",           "exit_code",           "guest_exit_code",   "message",
-    "memory_bytes",   "console",           "console_dropped_bytes", "exits",           "hypercalls",
+    "memory_bytes",   "backing",           "prefault",   "console",           "console_dropped_bytes", "exits",           "hypercalls",
     "hypercalls_unknown", "hypercalls_invalid", "memslots",    "committed_bytes",     "host_committed_bytes",
     "free_reports",   "free_ranges",       "free_ranges_invalid", "bytes_reported_free", "bytes_decommitted",
     "run_ms",         "timestamps",        "vcpu_timestamps"};

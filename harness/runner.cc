@@ -26,24 +26,32 @@ int RunTotals::exit_code() const {
   return code;
 }
 
-CommitSampler::CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* watch)
-    : file_(file), watch_(watch), period_ms_(period_ms) {
+CommitSampler::CommitSampler(std::vector<MemoryFile*> files, unsigned period_ms, MemoryWatch* watch)
+    : files_(std::move(files)), watch_(watch), period_ms_(period_ms) {
   // Without its thread (the host's thread limit) the sampler still counts
   // what observe() is given: the readings taken as each VM ends.
   auto t = start_thread("the commit sampler's thread", [this] {
     std::unique_lock lock(mu_);
     while (!stop_) {
       lock.unlock();
-      if (auto b = file_.total_usage()) {
-        current_.store(*b);
-        observe(*b);
-      }
+      sample();
       if (watch_) watch_->check();
       lock.lock();
       cv_.wait_for(lock, std::chrono::milliseconds(period_ms_), [this] { return stop_; });
     }
   });
   if (t) thread_ = std::move(*t);
+}
+
+void CommitSampler::sample() {
+  uint64_t sum = 0;
+  for (MemoryFile* f : files_) {
+    auto b = f->total_usage();
+    if (!b) return;  // a reading that failed is no reading
+    sum += *b;
+  }
+  current_.store(sum);
+  observe(sum);
 }
 
 void CommitSampler::observe(uint64_t bytes) {
@@ -63,6 +71,43 @@ void CommitSampler::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+RamFiles::RamFiles(MemoryFile& main, const std::vector<VmConfig>& vms) : main_(main) {
+  uint64_t thp = 0, hugetlb = 0;
+  for (const VmConfig& c : vms) {
+    if (c.backing == RamBacking::kMemfdThp) thp += c.memory;
+    if (c.backing == RamBacking::kHugetlb) hugetlb += c.memory;
+  }
+  auto make = [](RamBacking b, uint64_t bytes, std::unique_ptr<MemoryFile>& file, std::string& error) {
+    if (!bytes) return;
+    auto f = make_ram_file(b, bytes);
+    if (f) file = std::move(*f);
+    else error = f.error().message;
+  };
+  make(RamBacking::kMemfdThp, thp, thp_, thp_error_);
+  make(RamBacking::kHugetlb, hugetlb, hugetlb_, hugetlb_error_);
+}
+
+Result<MemoryFile*> RamFiles::for_backing(RamBacking b) {
+  switch (b) {
+    case RamBacking::kMemfd:
+    case RamBacking::kAnon: return &main_;
+    case RamBacking::kMemfdThp:
+      if (thp_) return thp_.get();
+      return fail("{}", thp_error_.empty() ? "no memfd-thp memory file was made for this run" : thp_error_);
+    case RamBacking::kHugetlb:
+      if (hugetlb_) return hugetlb_.get();
+      return fail("{}", hugetlb_error_.empty() ? "no hugetlb memory file was made for this run" : hugetlb_error_);
+  }
+  return fail("unknown backing");
+}
+
+std::vector<MemoryFile*> RamFiles::all() {
+  std::vector<MemoryFile*> files{&main_};
+  if (thp_) files.push_back(thp_.get());
+  if (hugetlb_) files.push_back(hugetlb_.get());
+  return files;
+}
+
 RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,
                   const std::vector<guest::Image>& images,
                   const std::function<void(std::string_view, std::string_view)>& echo,
@@ -70,16 +115,25 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
   const auto start = std::chrono::steady_clock::now();
   RunTotals totals;
   totals.vms.resize(vms.size());
-  MemoryWatch watch(file, options.memory_limit, vms.size());
-  CommitSampler sampler(file, options.sample_period_ms, watch.active() ? &watch : nullptr);
+  RamFiles ram(file, vms);
+  const std::vector<MemoryFile*> files = ram.all();
+  MemoryWatch watch(options.memory_limit, vms.size());
+  CommitSampler sampler(files, options.sample_period_ms, watch.active() ? &watch : nullptr);
   std::vector<std::thread> threads;
   for (size_t i = 0; i < vms.size(); i++) {
     VmOutcome& first = totals.vms[i];
     first.name = vms[i].name;
     first.memory_bytes = vms[i].memory;
+    first.backing = vms[i].backing;
     auto thread = start_thread(fmt::format("the thread of VM {}", vms[i].name), [&, i] {
       VmOutcome& out = totals.vms[i];
-      auto vm = Vm::create(kvm, file, vms[i], images[i], options.files);
+      auto ram_file = ram.for_backing(vms[i].backing);
+      if (!ram_file) {
+        out.setup_error = fmt::format("VM {}: {}", vms[i].name, ram_file.error().message);
+        return;
+      }
+      MemoryFile& vm_file = **ram_file;
+      auto vm = Vm::create(kvm, vm_file, vms[i], images[i], options.files);
       if (!vm) {
         out.setup_error = vm.error().message;
         return;
@@ -93,15 +147,14 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
       }
       out.memslots = (*vm)->memory().memslots().size();
       if (auto resident = (*vm)->memory().resident_bytes()) out.host_committed_bytes = *resident;
-      if (file.update_usage())
-        for (const FileRange& r : (*vm)->memory().file_ranges()) out.committed_bytes += file.committed_in(r);
-      if (auto b = file.total_usage()) sampler.observe(*b);
+      if (auto committed = (*vm)->memory().committed_bytes()) out.committed_bytes = *committed;
+      sampler.sample();
       // The Vm goes here, on its own thread: its RAM goes back to the file.
       const bool stopped_for_limit = watch.remove(i);
       vm->reset();
       if (stopped_for_limit) {
         // Its RAM counts as gone from now on: make it so before saying so.
-        file.wait_for_reclaim();
+        vm_file.wait_for_reclaim();
         watch.released(i);
       }
     });
@@ -123,9 +176,11 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
     for (const std::string& name : options.files->list())
       if (auto st = options.files->stat(name))
         totals.files.push_back(FileOutcome{name, st->size, st->allocated, st->seals});
-  file.wait_for_reclaim();
-  if (file.update_usage()) totals.committed_bytes_after = file.usage().total();
-  if (auto b = file.total_usage()) totals.host_committed_bytes_after = *b;
+  for (MemoryFile* f : files) {
+    f->wait_for_reclaim();
+    if (f->update_usage()) totals.committed_bytes_after += f->usage().total();
+    if (auto b = f->total_usage()) totals.host_committed_bytes_after += *b;
+  }
   totals.wall_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
   return totals;
 }

@@ -35,12 +35,13 @@ namespace kvmem {
 struct VmOutcome {
   std::string name;
   std::string setup_error;  // non-empty: the host could not create the VM
+  RamBacking backing = RamBacking::kMemfd;
   RunResult result;
   uint64_t memory_bytes = 0;
   size_t memslots = 0;
   // RAM committed for this VM when it ended: by the allocator's count
-  // (update_usage, then its share of the file) and by the kernel's (mincore
-  // over its RAM).
+  // (update_usage, then its share of its memory file) and by the kernel's
+  // (mincore over its RAM). Anonymous RAM has only the kernel's, in both.
   uint64_t committed_bytes = 0;
   uint64_t host_committed_bytes = 0;
 
@@ -59,6 +60,7 @@ struct FileOutcome {
 struct RunTotals {
   std::vector<VmOutcome> vms;
   std::vector<FileOutcome> files;  // every file of the run, once every VM is gone
+  // The run's memory files (RamFiles::all) summed; anonymous RAM is in none.
   uint64_t peak_committed_bytes = 0;   // st_blocks, sampled while VMs ran
   uint64_t committed_bytes_after = 0;  // ours (update_usage) once every VM is gone and reclaimed
   uint64_t host_committed_bytes_after = 0;  // the kernel's (st_blocks) at the same moment
@@ -71,21 +73,24 @@ struct RunTotals {
   int exit_code() const;
 };
 
-// Samples the file's st_blocks every `period_ms` on a thread of its own and
-// keeps the peak; the owner reads it after stop(). With a watch (may be
-// null; must outlive the sampler) each sample also checks the memory limit.
+// Samples the files' st_blocks (summed) every `period_ms` on a thread of
+// its own and keeps the peak; the owner reads it after stop(). With a watch
+// (may be null; must outlive the sampler) each sample also checks the
+// memory limit.
 class CommitSampler {
  public:
-  CommitSampler(MemoryFile& file, unsigned period_ms, MemoryWatch* watch = nullptr);
+  CommitSampler(std::vector<MemoryFile*> files, unsigned period_ms, MemoryWatch* watch = nullptr);
   ~CommitSampler();
   void stop();
+  // Takes one reading now (say, just before a VM lets go of its RAM).
+  void sample();
   // Counts a reading taken elsewhere (say, just before a VM lets go of its RAM).
   void observe(uint64_t bytes);
   uint64_t peak() const { return peak_.load(); }
   uint64_t current() const { return current_.load(); }
 
  private:
-  MemoryFile& file_;
+  const std::vector<MemoryFile*> files_;
   MemoryWatch* watch_;
   std::atomic<uint64_t> peak_{0}, current_{0};
   std::mutex mu_;
@@ -101,6 +106,27 @@ class CommitSampler {
 // reservation costs no memory, but sanitizers cannot place a 1 TiB one.
 MemoryFileOptions memory_file_options_for(uint64_t guest_bytes);
 
+// The memory files a run's VMs take their RAM from. `main` (a plain memfd
+// file) holds the run's shared files, the RAM of memfd VMs and the windows
+// of anon VMs; VMs of backing memfd-thp or hugetlb take their RAM from a
+// file of that backing, one per backing for the whole run, made here when
+// some VM asks for it (sized for all of them). A backing the host cannot
+// give (vmm/memory/backing.h) fails only the VMs that ask for it, with the
+// reason and the setting that would enable it.
+class RamFiles {
+ public:
+  RamFiles(MemoryFile& main, const std::vector<VmConfig>& vms);
+  // The file for RAM of backing b, or why there is none.
+  Result<MemoryFile*> for_backing(RamBacking b);
+  // main first, then those made here.
+  std::vector<MemoryFile*> all();
+
+ private:
+  MemoryFile& main_;
+  std::unique_ptr<MemoryFile> thp_, hugetlb_;
+  std::string thp_error_, hugetlb_error_;
+};
+
 struct RunOptions {
   // The memory limit to keep the process under (host_memory_limit() for
   // this process's own; the default is none).
@@ -111,7 +137,8 @@ struct RunOptions {
   tmpfs::FileSystem* files = nullptr;
 };
 
-// Runs every VM of `vms` (with its assembled `images`) concurrently. `echo`
+// Runs every VM of `vms` (with its assembled `images`) concurrently, their
+// RAM on `file` or on the files RamFiles makes for their backings. `echo`
 // (may be empty) receives (vm name, console text) as guests write.
 RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>& vms,
                   const std::vector<guest::Image>& images,

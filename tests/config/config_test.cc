@@ -265,3 +265,86 @@ TEST_CASE("free and report steps are checked like the others", "[config]") {
   REQUIRE(ok);
   CHECK(ok->program[0].as<guest::Report>().ranges[0].first == 0xfffffffffffff000ull);
 }
+
+TEST_CASE("backing and prefault keys parse, and each bad value is refused by its pointer", "[config]") {
+  SECTION("defaults") {
+    auto r = parse_vm_config(minimal(), "t");
+    REQUIRE(r);
+    CHECK(r->backing == RamBacking::kMemfd);
+    CHECK(r->prefault == Prefault::kNone);
+    CHECK(r->prefault_lanes.empty());
+  }
+  SECTION("every key") {
+    json c = minimal();
+    c["backing"] = "anon";
+    c["prefault"] = "ahead";
+    c["prefault_threads"] = 0;
+    c["prefault_chunk"] = "64K";
+    c["prefault_lanes"] = {{{"at", "2M"}, {"length", "2M"}}, {{"at", "1M"}, {"length", "1M"}}};
+    auto r = parse_vm_config(c, "t");
+    REQUIRE(r);
+    CHECK(r->backing == RamBacking::kAnon);
+    CHECK(r->prefault == Prefault::kAhead);
+    CHECK(r->prefault_threads == 0);
+    CHECK(r->prefault_chunk == 64 * 1024);
+    REQUIRE(r->prefault_lanes.size() == 2);
+    CHECK(r->prefault_lanes[0] == GuestRange(2 << 20, 4 << 20));
+    CHECK(r->prefault_lanes[1] == GuestRange(1 << 20, 2 << 20));
+    CHECK(r->prefault_options().threads == 0);
+  }
+  SECTION("each backing name") {
+    for (const char* name : {"memfd", "memfd-thp", "hugetlb", "anon"}) {
+      json c = minimal();
+      c["backing"] = name;
+      auto r = parse_vm_config(c, "t");
+      REQUIRE(r);
+      CHECK(std::string(ram_backing_name(r->backing)) == name);
+    }
+  }
+  auto with = [](std::initializer_list<std::pair<const char*, json>> kv) {
+    json c = minimal();
+    for (const auto& [k, v] : kv) c[k] = v;
+    return c;
+  };
+  const std::pair<json, const char*> bad[] = {
+      {with({{"backing", "shm"}}), "/backing: unknown backing \"shm\""},
+      {with({{"backing", 1}}), "/backing: expected a string"},
+      {with({{"prefault", "lazy"}}), "/prefault: unknown prefault \"lazy\""},
+      {with({{"prefault_threads", 2}}), "/prefault_threads: means nothing without"},
+      {with({{"prefault", "eager"}, {"prefault_threads", 2}}), "/prefault_threads: is for \"prefault\": \"ahead\""},
+      {with({{"prefault", "ahead"}, {"prefault_threads", 65}}), "/prefault_threads: must be 0"},
+      {with({{"prefault", "ahead"}, {"prefault_chunk", 100}}), "/prefault_chunk: must be a non-zero multiple of 4K"},
+      {with({{"prefault", "ahead"}, {"prefault_chunk", "8M"}}), "/prefault_chunk: must be a non-zero multiple of 4K"},
+      {with({{"prefault", "eager"}, {"prefault_lanes", json::array()}}), "/prefault_lanes: expected an array of 1..64"},
+      {with({{"prefault", "eager"}, {"prefault_lanes", {{{"at", "3M"}, {"length", "2M"}}}}}), "/prefault_lanes/0: [0x300000, +0x200000) runs past RAM"},
+      {with({{"prefault", "eager"}, {"prefault_lanes", {{{"at", 4097}, {"length", 4096}}}}}), "/prefault_lanes/0: a lane is a non-empty range"},
+      {with({{"prefault", "eager"}, {"prefault_lanes", {{{"at", 0}, {"size", 4096}}}}}), "/prefault_lanes/0/size: unknown key"},
+  };
+  for (const auto& [config, want] : bad) {
+    INFO(config.dump());
+    auto r = parse_vm_config(config, "t");
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().message.rfind(want, 0) == 0);
+  }
+}
+
+TEST_CASE("a VM whose RAM is on a memory file of its own cannot have windows", "[config]") {
+  for (const char* backing : {"memfd-thp", "hugetlb"}) {
+    json c = {{"files", {{{"name", "f"}, {"size", "64K"}}}},
+              {"memory", "4M"},
+              {"backing", backing},
+              {"windows", {{{"file", "f"}, {"at", "1G"}, {"length", "64K"}}}},
+              {"program", json::array()}};
+    auto r = parse_run_config(c, "t");
+    REQUIRE_FALSE(r);
+    INFO(r.error().message);
+    CHECK(r.error().message.rfind("/windows: a VM of backing", 0) == 0);
+  }
+  json c = {{"files", {{{"name", "f"}, {"size", "64K"}}}},
+            {"memory", "4M"},
+            {"backing", "anon"},
+            {"windows", {{{"file", "f"}, {"at", "1G"}, {"length", "64K"}}}},
+            {"program", json::array()}};
+  CHECK(parse_run_config(c, "t"));
+}

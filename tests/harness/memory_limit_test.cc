@@ -144,7 +144,7 @@ TEST_CASE("the watch stops the VM holding the most RAM, once, and leaves page ca
 
   FakeCgroup cg(256 * kMiB);
   const uint64_t line = keep_under(cg.bound());
-  MemoryWatch watch(**file, cg.limit(), 2);
+  MemoryWatch watch(cg.limit(), 2);
   watch.add(0, **hungry);
   watch.add(1, **honest);
   cg.set_usage(line);  // at the line is not past it

@@ -339,6 +339,14 @@ Result<uint64_t> GuestMemory::resident_bytes() const {
   return bytes;
 }
 
+Result<uint64_t> GuestMemory::committed_bytes() const {
+  if (ram_->anonymous()) return anon_resident_bytes();
+  if (auto s = file_.update_usage(); !s) return std::unexpected(s.error().context("cannot count committed guest RAM"));
+  uint64_t bytes = 0;
+  for (const FileRange& f : file_ranges()) bytes += file_.committed_in(f);
+  return bytes;
+}
+
 Result<uint64_t> GuestMemory::anon_resident_bytes() const {
   constexpr uint64_t kWindow = 64ull << 20;  // 16384 pages per mincore
   std::vector<unsigned char> vec(kWindow / 4096);

@@ -171,6 +171,12 @@ class GuestMemory {
   Result<uint64_t> decommit(GuestRange r);
   // RAM over an anonymous mapping (create_anon), not the file.
   bool anonymous() const { return ram_->anonymous(); }
+  // The MemoryFile behind RAM (anonymous RAM: behind the windows only).
+  MemoryFile& file() const { return file_; }
+  // Guest RAM the host holds for this VM: its share of the file by the
+  // allocator's count (update_usage first, then committed_in per range),
+  // or for anonymous RAM the kernel's (resident_bytes).
+  Result<uint64_t> committed_bytes() const;
   // The file ranges behind RAM, in guest order (for accounting); empty for
   // anonymous RAM.
   std::vector<FileRange> file_ranges() const;
