@@ -438,6 +438,16 @@ Result<Step> parse_barrier(const json& j, const Ptr& p, Context&) {
   return Barrier{};
 }
 
+Result<Step> parse_snapshot(const json& j, const Ptr& p, Context&) {
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "then"}));
+  Snapshot s;
+  if (j.contains("then")) {
+    if (j.at("then") == "exit") s.exit = true;
+    else if (j.at("then") != "continue") return (p / "then").fail("expected \"continue\" or \"exit\"");
+  }
+  return s;
+}
+
 using Parser = Result<Step> (*)(const json&, const Ptr&, Context&);
 struct OpParser {
   const char* name;
@@ -448,6 +458,7 @@ constexpr OpParser kParsers[] = {
     {"loop", parse_loop},     {"hypercall", parse_hypercall}, {"exit", parse_exit}, {"fault", parse_fault},
     {"free", parse_free},     {"report", parse_report}, {"out", parse_out},       {"timestamp", parse_timestamp},
     {"store_word", parse_store_word}, {"wait_word", parse_wait_word}, {"barrier", parse_barrier},
+    {"snapshot", parse_snapshot},
 };
 static_assert(std::size(kParsers) == std::variant_size_v<StepVariant>, "one parser per op");
 
@@ -460,7 +471,7 @@ Result<Step> parse_step(const json& j, const Ptr& p, Context& cx) {
   for (const OpParser& parser : kParsers)
     if (op == parser.name) return parser.parse(j, p, cx);
   return (p / "op").fail("unknown step \"{}\" (expected print, fill, touch, verify, loop, hypercall, exit, fault, "
-                         "free, report, out, timestamp, store_word, wait_word or barrier)",
+                         "free, report, out, timestamp, store_word, wait_word, barrier or snapshot)",
                          op.get<std::string>());
 }
 
@@ -546,6 +557,10 @@ Result<std::vector<std::vector<Step>>> parse_programs(const json& vm, const Ptr&
     if (barriers_passed(out[i]) != barriers_passed(out[0]))
       return (p / i).fail("vCPU {} passes {} barriers and vCPU 0 passes {}: every vCPU must pass the same number",
                           i, barriers_passed(out[i]), barriers_passed(out[0]));
+    if (snapshots_passed(out[i]) != snapshots_passed(out[0]))
+      return (p / i).fail("vCPU {} passes {} snapshot steps and vCPU 0 passes {}: every vCPU must pass the same "
+                          "number (a snapshot is taken when all have reached one)",
+                          i, snapshots_passed(out[i]), snapshots_passed(out[0]));
   }
   return out;
 }

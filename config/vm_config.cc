@@ -280,11 +280,27 @@ std::string stem_of(const std::string& path) {
   return valid_name(stem) ? stem : "vm";
 }
 
+// The VM's config as one VM's config of its own, the form a snapshot keeps:
+// its keys, its name, and the files its windows show.
+std::string standalone_source(const json& vm, const VmConfig& c, const json& top) {
+  json one = vm;
+  one.erase("files");
+  one["name"] = c.name;
+  json files = json::array();
+  if (top.is_object() && top.contains("files"))
+    for (const json& f : top.at("files"))
+      if (std::any_of(c.windows.begin(), c.windows.end(), [&](const WindowConfig& w) { return f.at("name") == w.file; }))
+        files.push_back(f);
+  if (!files.empty()) one["files"] = std::move(files);
+  return one.dump();
+}
+
 Result<RunConfig> parse_run_at(const json& j, std::string_view default_name) {
   RunConfig rc;
   rc.files = KVMEM_TRY(parse_files(j));
   if (!j.is_object() || !j.contains("vms")) {
     rc.vms.push_back(KVMEM_TRY(parse_vm_at(j, Ptr(), default_name, rc.files, true)));
+    rc.vms.back().source = standalone_source(j, rc.vms.back(), j);
     return rc;
   }
   Ptr root;
@@ -297,6 +313,7 @@ Result<RunConfig> parse_run_at(const json& j, std::string_view default_name) {
     if (!c) return std::unexpected(c.error());
     for (const VmConfig& other : rc.vms)
       if (other.name == c->name) return (root / "vms" / i / "name").fail("\"{}\" names two VMs", c->name);
+    c->source = standalone_source(vms[i], *c, j);
     rc.vms.push_back(std::move(*c));
   }
   return rc;

@@ -53,8 +53,20 @@ enum Hypercall : uint32_t {
   // is going to wait anyway, this is cheaper than ringing and spinning. -EINVAL when no ring is
   // set up or the value lies beyond what the guest has produced.
   kHcFreeRingWait = 7,
+  // (rdi = then: kSnapshotContinue or kSnapshotExit) -> 0 once the VMM has
+  // saved the VM (every vCPU that has not ended makes this call, and the
+  // snapshot is written when the last one arrives), or kSnapshotNotTaken
+  // when the run takes no snapshots. With kSnapshotExit and a snapshot
+  // taken, the call does not return: the VM ends as if every vCPU had
+  // exited with 0. A VM restored from the snapshot resumes after the call
+  // with 0. -EINVAL for another `then`.
+  kHcSnapshot = 8,
 };
-inline constexpr uint32_t kHypercallCount = 8;
+inline constexpr uint32_t kHypercallCount = 9;
+
+inline constexpr uint64_t kSnapshotContinue = 0;
+inline constexpr uint64_t kSnapshotExit = 1;
+inline constexpr int64_t kSnapshotNotTaken = 1;
 
 inline constexpr uint64_t kConsoleMax = 4096;
 

@@ -62,6 +62,7 @@ class Emitter {
   void emit(const Out& s);
   void emit(const Timestamp& s);
   void emit(const Barrier& s);
+  void emit(const Snapshot& s);
   // program_free.cc
   void emit(const Hypercall& s);
   void emit(const Free& s) { s.mode == FreeMode::kSync ? free_sync(s) : free_async(s); }

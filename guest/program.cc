@@ -44,6 +44,14 @@ void Emitter::exit(uint64_t code) {
   a_.ud2();  // the VMM never resumes an exited guest
 }
 
+// rax comes back 0 (taken, here and in every VM restored from it) or
+// kSnapshotNotTaken; the VMM keeps every other register as it was.
+void Emitter::emit(const Snapshot& s) {
+  a_.mov(rdi, s.exit ? abi::kSnapshotExit : abi::kSnapshotContinue);
+  a_.mov(eax, abi::kHcSnapshot);
+  a_.out(imm(abi::kHypercallPort), eax);
+}
+
 void Emitter::emit_data() {
   for (auto& [label, text] : strings_) {
     a_.bind(label);

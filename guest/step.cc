@@ -58,7 +58,7 @@ const char* op_name(const Step& s) {
                                [](const Out&) { return "out"; }, [](const Timestamp&) { return "timestamp"; },
                                [](const StoreWord&) { return "store_word"; },
                                [](const WaitWord&) { return "wait_word"; },
-                               [](const Barrier&) { return "barrier"; }},
+                               [](const Barrier&) { return "barrier"; }, [](const Snapshot&) { return "snapshot"; }},
                     s);
 }
 
@@ -112,18 +112,26 @@ uint64_t result_slots_used(const std::vector<Step>& steps) {
   return used;
 }
 
-uint64_t barriers_passed(const std::vector<Step>& steps) {
+namespace {
+
+template <class Op>
+uint64_t passed(const std::vector<Step>& steps) {
   uint64_t n = 0;
   for (const Step& s : steps) {
-    uint64_t add = s.is<Barrier>() ? 1 : 0;
+    uint64_t add = s.is<Op>() ? 1 : 0;
     if (const auto* l = std::get_if<Loop>(&s)) {
-      const uint64_t body = barriers_passed(l->body);
+      const uint64_t body = passed<Op>(l->body);
       add = body && l->count > UINT64_MAX / body ? UINT64_MAX : body * l->count;
     }
     n = add > UINT64_MAX - n ? UINT64_MAX : n + add;
   }
   return n;
 }
+
+}  // namespace
+
+uint64_t barriers_passed(const std::vector<Step>& steps) { return passed<Barrier>(steps); }
+uint64_t snapshots_passed(const std::vector<Step>& steps) { return passed<Snapshot>(steps); }
 
 bool uses_barrier(const std::vector<Step>& steps) {
   return std::any_of(steps.begin(), steps.end(), [](const Step& s) {

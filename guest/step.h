@@ -166,8 +166,16 @@ struct WaitWord {
 // vCPU. On a one-vCPU VM it passes at once.
 struct Barrier {};
 
+// Asks the VMM to save the VM (kHcSnapshot) once every vCPU has reached
+// its snapshot step, then goes on, or ends the VM as a success (`exit`).
+// Without a place to write snapshots (`kvmem run --snapshot-to`) it does
+// nothing. A VM restored from the snapshot starts right after it.
+struct Snapshot {
+  bool exit = false;  // "then": "exit"
+};
+
 using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp,
-                                 StoreWord, WaitWord, Barrier>;
+                                 StoreWord, WaitWord, Barrier, Snapshot>;
 
 // One step of a program: exactly one of the ops above.
 struct Step : StepVariant {
@@ -224,5 +232,7 @@ uint64_t result_slots_used(const std::vector<Step>& steps);
 uint64_t barriers_passed(const std::vector<Step>& steps);
 // True when a step of `steps`, or one inside a loop, is a barrier.
 bool uses_barrier(const std::vector<Step>& steps);
+// Snapshot steps the steps pass, counting loops (saturating, as barriers).
+uint64_t snapshots_passed(const std::vector<Step>& steps);
 
 }  // namespace kvmem::guest

@@ -9,6 +9,7 @@
 #include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/devices/free_ring.h"
+#include "vmm/devices/snapshot_point.h"
 
 namespace kvmem {
 namespace {
@@ -57,7 +58,8 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
 
 const char* hypercall_name(uint32_t nr) {
   static const char* const names[] = {"version",     "console_write",   "exit",          "fail",
-                                      "exception",   "report_free",     "free_ring_setup", "free_ring_wait"};
+                                      "exception",   "report_free",     "free_ring_setup", "free_ring_wait",
+                                      "snapshot"};
   static_assert(std::size(names) == abi::kHypercallCount);
   return nr < abi::kHypercallCount ? names[nr] : "unknown";
 }
@@ -87,6 +89,10 @@ HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats,
       return answer(stats, devices.free_reports.report(regs.rdi, regs.rsi));
     case abi::kHcFreeRingWait:
       return answer(stats, devices.free_ring ? devices.free_ring->wait(regs.rdi) : -EINVAL);
+    case abi::kHcSnapshot:
+      if (regs.rdi != abi::kSnapshotContinue && regs.rdi != abi::kSnapshotExit) return answer(stats, -EINVAL);
+      if (!devices.snapshot || !devices.snapshot->armed()) return resume(abi::kSnapshotNotTaken);
+      return {HypercallOutcome::Action::kSnapshot, 0, regs.rdi, {}, FailureKind::kNone};
     case abi::kHcFreeRingSetup: {
       if (!devices.free_ring) return answer(stats, -ENODEV);
       auto r = devices.free_ring->setup(regs.rdi, regs.rsi);

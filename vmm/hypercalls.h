@@ -30,10 +30,12 @@ struct HypercallStats {
 };
 
 struct HypercallOutcome {
-  enum class Action { kResume, kExit, kFail };
+  // kSnapshot: the vCPU settles, captures its state and arrives at the
+  // VM's SnapshotPoint (vmm/devices/snapshot_point.h), which decides.
+  enum class Action { kResume, kExit, kFail, kSnapshot };
   Action action = Action::kResume;
   int64_t status = 0;      // kResume: written to the guest's rax
-  uint64_t exit_code = 0;  // kExit: 0..255
+  uint64_t exit_code = 0;  // kExit: 0..255; kSnapshot: the guest's `then`
   std::string message;     // kFail: a sentence saying what went wrong
   FailureKind kind = FailureKind::kNone;  // kFail: whose fault, and what kind
 };
@@ -41,6 +43,7 @@ struct HypercallOutcome {
 class Console;
 class FreeReports;
 class FreeRingDevice;
+class SnapshotPoint;
 class Windows;
 
 // The devices of one VM that hypercalls reach; they outlive every vCPU.
@@ -54,6 +57,9 @@ struct Devices {
   FreeRingDevice* free_ring;
   // The VM's file windows: MMIO exits inside one are theirs. Null: none.
   Windows* windows = nullptr;
+  // Where kHcSnapshot's vCPUs meet. Null: no snapshots (the call answers
+  // kSnapshotNotTaken).
+  SnapshotPoint* snapshot = nullptr;
 };
 
 // "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.

@@ -1,6 +1,7 @@
 #include "vmm/vcpu.h"
 
 #include "vmm/memory/window.h"
+#include "vmm/devices/snapshot_point.h"
 
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -320,8 +321,51 @@ bool Vcpu::handle_io(const Devices& devices, const kvm_regs& regs, VcpuRun& out)
                  o.exit_code ? fmt::format("guest exited with code {}", o.exit_code) : std::string());
     case HypercallOutcome::Action::kFail:
       return end(out, RunOutcome::kFailed, o.kind, std::move(o.message));
+    case HypercallOutcome::Action::kSnapshot: {
+      // The call returns 0 in the VM that goes on and in every VM restored
+      // from the snapshot: rax is set, and the `out` finished, before the
+      // state is read.
+      Result<VcpuState> state = [&]() -> Result<VcpuState> {
+        KVMEM_TRY(set_status(regs, 0));
+        return capture_state();
+      }();
+      SnapshotArrival met = devices.snapshot->arrive(id_, std::move(state), o.exit_code);
+      switch (met.next) {
+        case SnapshotArrival::Next::kGoOn: return false;
+        case SnapshotArrival::Next::kExit:
+          out.exit_code = 0;
+          return end(out, RunOutcome::kExited, FailureKind::kNone, {});
+        case SnapshotArrival::Next::kStopped: return end(out, RunOutcome::kStopped, FailureKind::kStopped, {});
+        case SnapshotArrival::Next::kFailed: break;
+      }
+      return end(out, RunOutcome::kFailed, FailureKind::kHost, std::move(met.message));
+    }
   }
   return end(out, RunOutcome::kFailed, FailureKind::kHost, "unknown hypercall outcome");
+}
+
+Status Vcpu::settle() {
+  kvm_run* run = vcpu_.run_struct();
+  run->immediate_exit = 1;
+  auto entered = vcpu_.run();
+  // A watchdog kick that landed meanwhile must still end the next KVM_RUN
+  // (pauses and stops are flags enter_guest() reads again).
+  run->immediate_exit = t_timed_out ? 1 : 0;
+  if (!entered) return std::unexpected(entered.error().context("cannot settle the vCPU"));
+  if (*entered)
+    return fail("cannot settle the vCPU: KVM_RUN with immediate_exit entered the guest (exit reason {})",
+                run->exit_reason);
+  return {};
+}
+
+Result<VcpuState> Vcpu::capture_state() {
+  KVMEM_TRY(settle());
+  return capture_vcpu_state(vcpu_);
+}
+
+Status Vcpu::restore_state(const VcpuState& state) {
+  vcpu_.run_struct()->kvm_dirty_regs = 0;  // nothing of the boot registers may be applied over it
+  return restore_vcpu_state(vcpu_, state);
 }
 
 bool Vcpu::tsc_khz_from_kvm() const { return ::ioctl(vcpu_.fd(), KVM_GET_TSC_KHZ, 0) > 0; }

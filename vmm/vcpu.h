@@ -47,6 +47,7 @@
 #include "vmm/failure.h"
 #include "vmm/hypercalls.h"
 #include "vmm/kvm/kvm.h"
+#include "vmm/kvm/vcpu_state.h"
 
 namespace kvmem {
 
@@ -81,6 +82,16 @@ class Vcpu {
   void begin_pause();
   void wait_paused();
   void resume();
+
+  // Finishes what the last exit left to KVM (the `out` of a hypercall, the
+  // registers set through kvm_run) with a KVM_RUN that returns at once
+  // (immediate_exit), so that the state KVM reports is whole. On the run()
+  // thread, between exits, or before run().
+  Status settle();
+  // settle(), then every part of the vCPU's state (vmm/kvm/vcpu_state.h).
+  Result<VcpuState> capture_state();
+  // Sets the vCPU to a captured state: before run(), on a fresh vCPU.
+  Status restore_state(const VcpuState& state);
 
   unsigned id() const { return id_; }
   int fd() const { return vcpu_.fd(); }  // for KVM_GET_STATS_FD and the like

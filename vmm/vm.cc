@@ -130,7 +130,33 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
     v->prefault_ = KVMEM_TRY(prefault_eager(*v->memory_, config.prefault_options()));
   v->free_reports_.emplace(*v->memory_, v->frees_);
   v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()));
+  v->snapshot_.emplace(v->vcpus_.size());
+  v->restored_ended_.assign(v->vcpus_.size(), false);
   return v;
+}
+
+void Vm::arm_snapshots(SnapshotSink sink) {
+  snapshot_->arm([this, sink = std::move(sink)](const SnapshotCapture& capture) -> Status {
+    // Nothing of the guest runs now; let a drain the ring's thread has
+    // begun finish, and answer what the guest rang for, so that the ring in
+    // the snapshot has nothing in flight.
+    free_ring_->quiesce();
+    return sink(*this, capture);
+  });
+}
+
+Status Vm::restore_vcpus(const std::vector<std::optional<VcpuState>>& states) {
+  if (states.size() != vcpus_.size())
+    return fail("the snapshot has {} vCPUs, and VM {} has {}", states.size(), config_.name, vcpus_.size());
+  for (size_t i = 0; i < states.size(); i++) {
+    if (!states[i]) {
+      restored_ended_[i] = true;
+      continue;
+    }
+    if (auto s = vcpus_[i]->restore_state(*states[i]); !s)
+      return std::unexpected(s.error().context(fmt::format("vCPU {}", i)));
+  }
+  return {};
 }
 
 Vm::~Vm() {
@@ -153,25 +179,34 @@ void Vm::stop(FailureKind kind, std::string message) {
   stop_kind_ = kind;
   stop_message_ = std::move(message);
   for (auto& c : vcpus_) c->request_stop();
+  snapshot_->cancel();  // vCPUs waiting at a snapshot wake and stop
 }
 
 void Vm::vcpu_ended(size_t i, const VcpuRun& run) {
+  snapshot_->ended(i);
   if (run.outcome == RunOutcome::kExited && run.exit_code == 0) return;  // the others go on
   std::lock_guard lock(end_mu_);
   if (decider_) return;
   decider_ = i;
   for (size_t j = 0; j < vcpus_.size(); j++)
     if (j != i) vcpus_[j]->request_stop();
+  snapshot_->cancel();
 }
 
 void Vm::run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs) {
-  runs[i] = vcpus_[i]->run(devices, config_.timeout_ms);
+  if (restored_ended_[i]) {
+    runs[i].outcome = RunOutcome::kExited;  // as it was when the snapshot was taken
+    runs[i].failure = FailureKind::kNone;
+  } else {
+    runs[i] = vcpus_[i]->run(devices, config_.timeout_ms);
+  }
   vcpu_ended(i, runs[i]);
 }
 
 RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   console_.set_echo(echo);
-  const Devices devices{*memory_, console_, *free_reports_, &*free_ring_, windows_.all().empty() ? nullptr : &windows_};
+  const Devices devices{*memory_, console_, *free_reports_, &*free_ring_, windows_.all().empty() ? nullptr : &windows_,
+                        &*snapshot_};
   std::vector<VcpuRun> runs(vcpus_.size());
   // Ahead's threads start just before the vCPUs and go (joined) with this
   // scope, whatever way the run ends. One that cannot start is reported in

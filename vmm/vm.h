@@ -33,6 +33,7 @@
 #include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/devices/free_ring.h"
+#include "vmm/devices/snapshot_point.h"
 #include "vmm/failure.h"
 #include "vmm/hypercalls.h"
 #include "vmm/kvm/kvm.h"
@@ -110,6 +111,22 @@ class Vm : public VcpuPauser {
   // vCPU i's fd (i < vcpu_count()), for its KVM statistics (vmm/kvm/stats.h).
   int vcpu_fd(size_t i) const { return vcpus_.at(i)->fd(); }
 
+  // Snapshots (kHcSnapshot; vmm/devices/snapshot_point.h). Before run():
+  // from now on the guest's snapshot calls are taken, and `sink` writes
+  // each one, on the thread of the vCPU that completed the set, with every
+  // live vCPU out of the guest and the free ring drained. Unarmed, the
+  // call does nothing (kSnapshotNotTaken).
+  using SnapshotSink = std::function<Status(Vm&, const SnapshotCapture&)>;
+  void arm_snapshots(SnapshotSink sink);
+  // Before run(), on a VM created from the snapshot's config: sets each
+  // vCPU to its captured state; a vCPU without one (it had ended when the
+  // snapshot was taken) does not run, and counts as exited with 0. Guest
+  // RAM is the caller's to fill. Errors: a count that is not the VM's, the
+  // ioctl KVM refused (with the vCPU).
+  Status restore_vcpus(const std::vector<std::optional<VcpuState>>& states);
+  // Snapshot rounds finished (taken or failed).
+  uint64_t snapshots_taken() const { return snapshot_->taken(); }
+
   // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
   // until resume(). Safe from any thread, before, during and after run().
   void pause() override;
@@ -139,6 +156,8 @@ class Vm : public VcpuPauser {
   Console console_;
   std::optional<FreeReports> free_reports_;
   std::optional<FreeRingDevice> free_ring_;
+  std::optional<SnapshotPoint> snapshot_;
+  std::vector<bool> restored_ended_;  // by vCPU: ended before the snapshot it was restored from
   PrefaultStats prefault_;  // eager's, from create()
 
   std::mutex stop_mu_;

@@ -29,6 +29,10 @@ struct WindowConfig {
 
 struct VmConfig {
   std::string name;
+  // The config this came from, as one VM's JSON config with its name and
+  // the files its windows show (config/vm_config.h sets it; empty for a
+  // VmConfig made in code). Snapshots keep it, and a restore parses it again.
+  std::string source;
   uint64_t memory = 0;  // bytes of guest RAM at guest-physical 0
   unsigned vcpus = 1;
   uint64_t timeout_ms = 10'000;

@@ -191,6 +191,10 @@ int64_t FreeRingDevice::wait(uint64_t target) {
   return ring ? ring->wait(target) : -EINVAL;
 }
 
+void FreeRingDevice::quiesce() {
+  if (FreeRing* ring = live_.load(std::memory_order_acquire)) ring->quiesce();
+}
+
 void FreeRingDevice::stop() {
   std::lock_guard lock(mu_);
   live_.store(nullptr, std::memory_order_release);

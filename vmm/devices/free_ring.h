@@ -75,6 +75,10 @@ class FreeRing {
   // completed on return.
   // Returns 0, or -EINVAL when target lies beyond the guest's `produced`.
   int64_t wait(uint64_t target);
+  // Answers every slot the guest has produced, on the caller's thread
+  // (after a drain the ring's thread has begun). For snapshots: with no
+  // vCPU in the guest, nothing is in flight afterwards.
+  void quiesce() { drain(false); }
 
  private:
   FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser, HostSpan ring,
@@ -118,6 +122,8 @@ class FreeRingDevice {
   Result<int64_t> setup(uint64_t ring_gpa, uint64_t entries);
   // kHcFreeRingWait: -EINVAL before a setup.
   int64_t wait(uint64_t target);
+  // FreeRing::quiesce; nothing before a setup.
+  void quiesce();
   // Answers what the guest rang for and stops the ring's thread.
   // Precondition: no vCPU runs any more (wait() reads the ring unlocked).
   void stop();
