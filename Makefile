@@ -21,15 +21,16 @@ CXXFLAGS += -std=c++2b -Wall -Wextra -Wshadow -Wconversion -Wno-sign-conversion 
 # The JSON library's exceptions name the pointer of the value they are about,
 # for config errors (config/fields.h); every file must agree on it.
 CXXFLAGS += -DJSON_DIAGNOSTICS=1
-LDLIBS   += -lasmjit -lfmt -pthread
+LDLIBS   += -lasmjit -lfmt -lxxhash -pthread
 
 # librsvg2-bin: rsvg-convert, with which a test renders bench fault's SVG.
+# libxxhash-dev: XXH3-64, the checksums of snapshot files (snapshot/format.h).
 DEBIAN_PACKAGES := g++ make linux-libc-dev libasmjit-dev catch2 nlohmann-json3-dev \
-                   libcli11-dev libfmt-dev librsvg2-bin
+                   libcli11-dev libfmt-dev librsvg2-bin libxxhash-dev
 
 # One folder per concern; docs/design.md, "Layers", has their order and
 # tools/check-layers enforces it.
-LIB_DIRS  := base memory memory/tmpfs guest vmm/kvm vmm/memory vmm/devices vmm config harness bench
+LIB_DIRS  := base memory memory/tmpfs snapshot guest vmm/kvm vmm/memory vmm/devices vmm config harness bench
 # Fuzz targets (*_fuzz.cc) sit beside the code they fuzz but are not part of
 # the library: the test binary links them all to replay their corpora, and
 # `make fuzz` links each alone with libFuzzer.

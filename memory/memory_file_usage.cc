@@ -29,21 +29,25 @@ Result<uint64_t> MemoryFile::total_usage() const {
   return static_cast<uint64_t>(st.st_blocks) * 512;
 }
 
-Result<uint64_t> MemoryFile::resident_in(FileRange r) {
-  std::vector<unsigned char> vec;
-  uint64_t pages = 0;
+Result<std::vector<FileRange>> MemoryFile::data_extents(FileRange r) const {
+  const uint64_t size = file_size_.load(std::memory_order_acquire);
+  if (!r.well_formed() || !r.is_page_aligned() || r.end > size)
+    return fail("cannot list the data extents of {} of the memory file: the range is ill-formed, "
+                "not page-aligned or beyond the file's {:#x} bytes",
+                r.to_string(), size);
+  std::vector<FileRange> out;
   for (uint64_t pos = r.start; pos < r.end;) {
     off_t d = lseek(fd_, static_cast<off_t>(pos), SEEK_DATA);
     if (d < 0) {
       if (errno == ENXIO) break;  // no data at or after pos
-      return sys_fail(fmt::format("cannot count resident pages of {} of the memory file", r.to_string()),
+      return sys_fail(fmt::format("cannot list the data extents of {} of the memory file", r.to_string()),
                       "lseek(SEEK_DATA)", errno);
     }
     const uint64_t start = std::max(pos, align_down(static_cast<uint64_t>(d), kPageSize));
     if (start >= r.end) break;
     off_t h = lseek(fd_, d, SEEK_HOLE);
     if (h < 0)
-      return sys_fail(fmt::format("cannot count resident pages of {} of the memory file", r.to_string()),
+      return sys_fail(fmt::format("cannot list the data extents of {} of the memory file", r.to_string()),
                       "lseek(SEEK_HOLE)", errno);
     uint64_t end = r.end;
     if (uint64_t up = 0; align_up(static_cast<uint64_t>(h), kPageSize, &up)) end = std::min(end, up);
@@ -52,8 +56,24 @@ Result<uint64_t> MemoryFile::resident_in(FileRange r) {
       pos = start + kPageSize;
       continue;
     }
-    for (uint64_t at = start; at < end;) {
-      const FileRange slice(at, std::min(end, at + kMincoreSlice));
+    if (!out.empty() && out.back().end == start)
+      out.back().end = end;
+    else
+      out.emplace_back(start, end);
+    pos = end;
+  }
+  return out;
+}
+
+Result<uint64_t> MemoryFile::resident_in(FileRange r) {
+  auto extents = data_extents(r);
+  if (!extents)
+    return std::unexpected(extents.error().context(fmt::format("cannot count resident pages of {}", r.to_string())));
+  std::vector<unsigned char> vec;
+  uint64_t pages = 0;
+  for (FileRange e : *extents) {
+    for (uint64_t at = e.start; at < e.end;) {
+      const FileRange slice(at, std::min(e.end, at + kMincoreSlice));
       auto span = map_internal(slice);
       if (!span) return std::unexpected(span.error().context("cannot count resident pages"));
       vec.resize(slice.length() / kPageSize);
@@ -63,7 +83,6 @@ Result<uint64_t> MemoryFile::resident_in(FileRange r) {
       for (unsigned char v : vec) pages += v & 1;
       at = slice.end;
     }
-    pos = end;
   }
   return pages * kPageSize;
 }

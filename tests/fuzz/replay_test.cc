@@ -17,6 +17,7 @@ int config_one(const uint8_t* data, size_t size);
 int hypercalls_one(const uint8_t* data, size_t size);
 int free_ring_one(const uint8_t* data, size_t size);
 int fs_replay_one(const uint8_t* data, size_t size);
+int snapshot_one(const uint8_t* data, size_t size);
 }  // namespace kvmem::fuzz
 
 namespace {
@@ -30,7 +31,8 @@ struct Target {
 constexpr Target kTargets[] = {{"config", kvmem::fuzz::config_one},
                                {"hypercalls", kvmem::fuzz::hypercalls_one},
                                {"free_ring", kvmem::fuzz::free_ring_one},
-                               {"fs_replay", kvmem::fuzz::fs_replay_one}};
+                               {"fs_replay", kvmem::fuzz::fs_replay_one},
+                               {"snapshot", kvmem::fuzz::snapshot_one}};
 
 std::vector<fs::path> corpus_of(const char* target) {
   const fs::path dir = fs::path("tests/fuzz") / target;

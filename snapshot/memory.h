@@ -1,0 +1,66 @@
+// Saving and loading memory-file ranges: the allocator's SaveTo/LoadFrom
+// (gVisor's platform.Memory), for the pages of one snapshot space.
+//
+// Synopsis
+//   SpaceRange{space_offset, file}                 where a file range sits in a space
+//   save_ranges(file, space, ranges, writer)       the committed, non-zero pages
+//   load_extents(reader, space, file, ranges)      -> Result<LoadStats>
+//
+// A space (guest RAM, a tmpfs file) is made of memory-file ranges that need
+// not touch in the file: RAM of several allocations, a file's data map.
+// `ranges` says where each lies in the space; sorted by space_offset,
+// disjoint, page-aligned, non-empty.
+//
+// save_ranges reads only what the file holds (MemoryFile::data_extents:
+// SEEK_DATA/SEEK_HOLE), so holes cost nothing and never-touched pages are
+// never faulted in; the writer then drops the pages that read as zero.
+// Preconditions: the caller holds references on the ranges and nothing
+// writes to them meanwhile (the VM is paused), else the snapshot holds
+// whatever the pages held when they were read.
+//
+// load_extents pwrites each extent of the space into the memfd at the file
+// offsets the ranges give. Pages no extent covers are not written, so they
+// stay holes. pwrite into a memfd raises no userfaultfd events on a
+// mapping of it: what a lazy restore's background filler needs. (A hugetlb
+// file, where pwrite is not supported, is written through its mapping.)
+// The ranges must be fresh allocations (all holes); load_extents refuses
+// ranges that hold data, so the result is exactly the snapshot.
+#pragma once
+
+#include <cstdint>
+#include <span>
+
+#include "base/error.h"
+#include "memory/memory_file.h"
+#include "memory/range.h"
+#include "snapshot/reader.h"
+#include "snapshot/writer.h"
+
+namespace kvmem {
+
+struct SpaceRange {
+  uint64_t space_offset = 0;
+  FileRange file;
+};
+
+// Adds the committed non-zero pages of `ranges` to space `space` of the
+// writer (which must have the space, and no memory added past the first
+// range's space offset yet). Errors: ranges unsorted, overlapping, empty or
+// unaligned; data_extents or a mapping failing; the writer's errors.
+Status save_ranges(MemoryFile& file, uint32_t space, std::span<const SpaceRange> ranges, SnapshotWriter& writer);
+
+struct LoadStats {
+  uint64_t extents = 0;
+  uint64_t bytes = 0;
+};
+
+// Writes every extent of space `space` into `file` at the ranges. Errors:
+// the space not in the snapshot; ranges unsorted, overlapping, unaligned,
+// outside the file or holding data; an extent not wholly covered by the
+// ranges; read_extent's errors (a checksum mismatch names the extent); a
+// failed pwrite. On an error, pages may have been written: the caller
+// drops the ranges.
+Result<LoadStats> load_extents(const SnapshotReader& reader, uint32_t space, MemoryFile& file,
+                               std::span<const SpaceRange> ranges);
+
+}  // namespace kvmem
