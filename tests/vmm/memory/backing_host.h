@@ -6,12 +6,14 @@
 // BackingHost turns them on with bench/host_setup (root only) for as long
 // as it lives, and its destructor puts them back and checks that the
 // settings read as they did before. When that cannot be done it says so in
-// one loud WARN line naming what is skipped and why, and ok() is false:
+// one loud line naming what is skipped and why (skipped(), the format of
+// REQUIRE_KVM's), and ok() is false:
 // the test then checks only the refusal. Declare it before any MemoryFile
 // of the backing, so the file (and its huge pages) goes first.
 #pragma once
 
 #include <cstdint>
+#include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
@@ -35,6 +37,11 @@ inline std::string first_line(const char* path) {
   return line;
 }
 
+// The one loud line of a test part skipped for want of a backing.
+inline void skipped(RamBacking b, const std::string& what, const std::string& why) {
+  std::fprintf(stderr, "!!! SKIPPED (backing %s): %s, because %s\n", ram_backing_name(b), what.c_str(), why.c_str());
+}
+
 class BackingHost {
  public:
   // Makes backing b able to hold `ram_bytes` of RAM; `skipped` names what
@@ -53,8 +60,7 @@ class BackingHost {
     } else {
       why_ = s.error().message + "; the host says: " + *refusal_;
     }
-    if (!why_.empty())
-      WARN("SKIPPED (backing " << ram_backing_name(b) << "): " << skipped << ", because " << why_);
+    if (!why_.empty()) test::skipped(b, skipped, why_);
   }
   BackingHost(const BackingHost&) = delete;
   BackingHost& operator=(const BackingHost&) = delete;

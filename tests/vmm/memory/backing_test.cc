@@ -15,6 +15,7 @@
 #include "tests/support.h"
 #include "tests/vmm/guest_runner.h"
 #include "tests/vmm/memory/backing_host.h"
+#include "tests/vmm/memory/ram_helpers.h"
 #include "vmm/memory/backing.h"
 #include "vmm/memory/guest_memory.h"
 
@@ -63,20 +64,6 @@ void fill(GuestMemory& m, uint64_t at, uint64_t length, uint8_t byte) {
 
 bool reads_as(const GuestMemory& m, uint64_t at, uint64_t length, char byte) {
   return m.read(GuestRange(at, at + length)) == std::string(length, byte);
-}
-
-// A memory file of backing b and `size` bytes of RAM on it, in one unit.
-// Precondition: the host gives b (a BackingHost said ok()).
-struct FileRam {
-  std::unique_ptr<MemoryFile> file;
-  std::unique_ptr<GuestMemory> memory;
-};
-FileRam make_file_ram(RamBacking b, uint64_t size) {
-  auto file = make_ram_file(b, size);
-  REQUIRE(file);
-  auto memory = GuestMemory::create(**file, size, size);
-  REQUIRE(memory);
-  return {std::move(*file), std::move(*memory)};
 }
 
 // A backing's refusal names the setting that would enable it.
@@ -179,14 +166,14 @@ TEST_CASE("hugetlb RAM is refused, not half made, when the pool holds RAM's page
     return -1L;
   }();
   if (free_now > 4) {
-    WARN("SKIPPED (backing hugetlb): a pool of exactly 4 free huge pages, because the host has " << free_now);
+    test::skipped(RamBacking::kHugetlb, "a pool of exactly 4 free huge pages", fmt::format("the host has {}", free_now));
     return;
   }
   const std::string nr_before = test::first_line(test::kNrHugepagesPath);
   {
     auto s = HostSetup::apply({.hugetlb_bytes = 8 * kMiB});
     if (!s) {
-      WARN("SKIPPED (backing hugetlb): a pool of exactly 4 free huge pages, because " << s.error().message);
+      test::skipped(RamBacking::kHugetlb, "a pool of exactly 4 free huge pages", s.error().message);
       return;
     }
     auto why = ram_backing_unavailable(RamBacking::kHugetlb, 8 * kMiB);
@@ -211,7 +198,7 @@ TEST_CASE("hugetlb decommit releases only the whole 2 MiB pages inside the range
     check_refusal(RamBacking::kHugetlb, 8 * kMiB, "nr_hugepages");
     return;
   }
-  FileRam ram = make_file_ram(RamBacking::kHugetlb, 8 * kMiB);
+  test::Ram ram = test::make_backed_ram(RamBacking::kHugetlb, 8 * kMiB);
   GuestMemory& m = *ram.memory;
   REQUIRE(ram.file->page_size() == 2 * kMiB);
   CHECK(m.file_offset(GuestAddr(0)).value % (2 * kMiB) == 0);
@@ -277,7 +264,7 @@ TEST_CASE("memfd-thp RAM is advised huge, maps 2 MiB pages once touched, and a d
   if (ram_backing_unavailable(RamBacking::kMemfdThp)) check_refusal(RamBacking::kMemfdThp, 8 * kMiB, "shmem_enabled");
   test::BackingHost host(RamBacking::kMemfdThp, 8 * kMiB, "memfd-thp's huge mappings and punch");
   if (!host.ok()) return;
-  FileRam ram = make_file_ram(RamBacking::kMemfdThp, 8 * kMiB);
+  test::Ram ram = test::make_backed_ram(RamBacking::kMemfdThp, 8 * kMiB);
   GuestMemory& m = *ram.memory;
   CHECK(ram.file->thp());
   // THP can map a 2 MiB page only where host address and file offset agree
