@@ -15,6 +15,7 @@
 #include "cli/cli.h"
 #include "config/fields.h"
 #include "vmm/kvm/kvm.h"
+#include "vmm/memory/backing.h"
 
 namespace kvmem::cli {
 namespace {
@@ -183,10 +184,9 @@ class BenchCommand : public Command {
         return std::find(fault_opts_.backings.begin(), fault_opts_.backings.end(), b) != fault_opts_.backings.end();
       };
       HostNeeds needs{.thp = has("memfd-thp")};
-      // The host's sweep and a VM's RAM, never both at once; the memory
-      // file grows (and maps, and so reserves huge pages) in steps that may
-      // reach twice what it holds.
-      if (has("hugetlb")) needs.hugetlb_bytes = 2 * std::max(fault_opts_.size, fault_guest_ram(fault_opts_));
+      // The host's sweep and a VM's RAM, never both at once; each one's
+      // memory file maps (and so reserves huge pages for) its whole size.
+      if (has("hugetlb")) needs.hugetlb_bytes = hugetlb_pool_bytes(std::max(fault_opts_.size, fault_guest_ram(fault_opts_)));
       auto s = HostSetup::apply(needs);
       if (!s) return report_error(fault_json_, kExitHost, s.error().message);
       setup = std::move(*s);

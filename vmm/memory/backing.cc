@@ -59,16 +59,22 @@ std::optional<std::string> ram_backing_unavailable(RamBacking b, uint64_t bytes)
     if (s.thp) return std::nullopt;
     return fmt::format("backing memfd-thp: {}; enable it with `echo advise > {}`", s.thp_reason, kThpPath);
   }
-  const uint64_t pages = std::max<uint64_t>((bytes + kHugePageSize - 1) / kHugePageSize, 1);
+  const uint64_t pages = hugetlb_pool_bytes(bytes) / kHugePageSize;
   if (!s.hugetlb)
     return fmt::format("backing hugetlb: {}; reserve them with `echo {} > {}` (more if other users need some)",
                        s.hugetlb_reason, pages, kHugetlbPath);
   const long free = free_huge_pages();
   if (free >= 0 && static_cast<uint64_t>(free) < pages)
-    return fmt::format("backing hugetlb: {} MiB of RAM needs {} free 2 MiB huge pages and the host has {} "
-                       "(HugePages_Free in /proc/meminfo); reserve more with `echo N > {}`",
-                       bytes >> 20, pages, free, kHugetlbPath);
+    return fmt::format("backing hugetlb: {} MiB of RAM needs {} free 2 MiB huge pages (its memory file maps "
+                       "{} MiB) and the host has {} (HugePages_Free in /proc/meminfo); reserve more with "
+                       "`echo N > {}`",
+                       bytes >> 20, pages, pages * 2, free, kHugetlbPath);
   return std::nullopt;
+}
+
+uint64_t hugetlb_pool_bytes(uint64_t bytes) {
+  if (bytes <= kChunkSize) return kChunkSize;
+  return bytes > (1ull << 62) ? bytes : std::bit_ceil(bytes);  // grow_locked's doubling from one chunk
 }
 
 MemoryFileOptions ram_file_options(RamBacking b, uint64_t bytes) {

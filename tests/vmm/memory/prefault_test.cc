@@ -1,7 +1,8 @@
 // The prefault engine: eager and ahead over guest RAM, with and without a
-// guest running on it.
+// guest running on it, on memfd, anon and hugetlb RAM.
 #include <catch2/catch.hpp>
 
+#include "tests/vmm/memory/backing_host.h"
 #include "tests/vmm/memory/ram_helpers.h"
 #include <nlohmann/json.hpp>
 
@@ -21,6 +22,12 @@ test::Ram make_ram(uint64_t size, uint64_t unit) { return test::make_ram(size, u
 
 uint64_t resident(const GuestMemory& m) {
   auto r = m.resident_bytes();
+  REQUIRE(r);
+  return *r;
+}
+
+uint64_t file_usage(const MemoryFile& f) {
+  auto r = f.total_usage();
   REQUIRE(r);
   return *r;
 }
@@ -170,4 +177,91 @@ TEST_CASE("bad prefault lanes fail Vm::create", "[backing][kvm]") {
     c.prefault_lanes = {GuestRange(0, 16 * kMiB)};
   });
   CHECK_THAT(g.setup_error, Catch::Contains("prefault lane"));
+}
+
+TEST_CASE("eager and ahead prefault populate anonymous RAM, and it still reads as zeros", "[backing]") {
+  test::Ram eager = test::make_backed_ram(RamBacking::kAnon, 16 * kMiB);
+  auto st = prefault_eager(*eager.memory);
+  REQUIRE(st);
+  CHECK(st->bytes == 16 * kMiB);
+  CHECK(st->errors == 0);
+  CHECK(resident(*eager.memory) == 16 * kMiB);
+  CHECK(eager.memory->read(GuestRange(15 * kMiB, 16 * kMiB)) == std::string(kMiB, '\0'));
+  CHECK(file_usage(*eager.file) == 0);  // none of it in the file
+
+  test::Ram ahead = test::make_backed_ram(RamBacking::kAnon, 16 * kMiB);
+  PrefaultOptions o;
+  o.threads = 2;
+  o.chunk = 512 * 1024;
+  o.lanes = {GuestRange(2 * kMiB, 6 * kMiB), GuestRange(8 * kMiB, 9 * kMiB + 4096)};
+  auto a = PrefaultAhead::start(*ahead.memory, o);
+  REQUIRE(a);
+  (*a)->wait();
+  CHECK((*a)->stats().bytes == 5 * kMiB + 4096);
+  CHECK((*a)->stats().errors == 0);
+  CHECK(resident(*ahead.memory) == 5 * kMiB + 4096);
+}
+
+TEST_CASE("eager and ahead prefault populate hugetlb RAM a whole 2 MiB page at a time", "[backing]") {
+  test::BackingHost host(RamBacking::kHugetlb, 16 * kMiB, "prefault on hugetlb RAM");
+  if (!host.ok()) return;
+  test::Ram ram = test::make_backed_ram(RamBacking::kHugetlb, 16 * kMiB);
+  PrefaultOptions o;
+  o.lanes = {GuestRange(2 * kMiB, 6 * kMiB)};
+  auto st = prefault_eager(*ram.memory, o);
+  REQUIRE(st);
+  CHECK(st->bytes == 4 * kMiB);
+  CHECK(st->errors == 0);
+  CHECK(file_usage(*ram.file) == 4 * kMiB);
+  // A lane of one 4 KiB page commits the huge page around it.
+  o.lanes = {GuestRange(8 * kMiB + 4096, 8 * kMiB + 8192)};
+  st = prefault_eager(*ram.memory, o);
+  REQUIRE(st);
+  INFO(st->error);
+  CHECK(st->bytes == 4096);
+  CHECK(st->errors == 0);
+  CHECK(file_usage(*ram.file) == 6 * kMiB);
+
+  o.threads = 2;
+  o.chunk = 2 * kMiB;
+  o.lanes = {GuestRange(10 * kMiB, 16 * kMiB)};
+  auto a = PrefaultAhead::start(*ram.memory, o);
+  REQUIRE(a);
+  (*a)->wait();
+  CHECK((*a)->stats().bytes == 6 * kMiB);
+  CHECK((*a)->stats().errors == 0);
+  CHECK(file_usage(*ram.file) == 12 * kMiB);
+  CHECK(ram.memory->read(GuestRange(10 * kMiB, 12 * kMiB)) == std::string(2 * kMiB, '\0'));
+}
+
+TEST_CASE("an anon guest with eager prefault and a hugetlb guest with ahead prefault read what they wrote",
+          "[backing][kvm]") {
+  REQUIRE_KVM();
+  const json seed = {{"seed", 11}};
+  const json program = {{{"op", "fill"}, {"at", "1M"}, {"length", "31M"}, {"pattern", seed}},
+                        {{"op", "verify"}, {"at", "1M"}, {"length", "31M"}, {"pattern", seed}}};
+  {
+    auto g = test::create_guest({{"memory", "32M"}, {"backing", "anon"}, {"prefault", "eager"}, {"program", program}});
+    REQUIRE(g.setup_error == "");
+    CHECK(resident(g.vm->memory()) == 32 * kMiB);
+    g.result = g.vm->run(nullptr);
+    INFO(g.result.message);
+    CHECK(g.result.process_exit_code() == 0);
+    CHECK(g.result.prefault.mode == Prefault::kEager);
+    CHECK(g.result.prefault.bytes == 32 * kMiB);
+    CHECK(g.result.prefault.errors == 0);
+  }
+  test::BackingHost host(RamBacking::kHugetlb, 32 * kMiB, "a hugetlb guest with ahead prefault");
+  if (!host.ok()) return;
+  auto g = test::create_guest(
+      {{"memory", "32M"}, {"backing", "hugetlb"}, {"prefault", "ahead"}, {"prefault_threads", 2}, {"program", program}});
+  REQUIRE(g.setup_error == "");
+  g.result = g.vm->run(nullptr);
+  INFO(g.result.message);
+  CHECK(g.result.process_exit_code() == 0);
+  CHECK(g.result.prefault.mode == Prefault::kAhead);
+  CHECK(g.result.prefault.errors == 0);
+  CHECK(g.result.prefault.bytes % (2 * kMiB) == 0);
+  // Whatever the threads did not reach, the guest did: all of RAM is held.
+  CHECK(file_usage(*g.file) == 32 * kMiB);
 }
