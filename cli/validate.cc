@@ -35,13 +35,18 @@ class ValidateCommand : public Command {
     // Every program any round's VM can get must assemble, not just one.
     if (auto ok = check_stress_programs(*c); !ok) return report_error(json_, kExitUsage, ok.error().context(file_).message);
     if (json_) {
-      print_json({{"exit_code", 0},
-                  {"stress",
-                   {{"vms_per_round", c->vms_per_round},
-                    {"vm_memory_bytes", c->vm_memory},
-                    {"rounds", c->rounds},
-                    {"duration_s", c->duration_s},
-                    {"commit_budget_bytes", c->commit_budget}}}});
+      json stress = {{"vms_per_round", c->vms_per_round},
+                     {"vm_memory_bytes", c->vm_memory},
+                     {"rounds", c->rounds},
+                     {"duration_s", c->duration_s},
+                     {"commit_budget_bytes", c->commit_budget}};
+      stress["vcpus"] = json::array({c->vcpus_min, c->vcpus_max});
+      json backings = json::array(), prefaults = json::array();  // element by element, as in harness/report.cc
+      for (RamBacking b : c->backings) backings.push_back(ram_backing_name(b));
+      for (Prefault m : c->prefaults) prefaults.push_back(prefault_name(m));
+      stress["backings"] = std::move(backings);
+      stress["prefault"] = std::move(prefaults);
+      print_json({{"exit_code", 0}, {"stress", std::move(stress)}});
     } else {
       std::printf("%s: ok (stress: %llu VMs of %llu MiB per round, %s)\n", file_.c_str(),
                   static_cast<unsigned long long>(c->vms_per_round),

@@ -1,12 +1,49 @@
 // Parsing of `kvmem stress` configs: {"stress": {...}}.
 #include "config/stress_config.h"
 #include "config/fields.h"
+#include "guest/layout.h"
 
 namespace kvmem {
 
 using namespace json_fields;
 
 namespace {
+
+// "vcpus": N, or [min, max].
+Status parse_vcpus(const json& j, const Ptr& p, StressConfig& c) {
+  const uint64_t max = guest::layout::kMaxVcpus;
+  auto one = [&](const json& v, const Ptr& at) -> Result<unsigned> {
+    const uint64_t n = KVMEM_TRY(size_value(v, at));
+    if (n < 1 || n > max) return at.fail("must be 1..{}, found {}", max, n);
+    return static_cast<unsigned>(n);
+  };
+  if (!j.is_array()) {
+    c.vcpus_min = c.vcpus_max = KVMEM_TRY(one(j, p));
+    return {};
+  }
+  if (j.size() != 2) return p.fail("expected a number or a [min, max] pair, found an array of {}", j.size());
+  c.vcpus_min = KVMEM_TRY(one(j.at(0), p / size_t{0}));
+  c.vcpus_max = KVMEM_TRY(one(j.at(1), p / size_t{1}));
+  if (c.vcpus_min > c.vcpus_max) return p.fail("min {} is larger than max {}", c.vcpus_min, c.vcpus_max);
+  return {};
+}
+
+// A list of names (a lone string is a list of one), each one parse(name)
+// knows; `expected` says which those are.
+template <class T, class Parse>
+Result<std::vector<T>> parse_names(const json& j, const Ptr& p, Parse parse, const char* what, const char* expected) {
+  if (j.is_string()) return parse_names<T>(json::array({j}), p, parse, what, expected);
+  if (!j.is_array() || j.empty()) return p.fail("expected a non-empty array of {} names ({})", what, expected);
+  if (j.size() > 64) return p.fail("at most 64 names, found {}", j.size());
+  std::vector<T> out;
+  for (size_t i = 0; i < j.size(); i++) {
+    const std::string name = KVMEM_TRY(string_value(j.at(i), p / i));
+    auto v = parse(name);
+    if (!v) return (p / i).fail("unknown {} \"{}\" (expected {})", what, name, expected);
+    out.push_back(*v);
+  }
+  return out;
+}
 
 Result<StressConfig> parse_stress_at(const json& j) {
   Ptr root;
@@ -16,7 +53,7 @@ Result<StressConfig> parse_stress_at(const json& j) {
   const Ptr p = root / "stress";
   if (auto k = check_keys(s, p, {"seed", "rounds", "duration_s", "vms_per_round", "vm_memory", "ram_unit",
                                  "regions_per_vm", "region_min", "region_max", "commit_budget", "slack", "timeout_ms",
-                                 "inject_corruption"});
+                                 "inject_corruption", "vcpus", "backings", "prefault"});
       !k)
     return std::unexpected(k.error());
   StressConfig c;
@@ -41,6 +78,13 @@ Result<StressConfig> parse_stress_at(const json& j) {
     if (!b) return std::unexpected(b.error());
     c.inject_corruption = *b;
   }
+  if (s.contains("vcpus")) KVMEM_TRY(parse_vcpus(s.at("vcpus"), p / "vcpus", c));
+  if (s.contains("backings"))
+    c.backings = KVMEM_TRY(parse_names<RamBacking>(s.at("backings"), p / "backings", parse_ram_backing, "backing",
+                                                   "\"memfd\", \"memfd-thp\", \"hugetlb\" or \"anon\""));
+  if (s.contains("prefault"))
+    c.prefaults = KVMEM_TRY(parse_names<Prefault>(s.at("prefault"), p / "prefault", parse_prefault, "prefault",
+                                                  "\"none\", \"eager\" or \"ahead\""));
   for (const Field& f : fields) {
     if (!s.contains(f.key)) continue;
     auto v = size_value(s.at(f.key), p / f.key);

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -31,6 +32,13 @@ struct StressConfig {
   // Fault injection, to prove the checker: the first VM of every round
   // verifies its first region against a pattern it never wrote.
   bool inject_corruption = false;
+  // Each VM's vCPUs, picked from the seed in [vcpus_min, vcpus_max]
+  // (1..guest::layout::kMaxVcpus); each works on its own slice of every region.
+  unsigned vcpus_min = 1, vcpus_max = 1;
+  // Each VM's RAM backing and prefault, picked from the seed from these
+  // lists (not empty; a name listed twice is picked twice as often).
+  std::vector<RamBacking> backings{RamBacking::kMemfd};
+  std::vector<Prefault> prefaults{Prefault::kNone};
 };
 Result<StressConfig> load_stress_config(const std::string& path);
 // The JSON of a config file, for a caller that must look before it parses.

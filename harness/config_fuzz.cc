@@ -1,7 +1,8 @@
 // Fuzz target "config": bytes -> what `kvmem validate` does with a file.
 //
 // The bytes are parsed as JSON; a stress config ({"stress": ...}) is parsed
-// and a round's first and last VM assembled, as validate and run_stress do;
+// and a round's first and last VM made (vCPUs, backing and prefault from the
+// config's ranges and lists) and assembled, as validate and run_stress do;
 // anything else is parsed as a run config and every VM's program assembled,
 // as the CLI's prepare() does. Every input must end in a value or an Error
 // whose message can be reported (validate --json prints it), never in an
@@ -148,11 +149,28 @@ void check_assembles(const std::vector<guest::Step>& program, uint64_t memory) {
 void stress(const json& j) {
   auto c = parse_stress_config(j);
   if (!c) return check_reportable(c.error());
+  KVMEM_CHECK(c->vcpus_min >= 1 && c->vcpus_min <= c->vcpus_max && c->vcpus_max <= guest::layout::kMaxVcpus,
+              "vcpus {}..{}", c->vcpus_min, c->vcpus_max);
+  KVMEM_CHECK(!c->backings.empty() && !c->prefaults.empty(), "{} backings, {} prefaults", c->backings.size(),
+              c->prefaults.size());
+  (void)check_stress_backings(*c);  // the host's answer, either way; it must not throw
   const uint64_t seed = c->seed ? c->seed : 1;
   for (uint64_t i : {uint64_t{0}, c->vms_per_round - 1}) {
-    const VmConfig vm = make_stress_vm(*c, seed, 0, i).config;
-    check_stays_in_bounds(vm.program, vm);
-    check_assembles(vm.program, vm.memory);
+    const StressVm s = make_stress_vm(*c, seed, 0, i);
+    const VmConfig& vm = s.config;
+    KVMEM_CHECK(vm.vcpus >= c->vcpus_min && vm.vcpus <= c->vcpus_max, "a VM of {} vCPUs", vm.vcpus);
+    KVMEM_CHECK(std::find(c->backings.begin(), c->backings.end(), vm.backing) != c->backings.end(),
+                "backing {} is not in the list", ram_backing_name(vm.backing));
+    KVMEM_CHECK(std::find(c->prefaults.begin(), c->prefaults.end(), vm.prefault) != c->prefaults.end(),
+                "prefault {} is not in the list", prefault_name(vm.prefault));
+    for (const auto& program : vm.vcpu_programs()) check_stays_in_bounds(program, vm);
+    auto image = build_stress_vm(s);
+    if (!image) {
+      check_reportable(image.error());
+      continue;
+    }
+    KVMEM_CHECK(image->bytes.size() <= guest::layout::kProgramEnd - guest::layout::kProgramAddr,
+                "{} bytes of guest code", image->bytes.size());
   }
 }
 

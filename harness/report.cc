@@ -176,6 +176,7 @@ json stress_report(const StressSummary& s) {
   j["seed_string"] = std::to_string(s.seed);  // JSON tools round integers above 2^53
   j["rounds"] = s.rounds;
   j["vms_booted"] = s.vms_booted;
+  j["vcpus_booted"] = s.vcpus_booted;
   j["bytes_written"] = s.bytes_written;
   j["bytes_freed"] = s.bytes_freed;
   j["bytes_reclaimed"] = s.bytes_reclaimed;
@@ -187,6 +188,14 @@ json stress_report(const StressSummary& s) {
   j["integrity_errors"] = s.integrity_errors;
   j["vm_failures"] = s.vm_failures;
   j["commit_leaks"] = s.commit_leaks;
+  j["vm_leaks"] = s.vm_leaks;
+  json backings = json::object();
+  for (const StressBackingTally& t : s.backings) {
+    json& b = backings[ram_backing_name(t.backing)];  // key by key: see problems below
+    b["vms"] = t.vms;
+    b["failed"] = t.failed;
+  }
+  j["backings"] = std::move(backings);
   j["elapsed_s"] = s.elapsed_s;
   j["vms_per_s"] = s.elapsed_s > 0 ? static_cast<double>(s.vms_booted) / s.elapsed_s : 0.0;
   j["gib_reclaimed_per_s"] = s.elapsed_s > 0 ? gib_reclaimed / s.elapsed_s : 0.0;

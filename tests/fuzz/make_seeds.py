@@ -174,6 +174,12 @@ def config_seeds():
     s["stress-bad"] = {"stress": {"rounds": 0, "duration_s": 0, "vm_memory": "3M", "seed": -1, "inject_corruption": 1}}
     s["stress-corruption"] = {"stress": {"rounds": 2, "seed": 18446744073709551615, "vm_memory": "8M",
                                          "region_min": "2M", "region_max": "6M", "inject_corruption": True}}
+    s["stress-vcpus-backings"] = {"stress": {"rounds": 1, "vm_memory": "16M", "ram_unit": "2M", "region_max": "8M",
+                                             "vcpus": [2, 16], "backings": ["memfd", "anon", "hugetlb", "memfd-thp"],
+                                             "prefault": ["none", "eager", "ahead"], "inject_corruption": True}}
+    s["stress-vcpus-bad"] = {"stress": {"vcpus": [4, 2, 1], "backings": [], "prefault": "sometimes"}}
+    s["stress-vcpus-extremes"] = {"stress": {"vcpus": 16, "regions_per_vm": 1000, "vm_memory": "32G",
+                                             "backings": "anon", "prefault": ["ahead", 7]}}
     s.update(window_seeds(vm))
     out = {k: json.dumps(v).encode() for k, v in s.items()}
     out["not-json"] = b'{"name": "x", "memory": 16M}'

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <set>
 
 #include "guest/abi.h"
 #include "base/thread.h"
@@ -285,4 +286,254 @@ TEST_CASE("a stress run whose progress thread cannot start is an error, not an a
   fail_next_thread_starts(0);
   REQUIRE(!sum);
   CHECK(sum.error().message.find("the stress progress thread") != std::string::npos);
+}
+
+namespace {
+
+// The Fill steps of each region of one vCPU's program (its regions start at barriers).
+std::vector<std::vector<GuestRange>> fills_by_region(const std::vector<guest::Step>& program) {
+  std::vector<std::vector<GuestRange>> out;
+  for (const guest::Step& s : program) {
+    if (s.is<guest::Barrier>()) out.emplace_back();
+    if (const auto* f = std::get_if<guest::Fill>(&s)) {
+      REQUIRE(!out.empty());
+      out.back().emplace_back(f->at, f->at + f->length);
+    }
+  }
+  return out;
+}
+
+// The backings of a multi-backing test: memfd and anon, and those of the
+// others this host can give (a WARN, once, for each it cannot).
+std::vector<RamBacking> test_backings() {
+  std::vector<RamBacking> out{RamBacking::kMemfd, RamBacking::kAnon};
+  static bool warned = false;
+  for (RamBacking b : {RamBacking::kHugetlb, RamBacking::kMemfdThp}) {
+    if (auto why = ram_backing_unavailable(b, 64ull << 20)) {
+      if (!warned) WARN("stress tests run without " << ram_backing_name(b) << ": " << *why);
+    } else {
+      out.push_back(b);
+    }
+  }
+  warned = true;
+  return out;
+}
+
+StressConfig multi_vcpu() {
+  StressConfig c = small();
+  c.vcpus_min = 2;
+  c.vcpus_max = 4;
+  c.region_min = 4ull << 20;
+  c.region_max = 10ull << 20;
+  c.commit_budget = 0;
+  c.backings = test_backings();
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("the stress keys vcpus, backings and prefault parse, and their errors name the pointer", "[stress]") {
+  auto ok = parse_stress_config(json::parse(
+      R"({"stress": {"vcpus": [2, 4], "backings": ["memfd", "anon", "anon"], "prefault": "eager"}})"));
+  REQUIRE(ok);
+  CHECK(ok->vcpus_min == 2);
+  CHECK(ok->vcpus_max == 4);
+  CHECK(ok->backings == std::vector{RamBacking::kMemfd, RamBacking::kAnon, RamBacking::kAnon});
+  CHECK(ok->prefaults == std::vector{Prefault::kEager});
+  auto one = parse_stress_config(json::parse(R"({"stress": {"vcpus": 3}})"));
+  REQUIRE(one);
+  CHECK((one->vcpus_min == 3 && one->vcpus_max == 3));
+  auto defaults = parse_stress_config(json::parse(R"({"stress": {}})"));
+  REQUIRE(defaults);
+  CHECK((defaults->vcpus_min == 1 && defaults->vcpus_max == 1));
+  CHECK(defaults->backings == std::vector{RamBacking::kMemfd});
+  CHECK(defaults->prefaults == std::vector{Prefault::kNone});
+  struct {
+    const char* stress;
+    const char* error;
+  } cases[] = {
+      {R"({"vcpus": 0})", "/stress/vcpus: must be 1..16, found 0"},
+      {R"({"vcpus": [1, 17]})", "/stress/vcpus/1: must be 1..16, found 17"},
+      {R"({"vcpus": [4, 2]})", "/stress/vcpus: min 4 is larger than max 2"},
+      {R"({"vcpus": [1, 2, 3]})", "/stress/vcpus: expected a number or a [min, max] pair, found an array of 3"},
+      {R"({"vcpus": "many"})", "/stress/vcpus: "},
+      {R"({"backings": []})", "/stress/backings: expected a non-empty array of backing names"},
+      {R"({"backings": ["memfd", "zfs"]})", "/stress/backings/1: unknown backing \"zfs\" (expected \"memfd\""},
+      {R"({"backings": {"memfd": 1}})", "/stress/backings: expected a non-empty array"},
+      {R"({"prefault": ["none", 3]})", "/stress/prefault/1: "},
+      {R"({"prefault": ["later"]})", "/stress/prefault/0: unknown prefault \"later\" (expected \"none\""},
+  };
+  for (const auto& t : cases) {
+    INFO(t.stress);
+    auto bad = parse_stress_config(json{{"stress", json::parse(t.stress)}});
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message.rfind(t.error, 0) == 0);
+  }
+}
+
+TEST_CASE("a multi-vCPU stress VM gives each vCPU its own slice of every region, after a barrier", "[stress]") {
+  StressConfig c = multi_vcpu();
+  c.regions_per_vm = 5;
+  c.backings = {RamBacking::kMemfd, RamBacking::kAnon};
+  c.prefaults = {Prefault::kNone, Prefault::kEager};
+  std::set<unsigned> vcpus_seen;
+  std::set<RamBacking> backings_seen;
+  for (uint64_t index = 0; index < 24; index++) {
+    const StressVm vm = make_stress_vm(c, 11, 0, index);
+    INFO("VM " << index << ", " << vm.config.vcpus << " vCPUs");
+    vcpus_seen.insert(vm.config.vcpus);
+    backings_seen.insert(vm.config.backing);
+    REQUIRE(vm.config.vcpus >= 2);
+    REQUIRE(vm.config.vcpus <= 4);
+    REQUIRE(vm.config.programs.size() == vm.config.vcpus);
+    std::vector<std::vector<std::vector<GuestRange>>> fills;
+    for (const auto& p : vm.config.programs) {
+      fills.push_back(fills_by_region(p));
+      REQUIRE(fills.back().size() == c.regions_per_vm);  // one barrier per region
+      for (const guest::Step& s : p)
+        if (const auto* f = std::get_if<guest::Free>(&s)) CHECK(f->mode == guest::FreeMode::kSync);
+    }
+    for (size_t r = 0; r < c.regions_per_vm; r++) {
+      std::vector<GuestRange> all;
+      for (const auto& per_vcpu : fills) all.insert(all.end(), per_vcpu[r].begin(), per_vcpu[r].end());
+      CHECK(!fills[0][r].empty());  // vCPU 0 always has a slice
+      for (size_t i = 0; i < all.size(); i++)
+        for (size_t j = i + 1; j < all.size(); j++) CHECK_FALSE(all[i].overlaps(all[j]));
+    }
+    auto img = build_stress_vm(vm);
+    REQUIRE(img);
+    CHECK(img->vcpus.size() == vm.config.vcpus);
+  }
+  CHECK(vcpus_seen == std::set<unsigned>{2, 3, 4});
+  CHECK(backings_seen.size() == 2);
+  // The shape has a stream of its own: a one-vCPU VM's program does not
+  // depend on the lists the config gives.
+  StressConfig plain = small(), listed = small();
+  listed.backings = {RamBacking::kAnon, RamBacking::kMemfd};
+  listed.prefaults = {Prefault::kAhead};
+  CHECK(build_stress_vm(make_stress_vm(plain, 5, 1, 0))->bytes == build_stress_vm(make_stress_vm(listed, 5, 1, 0))->bytes);
+}
+
+TEST_CASE("no multi-vCPU stress program is larger than the worst case validate assembles", "[stress]") {
+  StressConfig c = small();
+  c.vcpus_min = 1;
+  c.vcpus_max = 16;
+  c.regions_per_vm = 8;
+  c.vm_memory = 8ull << 30;
+  c.region_max = 64ull << 20;
+  c.inject_corruption = true;
+  REQUIRE(check_stress_programs(c));
+  size_t worst = 0;
+  for (const StressVm& vm : worst_case_stress_vms(c)) worst = std::max(worst, build_stress_vm(vm)->bytes.size());
+  for (uint64_t seed = 1; seed <= 40; seed++) {
+    const StressVm vm = make_stress_vm(c, seed * 0x9e3779b97f4a7c15ull, seed % 5, seed % 3);
+    auto img = build_stress_vm(vm);
+    REQUIRE(img);
+    CHECK(img->bytes.size() <= worst);
+  }
+  c.regions_per_vm = 400;  // fits one vCPU's code, not sixteen copies of it
+  c.vcpus_min = 2;
+  auto s = check_stress_programs(c);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().message.find("on each of 16 vCPUs") != std::string::npos);
+}
+
+TEST_CASE("the stress leak check catches RAM a VM did not give back", "[stress]") {
+  StressConfig c = small();
+  StressVm vm = make_stress_vm(c, 3, 0, 0);
+  VmOutcome out;
+  out.result.outcome = RunOutcome::kExited;
+  out.result.bytes_reported_free = out.result.bytes_decommitted = vm.bytes_freed;
+  out.host_committed_bytes = 2ull << 20;  // the boot area
+  CHECK_FALSE(stress_vm_leak(vm, out, 0));
+  out.host_committed_bytes += 4096;
+  CHECK(stress_vm_leak(vm, out, 0)->find("held 2101248 bytes of RAM when its program ended") != std::string::npos);
+  CHECK_FALSE(stress_vm_leak(vm, out, 4096));
+  out.result.bytes_decommitted -= 4096;
+  CHECK(stress_vm_leak(vm, out, 4096)->find("the VMM decommitted") != std::string::npos);
+  vm.config.backing = RamBacking::kHugetlb;  // sub-ranges round inward: fewer is fine, down to the regions
+  CHECK_FALSE(stress_vm_leak(vm, out, 4096));
+  out.result.bytes_decommitted = vm.bytes_written - 1;
+  CHECK(stress_vm_leak(vm, out, 4096));
+  out.result.bytes_reported_free -= 4096;
+  CHECK(stress_vm_leak(vm, out, 4096)->find("its guest reported") != std::string::npos);
+}
+
+TEST_CASE("a short stress run of 2..4 vCPUs per VM on mixed backings loses nothing and gives all commit back",
+          "[stress][kvm][vcpus][backing]") {
+  REQUIRE_KVM();
+  StressConfig c = multi_vcpu();
+  c.seed = 20261203;
+  c.vms_per_round = 3;
+  c.prefaults = {Prefault::kNone, Prefault::kEager};
+  auto sum = stress(c);
+  REQUIRE(sum);
+  INFO(sum->to_text());
+  CHECK(sum->exit_code() == 0);
+  CHECK(sum->vms_booted == 6);
+  CHECK(sum->vcpus_booted >= 12);
+  CHECK(sum->integrity_errors == 0);
+  CHECK(sum->vm_failures == 0);
+  CHECK(sum->vm_leaks == 0);
+  CHECK(sum->commit_leaks == 0);
+  REQUIRE(sum->backings.size() == c.backings.size());
+  uint64_t vms = 0;
+  for (const StressBackingTally& t : sum->backings) {
+    vms += t.vms;
+    CHECK(t.failed == 0);
+  }
+  CHECK(vms == 6);
+  CHECK(sum->final_commit_bytes == 0);
+  const json j = stress_report(*sum);
+  CHECK(j["backings"]["memfd"]["failed"] == 0);
+  CHECK(j["backings"]["anon"].contains("vms"));
+  CHECK(j["vm_leaks"] == 0);
+}
+
+TEST_CASE("stress catches a multi-vCPU guest that reads what it did not write", "[stress][kvm][vcpus]") {
+  REQUIRE_KVM();
+  StressConfig c = multi_vcpu();
+  c.vcpus_min = c.vcpus_max = 3;
+  c.backings = {RamBacking::kAnon};
+  c.seed = 8;
+  c.rounds = 1;
+  c.inject_corruption = true;
+  auto sum = stress(c);
+  REQUIRE(sum);
+  INFO(sum->to_text());
+  CHECK(sum->exit_code() == 1);
+  CHECK(sum->integrity_errors == 1);
+  CHECK(sum->vm_leaks == 0);
+  REQUIRE(sum->problems.size() == 1);
+  CHECK(sum->problems[0].rfind("seed 8 round 0 vm r0-vm0: vCPU 0: verify failed at guest-physical 0x", 0) == 0);
+  CHECK(sum->problems[0].find("(anon, 3 vCPUs, prefault none)") != std::string::npos);
+  REQUIRE(sum->backings.size() == 1);
+  CHECK(sum->backings[0].vms == 2);
+  CHECK(sum->backings[0].failed == 1);
+}
+
+TEST_CASE("a stress config with a backing the host cannot give is refused before anything runs",
+          "[stress][cli][backing]") {
+  auto why = ram_backing_unavailable(RamBacking::kHugetlb, 64ull << 20);
+  if (!why) {
+    WARN("this host gives hugetlb RAM: nothing to refuse");
+    return;
+  }
+  StressConfig c = small();
+  c.backings = {RamBacking::kMemfd, RamBacking::kHugetlb};
+  auto s = check_stress_backings(c);
+  REQUIRE_FALSE(s);
+  CHECK(s.error().message.rfind("/stress/backings: this host cannot give hugetlb RAM", 0) == 0);
+  CHECK(s.error().message.find(*why) != std::string::npos);
+  REQUIRE_KVM();  // the CLI opens /dev/kvm first
+  char path[] = "/tmp/kvmem-stress-XXXXXX";
+  int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::ofstream(path) << R"({"stress": {"rounds": 1, "vm_memory": "16M", "region_max": "4M",
+                                       "backings": ["memfd", "hugetlb"]}})";
+  auto r = test::run_command({test::kvmem_binary(), "stress", path});
+  unlink(path);
+  CHECK(r.exit_code == 3);
+  CHECK(r.err.find("this host cannot give hugetlb RAM") != std::string::npos);
 }
