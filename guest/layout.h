@@ -17,7 +17,7 @@
 //   [0xc0000, 0xc1000)  user, read   the boot info (abi::BootInfo), written by the VMM
 //   [0xc1000, 0xc2000)  user, write  the barrier of `barrier` steps (a counter and a generation)
 //   [0xd0000, 0xe0000)  user, write  FreeReport lists of `free`/`report` steps, a slice per vCPU
-//   [0xe0000, 0xf0000)  user, write  the free ring of programs that use one
+//   [0xe0000, 0xf0000)  user, write  the free rings of programs that use them, a slice per vCPU
 //   [0xf0000, 0x100000) user, write  per vCPU: a user stack
 //   [0x100000, ...)     user, write  RAM for steps (4 KiB pages up to 2 MiB, then 2 MiB or 1 GiB)
 //   [top - N pages, top) user, write the result slots of a program with timestamp steps
@@ -90,10 +90,28 @@ constexpr uint64_t report_list_entries(unsigned vcpus) {
   return n < abi::kReportMax ? n : abi::kReportMax;
 }
 inline constexpr uint64_t kFreeRingAddr = 0xe0000;
-inline constexpr uint64_t kFreeRingEntries = 1024;  // the ring of generated programs
+inline constexpr uint64_t kFreeRingEntries = 1024;  // the ring of a generated one-vCPU program
 inline constexpr uint64_t kFreeRingEnd = 0xf0000;
 static_assert(kFreeRingEnd - kFreeRingAddr >=
               sizeof(abi::FreeRingHeader) + kFreeRingEntries * sizeof(abi::FreeReport));
+// Each vCPU of a VM with `vcpus` of them has a free ring of its own (the
+// guest side of a ring has no lock), in a slice of the ring area of whole
+// pages: its header, then the largest power of two of slots that fits, at
+// most kFreeRingEntries. One vCPU: the whole area and 1024 slots, as before;
+// 2: 512 each; 4: 256; 16: a page and 64 slots each.
+constexpr uint64_t free_ring_slice(unsigned vcpus) {
+  return (kFreeRingEnd - kFreeRingAddr) / (vcpus ? vcpus : 1) / 0x1000 * 0x1000;
+}
+constexpr uint64_t free_ring_addr(unsigned vcpu, unsigned vcpus) { return kFreeRingAddr + vcpu * free_ring_slice(vcpus); }
+constexpr uint64_t free_ring_entries(unsigned vcpus) {
+  const uint64_t room = (free_ring_slice(vcpus) - sizeof(abi::FreeRingHeader)) / sizeof(abi::FreeReport);
+  uint64_t n = 1;
+  while (n * 2 <= room && n * 2 <= kFreeRingEntries) n *= 2;
+  return n;
+}
+static_assert(free_ring_entries(1) == kFreeRingEntries);
+static_assert(kMaxVcpus <= abi::kMaxDoorbells);  // every vCPU's ring has a doorbell port
+static_assert(free_ring_entries(kMaxVcpus) >= 64);  // a report step's 64 ranges fit any vCPU's ring
 
 // Per vCPU: a user stack of kUserStackSize bytes; vCPU 0's ends at the boot area's end.
 inline constexpr uint64_t kUserStacksAddr = 0xf0000;
@@ -144,7 +162,7 @@ inline constexpr Area kAreas[] = {
     {{kBootInfoAddr, kBootInfoEnd}, Access::kUserRead, "boot info"},
     {{kBarrierAddr, kBarrierEnd}, Access::kUserWrite, "barrier"},
     {{kReportListAddr, kReportListEnd}, Access::kUserWrite, "report lists"},
-    {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free ring"},
+    {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free rings"},
     {{kUserStacksAddr, kUserStacksEnd}, Access::kUserWrite, "user stacks"},
 };
 

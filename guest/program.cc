@@ -377,8 +377,6 @@ Result<Image> build_vcpus(std::span<const std::vector<Step>> programs, const Mac
   Image img;
   for (unsigned i = 0; i < vm.vcpus; i++) {
     const std::vector<Step>& steps = programs[i];
-    if (vm.vcpus > 1 && uses_free_ring(steps))
-      return fail("vCPU {}'s guest program uses the free ring (async free or report), which only a one-vCPU VM may", i);
     img.vcpus.push_back({base + a.offset(), results[i]});
     Emitter e(a, results[i], i, vm.vcpus);
     if (uses_free_ring(steps)) e.setup_free_ring();

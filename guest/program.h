@@ -19,7 +19,7 @@ namespace kvmem::guest {
 // What build() needs to know of the VM the program will run in.
 struct Machine {
   uint64_t ram_bytes = 0;
-  unsigned vcpus = 1;  // 1..layout::kMaxVcpus: barriers count them, report lists are sliced by them
+  unsigned vcpus = 1;  // 1..layout::kMaxVcpus: barriers count them, report lists and free rings are sliced by them
 };
 
 // The 64-bit result slots the program's timestamp steps write, for the host

@@ -62,7 +62,7 @@ const char* hypercall_name(uint32_t nr) {
   return nr < abi::kHypercallCount ? names[nr] : "unknown";
 }
 
-HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs) {
+HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs, unsigned vcpu) {
   const uint64_t nr = regs.rax & 0xffffffff;  // `out` sends eax; the upper half is noise
   if (nr >= abi::kHypercallCount) {
     stats.unknown++;
@@ -86,10 +86,10 @@ HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats,
     case abi::kHcReportFree:
       return answer(stats, devices.free_reports.report(regs.rdi, regs.rsi));
     case abi::kHcFreeRingWait:
-      return answer(stats, devices.free_ring ? devices.free_ring->wait(regs.rdi) : -EINVAL);
+      return answer(stats, devices.free_ring ? devices.free_ring->wait(vcpu, regs.rdi) : -EINVAL);
     case abi::kHcFreeRingSetup: {
       if (!devices.free_ring) return answer(stats, -ENODEV);
-      auto r = devices.free_ring->setup(regs.rdi, regs.rsi);
+      auto r = devices.free_ring->setup(vcpu, regs.rdi, regs.rsi);
       if (!r) return guest_failed(FailureKind::kHost, r.error().message);
       return answer(stats, *r);
     }

@@ -59,7 +59,9 @@ struct Devices {
 // "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.
 const char* hypercall_name(uint32_t nr);
 
-// Called on a vCPU's thread; `stats` is that vCPU's.
-HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs);
+// Called on vCPU `vcpu`'s thread; `stats` is that vCPU's. The free ring
+// calls reach that vCPU's ring.
+HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs,
+                                  unsigned vcpu = 0);
 
 }  // namespace kvmem

@@ -129,7 +129,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   if (config.prefault == Prefault::kEager)
     v->prefault_ = KVMEM_TRY(prefault_eager(*v->memory_, config.prefault_options()));
   v->free_reports_.emplace(*v->memory_, v->frees_);
-  v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()));
+  v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()), vcpus);
   return v;
 }
 
