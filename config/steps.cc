@@ -429,8 +429,16 @@ Result<Step> parse_wait_word(const json& j, const Ptr& p, Context& cx) {
 }
 
 Result<Step> parse_barrier(const json& j, const Ptr& p, Context&) {
-  KVMEM_STEP_TRY(check_keys(j, p, {"op"}));
-  return Barrier{};
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "timeout_ms"}));
+  Barrier s;
+  if (j.contains("timeout_ms")) {
+    // As for wait_word: no longer than a VM may run.
+    auto t = size_value(j.at("timeout_ms"), p / "timeout_ms");
+    if (!t) return std::unexpected(t.error());
+    if (*t == 0 || *t > kMaxTimeoutMs) return (p / "timeout_ms").fail("must be 1..{}, found {}", kMaxTimeoutMs, *t);
+    s.timeout_ms = *t;
+  }
+  return s;
 }
 
 using Parser = Result<Step> (*)(const json&, const Ptr&, Context&);

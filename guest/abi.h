@@ -116,6 +116,11 @@ enum FailReason : uint64_t {
                              // expected `expected`
   kFailWaitTimeout = 4,      // a `wait_word` step waited r8 ms for the word at `address`
                              // to be `expected`; it read `actual` last
+  kFailBarrierTimeout = 5,   // a `barrier` step waited r8 ms: `address` is the barrier step
+                             // (its index in the program's barrier steps), `expected` the
+                             // barrier's number (generation + 1), `actual` the arrivals read last
+  kFailBarrierStranded = 6,  // a `barrier` step saw a vCPU depart (the VMM's mask, in r8) that
+                             // had not arrived; `address` and `expected` as for kFailBarrierTimeout
 };
 
 // What the VMM tells the program before it starts, at layout::kBootInfoAddr

@@ -102,6 +102,7 @@ class Emitter {
   uint64_t report_list_;  // this vCPU's report lists (guest/layout.h)
   uint64_t ring_;         // this vCPU's free ring and its slots (guest/layout.h)
   uint64_t ring_entries_;
+  uint64_t barrier_sites_ = 0;  // barrier steps emitted so far: a barrier's site is its 1-based count
   std::vector<std::pair<asmjit::Label, std::string>> strings_;
 };
 

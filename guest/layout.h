@@ -69,8 +69,20 @@ static_assert(kBootInfoEnd - kBootInfoAddr >= sizeof(abi::BootInfo));
 // The barrier: the count of vCPUs that have arrived at kBarrierAddr, the
 // generation (barriers completed) a cache line further on, so spinners
 // read a line the arrivals do not write.
+//
+// Then what lets a barrier fail rather than spin for ever, and say why:
+// the departed mask, bit i set by the VMM when vCPU i has exited (0) —
+// such a vCPU never arrives again, so a spinner that sees a bit fails
+// the run (abi::kFailBarrierStranded); and per vCPU, written by the vCPU
+// as it arrives, the number of the barrier it waits at (generation + 1)
+// and which barrier step of its program that is (its index in
+// guest::barrier_steps() + 1), which the VMM reads to name the barrier and
+// the vCPUs that never arrived.
 inline constexpr uint64_t kBarrierAddr = 0xc1000;
 inline constexpr uint64_t kBarrierGeneration = kBarrierAddr + 64;
+inline constexpr uint64_t kBarrierDeparted = kBarrierAddr + 128;
+constexpr uint64_t barrier_arrival_addr(unsigned vcpu) { return kBarrierAddr + 192 + 8 * vcpu; }
+constexpr uint64_t barrier_site_addr(unsigned vcpu) { return kBarrierAddr + 320 + 8 * vcpu; }
 inline constexpr uint64_t kBarrierEnd = 0xc2000;
 inline constexpr uint64_t kReportListAddr = 0xd0000;
 inline constexpr uint64_t kReportListEnd = 0xe0000;
@@ -110,7 +122,8 @@ constexpr uint64_t free_ring_entries(unsigned vcpus) {
   return n;
 }
 static_assert(free_ring_entries(1) == kFreeRingEntries);
-static_assert(kMaxVcpus <= abi::kMaxDoorbells);  // every vCPU's ring has a doorbell port
+static_assert(kMaxVcpus <= abi::kMaxDoorbells);
+static_assert(barrier_site_addr(kMaxVcpus) <= kBarrierEnd && barrier_arrival_addr(kMaxVcpus) <= barrier_site_addr(0));  // every vCPU's ring has a doorbell port
 static_assert(free_ring_entries(kMaxVcpus) >= 64);  // a report step's 64 ranges fit any vCPU's ring
 
 // Per vCPU: a user stack of kUserStackSize bytes; vCPU 0's ends at the boot area's end.

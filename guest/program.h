@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "base/error.h"
@@ -34,6 +35,9 @@ struct ResultSlots {
 struct VcpuCode {
   uint64_t entry = 0;
   ResultSlots results;
+  // Each barrier step's place in the program (guest::barrier_steps), so
+  // the VMM can name the one a vCPU waits at; empty when it has none.
+  std::vector<std::string> barrier_steps;
 };
 
 struct Image {

@@ -163,8 +163,13 @@ struct WaitWord {
 // Waits until every vCPU of the VM has reached a barrier: the vCPUs of a
 // multi-vCPU VM start the next phase together (docs/config.md, "vcpus").
 // Reusable: the n-th barrier a vCPU reaches meets the n-th of each other
-// vCPU. On a one-vCPU VM it passes at once.
-struct Barrier {};
+// vCPU. On a one-vCPU VM it passes at once. A vCPU waiting at it fails the
+// run (abi::kFailBarrierStranded) once another vCPU has exited without
+// arriving, and (abi::kFailBarrierTimeout) after `timeout_ms` of its TSC
+// when that is not 0.
+struct Barrier {
+  uint64_t timeout_ms = 0;  // 0: wait as long as the VM runs
+};
 
 using StepVariant = std::variant<Print, Fill, Touch, Verify, Loop, Hypercall, Exit, Fault, Free, Report, Out, Timestamp,
                                  StoreWord, WaitWord, Barrier>;
@@ -207,7 +212,8 @@ bool uses_free_ring(const std::vector<Step>& steps);
 std::optional<GuestRange> memory_walked(const Step& s);
 
 // True when a step of `steps`, or one inside a loop, needs the boot info
-// (abi::BootInfo): a wait_word, which counts TSC ticks at its rate.
+// (abi::BootInfo): a wait_word or a barrier with a timeout, which count
+// TSC ticks at its rate.
 bool uses_boot_info(const std::vector<Step>& steps);
 
 // The last word a touch step touches: at + k * stride for the largest k
@@ -224,5 +230,9 @@ uint64_t result_slots_used(const std::vector<Step>& steps);
 uint64_t barriers_passed(const std::vector<Step>& steps);
 // True when a step of `steps`, or one inside a loop, is a barrier.
 bool uses_barrier(const std::vector<Step>& steps);
+// Where each barrier step of `steps` is, in program order (a loop's body
+// once): its index, and inside a loop "index/body/index" ("3",
+// "2/body/0"), as a config's pointer below the vCPU's step list reads.
+std::vector<std::string> barrier_steps(const std::vector<Step>& steps);
 
 }  // namespace kvmem::guest

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "guest/boot.h"
+#include "vmm/devices/barriers.h"
 #include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/devices/free_ring.h"
@@ -44,6 +45,12 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
     case abi::kFailReportStatus:
       return fmt::format("free report of guest-physical {:#x} got status {}, expected {}", addr,
                          static_cast<int64_t>(actual), static_cast<int64_t>(expected));
+    case abi::kFailBarrierTimeout:
+      return fmt::format("barrier {} (barrier step {}) timed out after {} ms with {} vCPUs there", expected, addr,
+                         extra, actual);
+    case abi::kFailBarrierStranded:
+      return fmt::format("barrier {} (barrier step {}) cannot complete: a vCPU exited without arriving (mask {:#x})",
+                         expected, addr, extra);
     case abi::kFailWaitTimeout:
       return fmt::format("wait_word at guest-physical {:#x} for {:#018x} timed out after {} ms: it read {:#018x} last",
                          addr, expected, extra, actual);
@@ -78,6 +85,9 @@ HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats,
       // As a process's exit status is: only the low 8 bits count.
       return {HypercallOutcome::Action::kExit, 0, regs.rdi & 0xff, {}, FailureKind::kNone};
     case abi::kHcFail:
+      if (devices.barriers && (regs.rdi == abi::kFailBarrierTimeout || regs.rdi == abi::kFailBarrierStranded))
+        return guest_failed(FailureKind::kGuest,
+                            devices.barriers->failure(vcpu, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8));
       return guest_failed(fail_kind(regs.rdi), fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8));
     case abi::kHcException:
       return guest_failed(FailureKind::kGuest,

@@ -38,6 +38,7 @@ struct HypercallOutcome {
   FailureKind kind = FailureKind::kNone;  // kFail: whose fault, and what kind
 };
 
+class Barriers;
 class Console;
 class FreeReports;
 class FreeRingDevice;
@@ -54,6 +55,9 @@ struct Devices {
   FreeRingDevice* free_ring;
   // The VM's file windows: MMIO exits inside one are theirs. Null: none.
   Windows* windows = nullptr;
+  // Names the barrier of a barrier's kHcFail. Null: the message gives
+  // the guest's numbers only.
+  const Barriers* barriers = nullptr;
 };
 
 // "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.
