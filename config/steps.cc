@@ -20,7 +20,7 @@ using namespace guest;
 struct Context {
   uint64_t memory;
   const std::vector<GuestRange>* windows;
-  unsigned vcpus = 1;  // of the VM: async free is for one vCPU, report lists are sliced
+  unsigned vcpus = 1;  // of the VM: report lists and free rings are sliced by them
   size_t steps = 0;
   unsigned depth = 0;
 };
@@ -85,17 +85,12 @@ Result<Pattern> parse_pattern(const json& j, const Ptr& p) {
 
 namespace {
 
-// The free ring is one per VM and its guest side has no lock: async free
-// and report are for one-vCPU VMs.
-Result<FreeMode> free_mode(const json& j, const Ptr& p, const Context& cx) {
+// Both modes work from every vCPU: each has its own report lists and its
+// own free ring (guest/layout.h).
+Result<FreeMode> free_mode(const json& j, const Ptr& p, const Context&) {
   if (!j.contains("mode")) return FreeMode::kSync;
   if (j.at("mode") == "sync") return FreeMode::kSync;
-  if (j.at("mode") == "async") {
-    if (cx.vcpus > 1)
-      return (p / "mode").fail("the free ring (\"async\") is for one-vCPU VMs; this VM has {} vCPUs: use \"sync\"",
-                               cx.vcpus);
-    return FreeMode::kAsync;
-  }
+  if (j.at("mode") == "async") return FreeMode::kAsync;
   return (p / "mode").fail("expected \"sync\" or \"async\"");
 }
 
@@ -296,7 +291,7 @@ Status free_sizes(const json& j, const Ptr& p, const Context& cx, Free* s) {
   if (s->length % s->stride_or_granule() != 0)
     return (p / "length").fail("{:#x} is not a multiple of the {} ({:#x})", s->length,
                                s->stride ? "stride" : "granule", s->stride_or_granule());
-  const uint64_t max_batch = s->mode == FreeMode::kSync ? layout::report_list_entries(cx.vcpus) : guest::layout::kFreeRingEntries;
+  const uint64_t max_batch = s->mode == FreeMode::kSync ? layout::report_list_entries(cx.vcpus) : layout::free_ring_entries(cx.vcpus);
   if (j.contains("batch")) {
     auto b = size_value(j.at("batch"), p / "batch");
     if (!b) return std::unexpected(b.error());
@@ -434,8 +429,16 @@ Result<Step> parse_wait_word(const json& j, const Ptr& p, Context& cx) {
 }
 
 Result<Step> parse_barrier(const json& j, const Ptr& p, Context&) {
-  KVMEM_STEP_TRY(check_keys(j, p, {"op"}));
-  return Barrier{};
+  KVMEM_STEP_TRY(check_keys(j, p, {"op", "timeout_ms"}));
+  Barrier s;
+  if (j.contains("timeout_ms")) {
+    // As for wait_word: no longer than a VM may run.
+    auto t = size_value(j.at("timeout_ms"), p / "timeout_ms");
+    if (!t) return std::unexpected(t.error());
+    if (*t == 0 || *t > kMaxTimeoutMs) return (p / "timeout_ms").fail("must be 1..{}, found {}", kMaxTimeoutMs, *t);
+    s.timeout_ms = *t;
+  }
+  return s;
 }
 
 Result<Step> parse_snapshot(const json& j, const Ptr& p, Context&) {

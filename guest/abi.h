@@ -40,18 +40,22 @@ enum Hypercall : uint32_t {
   // call itself fails with -EINVAL (count 0 or > kReportMax) or -EFAULT (the
   // array is not 8-byte aligned or not wholly in RAM).
   kHcReportFree = 5,
-  // (rdi = gpa of a free ring, rsi = entries) -> 0. Sets up the asynchronous
-  // free-page ring (FreeRingHeader, then `entries` FreeReport slots) and its
-  // doorbell, kDoorbellPort. entries: a power of two, 1..kRingMaxEntries.
-  // -EINVAL (bad entries or alignment), -EFAULT (not in RAM, or not one
-  // host-contiguous piece), -EBUSY (already set up), or the host's errno
+  // (rdi = gpa of a free ring, rsi = entries) -> 0. Sets up the calling
+  // vCPU's asynchronous free-page ring (FreeRingHeader, then `entries`
+  // FreeReport slots) and its doorbell, doorbell_port(vCPU index). Each vCPU
+  // may have one ring; the rings of a VM may not overlap. entries: a power
+  // of two, 1..kRingMaxEntries. -EINVAL (bad entries or alignment), -EFAULT
+  // (not in RAM, or not one host-contiguous piece), -EBUSY (this vCPU has a
+  // ring already, or the ring overlaps another vCPU's), -EAGAIN (the host
+  // cannot start the thread that drains the rings), or the host's errno
   // when it cannot make the doorbell.
   kHcFreeRingSetup = 6,
-  // (rdi = a value of `produced`) -> 0 once `completed` has reached it. The
-  // VMM drains the ring on the vCPU's own thread (as the doorbell would have
-  // the ring's thread do), with the vCPU out of the guest: for a guest that
-  // is going to wait anyway, this is cheaper than ringing and spinning. -EINVAL when no ring is
-  // set up or the value lies beyond what the guest has produced.
+  // (rdi = a value of `produced`) -> 0 once the calling vCPU's ring has
+  // `completed` it. The VMM drains that ring on the vCPU's own thread (as
+  // the doorbell would have the rings' thread do), with the vCPU out of the
+  // guest: for a guest that is going to wait anyway, this is cheaper than
+  // ringing and spinning. -EINVAL when this vCPU has no ring or the value
+  // lies beyond what the guest has produced.
   kHcFreeRingWait = 7,
   // (rdi = then: kSnapshotContinue or kSnapshotExit) -> 0 once the VMM has
   // saved the VM (every vCPU that has not ended makes this call, and the
@@ -84,9 +88,13 @@ struct FreeReport {
 static_assert(sizeof(FreeReport) == 32);
 inline constexpr uint64_t kReportMax = 2048;  // entries per kHcReportFree
 
-// The asynchronous free ring. The guest fills slots[produced % entries],
-// then bumps `produced` and writes any value to kDoorbellPort, which the VMM
-// binds to an ioeventfd: the kernel signals it without an exit to userspace.
+// The asynchronous free ring, one per vCPU. The guest fills
+// slots[produced % entries], then bumps `produced` and writes any 4-byte
+// value to its vCPU's doorbell_port(), which the VMM binds to an ioeventfd:
+// the kernel signals it without an exit to userspace. A port per vCPU, not
+// one port told apart by the value written (KVM's datamatch): a wildcard
+// ioeventfd and a datamatch one on the same port collide (EEXIST), so
+// vCPU 0 keeps "any value on 0xe9", as a one-vCPU guest always had.
 // A host thread checks and decommits each new slot, writes its status, then
 // stores `completed` = the `produced` it handled. The guest may reuse a
 // reported page only once `completed` has passed that page's slot: that is
@@ -100,7 +108,11 @@ struct FreeRingHeader {
 };
 static_assert(sizeof(FreeRingHeader) == 64);
 inline constexpr uint64_t kRingMaxEntries = 4096;
-inline constexpr uint16_t kDoorbellPort = 0xe9;
+inline constexpr uint16_t kDoorbellPort = 0xe9;  // vCPU 0's doorbell
+inline constexpr unsigned kMaxDoorbells = 16;     // vCPUs that may have a ring: ports 0xe9..0xf8
+// The doorbell of vCPU `vcpu`'s ring (vcpu < kMaxDoorbells): 8 bits, so
+// the guest's `out imm8, eax` reaches it.
+constexpr uint16_t doorbell_port(unsigned vcpu) { return static_cast<uint16_t>(kDoorbellPort + vcpu); }
 // Pause-loop iterations a generated guest spins waiting for room in a full
 // ring before it blocks with kHcFreeRingWait. Short on purpose: on 2 cores a
 // spinning vCPU keeps a CPU from the thread that punches, and under PVM each
@@ -116,6 +128,11 @@ enum FailReason : uint64_t {
                              // expected `expected`
   kFailWaitTimeout = 4,      // a `wait_word` step waited r8 ms for the word at `address`
                              // to be `expected`; it read `actual` last
+  kFailBarrierTimeout = 5,   // a `barrier` step waited r8 ms: `address` is the barrier step
+                             // (its index in the program's barrier steps), `expected` the
+                             // barrier's number (generation + 1), `actual` the arrivals read last
+  kFailBarrierStranded = 6,  // a `barrier` step saw a vCPU depart (the VMM's mask, in r8) that
+                             // had not arrived; `address` and `expected` as for kFailBarrierTimeout
 };
 
 // What the VMM tells the program before it starts, at layout::kBootInfoAddr

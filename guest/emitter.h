@@ -34,15 +34,17 @@ namespace kvmem::guest {
 class Emitter {
  public:
   // The program of vCPU `vcpu` of a VM with `vcpus`: its result slots,
-  // its slice of the report lists, and the count its barriers wait for.
+  // its slice of the report lists and of the free rings, and the count its
+  // barriers wait for.
   Emitter(asmjit::x86::Assembler& a, ResultSlots results, unsigned vcpu = 0, unsigned vcpus = 1)
-      : a_(a), results_(results), vcpus_(vcpus), report_list_(layout::report_list_addr(vcpu, vcpus)) {}
+      : a_(a), results_(results), vcpu_(vcpu), vcpus_(vcpus), report_list_(layout::report_list_addr(vcpu, vcpus)),
+        ring_(layout::free_ring_addr(vcpu, vcpus)), ring_entries_(layout::free_ring_entries(vcpus)) {}
 
   void steps(const std::vector<Step>& steps) {
     for (const Step& s : steps) std::visit([this](const auto& op) { emit(op); }, s);
   }
   void exit(uint64_t code);
-  // Registers the program's free ring; a refusal fails the run.
+  // Registers this vCPU's free ring; a refusal fails the run.
   void setup_free_ring();
   // Binds the labels of string data after the code.
   void emit_data();
@@ -96,8 +98,12 @@ class Emitter {
 
   asmjit::x86::Assembler& a_;
   ResultSlots results_;
+  unsigned vcpu_;
   unsigned vcpus_;
   uint64_t report_list_;  // this vCPU's report lists (guest/layout.h)
+  uint64_t ring_;         // this vCPU's free ring and its slots (guest/layout.h)
+  uint64_t ring_entries_;
+  uint64_t barrier_sites_ = 0;  // barrier steps emitted so far: a barrier's site is its 1-based count
   std::vector<std::pair<asmjit::Label, std::string>> strings_;
 };
 

@@ -17,7 +17,7 @@
 //   [0xc0000, 0xc1000)  user, read   the boot info (abi::BootInfo), written by the VMM
 //   [0xc1000, 0xc2000)  user, write  the barrier of `barrier` steps (a counter and a generation)
 //   [0xd0000, 0xe0000)  user, write  FreeReport lists of `free`/`report` steps, a slice per vCPU
-//   [0xe0000, 0xf0000)  user, write  the free ring of programs that use one
+//   [0xe0000, 0xf0000)  user, write  the free rings of programs that use them, a slice per vCPU
 //   [0xf0000, 0x100000) user, write  per vCPU: a user stack
 //   [0x100000, ...)     user, write  RAM for steps (4 KiB pages up to 2 MiB, then 2 MiB or 1 GiB)
 //   [top - N pages, top) user, write the result slots of a program with timestamp steps
@@ -69,8 +69,20 @@ static_assert(kBootInfoEnd - kBootInfoAddr >= sizeof(abi::BootInfo));
 // The barrier: the count of vCPUs that have arrived at kBarrierAddr, the
 // generation (barriers completed) a cache line further on, so spinners
 // read a line the arrivals do not write.
+//
+// Then what lets a barrier fail rather than spin for ever, and say why:
+// the departed mask, bit i set by the VMM when vCPU i has exited (0) —
+// such a vCPU never arrives again, so a spinner that sees a bit fails
+// the run (abi::kFailBarrierStranded); and per vCPU, written by the vCPU
+// as it arrives, the number of the barrier it waits at (generation + 1)
+// and which barrier step of its program that is (its index in
+// guest::barrier_steps() + 1), which the VMM reads to name the barrier and
+// the vCPUs that never arrived.
 inline constexpr uint64_t kBarrierAddr = 0xc1000;
 inline constexpr uint64_t kBarrierGeneration = kBarrierAddr + 64;
+inline constexpr uint64_t kBarrierDeparted = kBarrierAddr + 128;
+constexpr uint64_t barrier_arrival_addr(unsigned vcpu) { return kBarrierAddr + 192 + 8 * vcpu; }
+constexpr uint64_t barrier_site_addr(unsigned vcpu) { return kBarrierAddr + 320 + 8 * vcpu; }
 inline constexpr uint64_t kBarrierEnd = 0xc2000;
 inline constexpr uint64_t kReportListAddr = 0xd0000;
 inline constexpr uint64_t kReportListEnd = 0xe0000;
@@ -90,10 +102,29 @@ constexpr uint64_t report_list_entries(unsigned vcpus) {
   return n < abi::kReportMax ? n : abi::kReportMax;
 }
 inline constexpr uint64_t kFreeRingAddr = 0xe0000;
-inline constexpr uint64_t kFreeRingEntries = 1024;  // the ring of generated programs
+inline constexpr uint64_t kFreeRingEntries = 1024;  // the ring of a generated one-vCPU program
 inline constexpr uint64_t kFreeRingEnd = 0xf0000;
 static_assert(kFreeRingEnd - kFreeRingAddr >=
               sizeof(abi::FreeRingHeader) + kFreeRingEntries * sizeof(abi::FreeReport));
+// Each vCPU of a VM with `vcpus` of them has a free ring of its own (the
+// guest side of a ring has no lock), in a slice of the ring area of whole
+// pages: its header, then the largest power of two of slots that fits, at
+// most kFreeRingEntries. One vCPU: the whole area and 1024 slots, as before;
+// 2: 512 each; 4: 256; 16: a page and 64 slots each.
+constexpr uint64_t free_ring_slice(unsigned vcpus) {
+  return (kFreeRingEnd - kFreeRingAddr) / (vcpus ? vcpus : 1) / 0x1000 * 0x1000;
+}
+constexpr uint64_t free_ring_addr(unsigned vcpu, unsigned vcpus) { return kFreeRingAddr + vcpu * free_ring_slice(vcpus); }
+constexpr uint64_t free_ring_entries(unsigned vcpus) {
+  const uint64_t room = (free_ring_slice(vcpus) - sizeof(abi::FreeRingHeader)) / sizeof(abi::FreeReport);
+  uint64_t n = 1;
+  while (n * 2 <= room && n * 2 <= kFreeRingEntries) n *= 2;
+  return n;
+}
+static_assert(free_ring_entries(1) == kFreeRingEntries);
+static_assert(kMaxVcpus <= abi::kMaxDoorbells);
+static_assert(barrier_site_addr(kMaxVcpus) <= kBarrierEnd && barrier_arrival_addr(kMaxVcpus) <= barrier_site_addr(0));  // every vCPU's ring has a doorbell port
+static_assert(free_ring_entries(kMaxVcpus) >= 64);  // a report step's 64 ranges fit any vCPU's ring
 
 // Per vCPU: a user stack of kUserStackSize bytes; vCPU 0's ends at the boot area's end.
 inline constexpr uint64_t kUserStacksAddr = 0xf0000;
@@ -144,7 +175,7 @@ inline constexpr Area kAreas[] = {
     {{kBootInfoAddr, kBootInfoEnd}, Access::kUserRead, "boot info"},
     {{kBarrierAddr, kBarrierEnd}, Access::kUserWrite, "barrier"},
     {{kReportListAddr, kReportListEnd}, Access::kUserWrite, "report lists"},
-    {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free ring"},
+    {{kFreeRingAddr, kFreeRingEnd}, Access::kUserWrite, "free rings"},
     {{kUserStacksAddr, kUserStacksEnd}, Access::kUserWrite, "user stacks"},
 };
 

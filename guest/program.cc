@@ -84,12 +84,36 @@ void Emitter::emit(const Timestamp& s) {
 // keeps the two stores in order, so a vCPU released into the next barrier
 // finds the count at 0. Reading the generation before arriving is safe: it
 // cannot move until this vCPU has arrived too.
-void Emitter::emit(const Barrier&) {
+//
+// Before arriving, the vCPU writes which barrier it waits at (number and
+// step, guest/layout.h) for the VMM to name. A spinner fails the run when
+// the VMM's departed mask shows a vCPU that exited, since that one never
+// arrives: but only after reading the generation once more, because the
+// vCPU may have exited after this barrier completed (it saw the new
+// generation before it exited, and the VMM set its bit after that; x86
+// orders the spinner's two loads, so the second sees the generation move).
+// r12 the TSC at arrival and r13 the ticks allowed, with a timeout.
+void Emitter::emit(const Barrier& s) {
+  const uint64_t site = ++barrier_sites_;
   if (vcpus_ <= 1) return;  // nobody to wait for
-  Label spin = a_.newLabel(), done = a_.newLabel();
+  Label spin = a_.newLabel(), stranded = a_.newLabel(), done = a_.newLabel();
   a_.mov(r8, layout::kBarrierGeneration);
   a_.mov(rcx, qword_ptr(r8));
+  a_.lea(r11, ptr(rcx, 1));
+  a_.mov(r10, layout::barrier_arrival_addr(vcpu_));
+  a_.mov(qword_ptr(r10), r11);
+  a_.mov(r10, layout::barrier_site_addr(vcpu_));
+  a_.mov(qword_ptr(r10), site);
+  if (s.timeout_ms) {
+    a_.mov(r13, layout::kBootInfoAddr + offsetof(abi::BootInfo, tsc_khz));
+    a_.mov(r13, qword_ptr(r13));
+    a_.mov(r11, s.timeout_ms);
+    a_.imul(r13, r11);  // at most 3.6e6 ms (config/) at any real kHz: far below 2^63
+    read_tsc();
+    a_.mov(r12, rax);
+  }
   a_.mov(r9, layout::kBarrierAddr);
+  a_.mov(r10, layout::kBarrierDeparted);
   a_.mov(eax, 1);
   a_.lock().xadd(qword_ptr(r9), rax);
   a_.cmp(rax, vcpus_ - 1);
@@ -101,7 +125,30 @@ void Emitter::emit(const Barrier&) {
   a_.bind(spin);
   a_.pause();
   a_.cmp(qword_ptr(r8), rcx);
-  a_.je(spin);
+  a_.jne(done);
+  a_.cmp(qword_ptr(r10), 0);
+  a_.jne(stranded);
+  if (s.timeout_ms) {
+    read_tsc();
+    a_.sub(rax, r12);
+    a_.cmp(rax, r13);  // signed, as in wait_word: a TSC that steps back reads as no time
+    a_.jl(spin);
+    a_.mov(r10, qword_ptr(r9));
+    a_.mov(esi, site);
+    a_.lea(rdx, ptr(rcx, 1));
+    a_.mov(r8, s.timeout_ms);
+    fail_with(abi::kFailBarrierTimeout);
+  } else {
+    a_.jmp(spin);
+  }
+  a_.bind(stranded);
+  a_.cmp(qword_ptr(r8), rcx);
+  a_.jne(done);
+  a_.mov(r8, qword_ptr(r10));
+  a_.mov(r10, qword_ptr(r9));
+  a_.mov(esi, site);
+  a_.lea(rdx, ptr(rcx, 1));
+  fail_with(abi::kFailBarrierStranded);
   a_.bind(done);
 }
 
@@ -385,9 +432,7 @@ Result<Image> build_vcpus(std::span<const std::vector<Step>> programs, const Mac
   Image img;
   for (unsigned i = 0; i < vm.vcpus; i++) {
     const std::vector<Step>& steps = programs[i];
-    if (vm.vcpus > 1 && uses_free_ring(steps))
-      return fail("vCPU {}'s guest program uses the free ring (async free or report), which only a one-vCPU VM may", i);
-    img.vcpus.push_back({base + a.offset(), results[i]});
+    img.vcpus.push_back({base + a.offset(), results[i], barrier_steps(steps)});
     Emitter e(a, results[i], i, vm.vcpus);
     if (uses_free_ring(steps)) e.setup_free_ring();
     e.steps(steps);

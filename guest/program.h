@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "base/error.h"
@@ -19,7 +20,7 @@ namespace kvmem::guest {
 // What build() needs to know of the VM the program will run in.
 struct Machine {
   uint64_t ram_bytes = 0;
-  unsigned vcpus = 1;  // 1..layout::kMaxVcpus: barriers count them, report lists are sliced by them
+  unsigned vcpus = 1;  // 1..layout::kMaxVcpus: barriers count them, report lists and free rings are sliced by them
 };
 
 // The 64-bit result slots the program's timestamp steps write, for the host
@@ -34,6 +35,9 @@ struct ResultSlots {
 struct VcpuCode {
   uint64_t entry = 0;
   ResultSlots results;
+  // Each barrier step's place in the program (guest::barrier_steps), so
+  // the VMM can name the one a vCPU waits at; empty when it has none.
+  std::vector<std::string> barrier_steps;
 };
 
 struct Image {

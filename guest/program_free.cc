@@ -43,8 +43,8 @@ void Emitter::call_expecting_zero(uint32_t nr) {
 }
 
 void Emitter::setup_free_ring() {
-  a_.mov(rdi, layout::kFreeRingAddr);
-  a_.mov(rsi, layout::kFreeRingEntries);
+  a_.mov(rdi, ring_);
+  a_.mov(rsi, ring_entries_);
   call_expecting_zero(abi::kHcFreeRingSetup);
 }
 
@@ -120,7 +120,7 @@ void Emitter::free_sync(const Free& s) {
 // rdx = address of ring slot (rax & (N-1)); r13 holds the ring base.
 void Emitter::ring_slot(const Gp& index) {
   a_.mov(rdx, index);
-  a_.and_(rdx, layout::kFreeRingEntries - 1);
+  a_.and_(rdx, ring_entries_ - 1);
   a_.shl(rdx, 5);
   a_.lea(rdx, ptr(r13, rdx, 0, sizeof(abi::FreeRingHeader)));
 }
@@ -137,13 +137,13 @@ void Emitter::ring_wait_room(uint64_t room) {
   a_.bind(check);
   a_.mov(rcx, rax);
   a_.sub(rcx, qword_ptr(r13, 8));
-  a_.cmp(rcx, layout::kFreeRingEntries - room);
+  a_.cmp(rcx, ring_entries_ - room);
   a_.jbe(done);
   a_.pause();
   a_.dec(edx);
   a_.jnz(check);
   a_.push(rax);
-  a_.lea(rdi, ptr(rax, -static_cast<int32_t>(layout::kFreeRingEntries - room)));
+  a_.lea(rdi, ptr(rax, -static_cast<int32_t>(ring_entries_ - room)));
   call_expecting_zero(abi::kHcFreeRingWait);
   a_.pop(rax);
   a_.bind(done);
@@ -170,7 +170,7 @@ void Emitter::ring_and_wait() {
 // for completion before going on (the pages may be reused after this step).
 void Emitter::free_async(const Free& s) {
   Label loop = a_.newLabel(), last = a_.newLabel(), ok = a_.newLabel();
-  a_.mov(r13, layout::kFreeRingAddr);
+  a_.mov(r13, ring_);
   a_.mov(r14, qword_ptr(r13, 16));  // refusals so far
   a_.mov(r8, s.at);
   a_.mov(r9, s.at + s.length);
@@ -190,7 +190,7 @@ void Emitter::free_async(const Free& s) {
   a_.jae(last);
   a_.cmp(r12, s.batch);
   a_.jb(loop);
-  a_.out(imm(abi::kDoorbellPort), eax);
+  a_.out(imm(abi::doorbell_port(vcpu_)), eax);
   a_.xor_(r12d, r12d);
   a_.jmp(loop);
   a_.bind(last);
@@ -238,7 +238,7 @@ void Emitter::report_sync(const Report& s) {
 }
 
 void Emitter::report_async(const Report& s) {
-  a_.mov(r13, layout::kFreeRingAddr);
+  a_.mov(r13, ring_);
   a_.mov(rax, qword_ptr(r13));
   a_.mov(r14, rax);  // the first slot's index
   ring_wait_room(s.ranges.size());

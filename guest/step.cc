@@ -87,7 +87,7 @@ bool uses_free_ring(const std::vector<Step>& steps) {
 bool uses_boot_info(const std::vector<Step>& steps) {
   return std::any_of(steps.begin(), steps.end(), [](const Step& s) {
     if (const auto* l = std::get_if<Loop>(&s)) return uses_boot_info(l->body);
-    return s.is<WaitWord>();
+    return s.is<WaitWord>() || (s.is<Barrier>() && s.as<Barrier>().timeout_ms);
   });
 }
 
@@ -132,6 +132,24 @@ uint64_t passed(const std::vector<Step>& steps) {
 
 uint64_t barriers_passed(const std::vector<Step>& steps) { return passed<Barrier>(steps); }
 uint64_t snapshots_passed(const std::vector<Step>& steps) { return passed<Snapshot>(steps); }
+
+namespace {
+
+void collect_barrier_steps(const std::vector<Step>& steps, const std::string& prefix, std::vector<std::string>& out) {
+  for (size_t i = 0; i < steps.size(); i++) {
+    const std::string here = prefix + std::to_string(i);
+    if (steps[i].is<Barrier>()) out.push_back(here);
+    if (const auto* l = std::get_if<Loop>(&steps[i])) collect_barrier_steps(l->body, here + "/body/", out);
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> barrier_steps(const std::vector<Step>& steps) {
+  std::vector<std::string> out;
+  collect_barrier_steps(steps, "", out);
+  return out;
+}
 
 bool uses_barrier(const std::vector<Step>& steps) {
   return std::any_of(steps.begin(), steps.end(), [](const Step& s) {

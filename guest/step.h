@@ -163,8 +163,13 @@ struct WaitWord {
 // Waits until every vCPU of the VM has reached a barrier: the vCPUs of a
 // multi-vCPU VM start the next phase together (docs/config.md, "vcpus").
 // Reusable: the n-th barrier a vCPU reaches meets the n-th of each other
-// vCPU. On a one-vCPU VM it passes at once.
-struct Barrier {};
+// vCPU. On a one-vCPU VM it passes at once. A vCPU waiting at it fails the
+// run (abi::kFailBarrierStranded) once another vCPU has exited without
+// arriving, and (abi::kFailBarrierTimeout) after `timeout_ms` of its TSC
+// when that is not 0.
+struct Barrier {
+  uint64_t timeout_ms = 0;  // 0: wait as long as the VM runs
+};
 
 // Asks the VMM to save the VM (kHcSnapshot) once every vCPU has reached
 // its snapshot step, then goes on, or ends the VM as a success (`exit`).
@@ -215,7 +220,8 @@ bool uses_free_ring(const std::vector<Step>& steps);
 std::optional<GuestRange> memory_walked(const Step& s);
 
 // True when a step of `steps`, or one inside a loop, needs the boot info
-// (abi::BootInfo): a wait_word, which counts TSC ticks at its rate.
+// (abi::BootInfo): a wait_word or a barrier with a timeout, which count
+// TSC ticks at its rate.
 bool uses_boot_info(const std::vector<Step>& steps);
 
 // The last word a touch step touches: at + k * stride for the largest k
@@ -234,5 +240,9 @@ uint64_t barriers_passed(const std::vector<Step>& steps);
 bool uses_barrier(const std::vector<Step>& steps);
 // Snapshot steps the steps pass, counting loops (saturating, as barriers).
 uint64_t snapshots_passed(const std::vector<Step>& steps);
+// Where each barrier step of `steps` is, in program order (a loop's body
+// once): its index, and inside a loop "index/body/index" ("3",
+// "2/body/0"), as a config's pointer below the vCPU's step list reads.
+std::vector<std::string> barrier_steps(const std::vector<Step>& steps);
 
 }  // namespace kvmem::guest

@@ -67,6 +67,13 @@ void check_stays_in_bounds(const std::vector<guest::Step>& program, const VmConf
       at = fr->at, length = fr->length, step = fr->stride_or_granule();
       KVMEM_CHECK(fr->granule <= step && fr->length % step == 0, "free ranges of {:#x} every {:#x} over {:#x} bytes",
                   fr->granule, step, fr->length);
+      // A batch fills at most the vCPU's own report list or free ring
+      // (guest/layout.h slices both by the VM's vCPUs): more would write
+      // into the next vCPU's.
+      const uint64_t max_batch = fr->mode == guest::FreeMode::kSync ? guest::layout::report_list_entries(vm.vcpus)
+                                                                    : guest::layout::free_ring_entries(vm.vcpus);
+      KVMEM_CHECK(fr->batch >= 1 && fr->batch <= max_batch, "a {} free batch of {} on a VM of {} vCPUs",
+                  fr->mode == guest::FreeMode::kSync ? "sync" : "async", fr->batch, vm.vcpus);
     } else if (s.is<guest::StoreWord>() || s.is<guest::WaitWord>()) {
       const GuestRange word = *guest::memory_walked(s);  // its one word
       at = word.start, length = word.length();

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include "guest/boot.h"
+#include "vmm/devices/barriers.h"
 #include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/devices/free_ring.h"
@@ -45,6 +46,12 @@ std::string fail_message(uint64_t reason, uint64_t addr, uint64_t expected, uint
     case abi::kFailReportStatus:
       return fmt::format("free report of guest-physical {:#x} got status {}, expected {}", addr,
                          static_cast<int64_t>(actual), static_cast<int64_t>(expected));
+    case abi::kFailBarrierTimeout:
+      return fmt::format("barrier {} (barrier step {}) timed out after {} ms with {} vCPUs there", expected, addr,
+                         extra, actual);
+    case abi::kFailBarrierStranded:
+      return fmt::format("barrier {} (barrier step {}) cannot complete: a vCPU exited without arriving (mask {:#x})",
+                         expected, addr, extra);
     case abi::kFailWaitTimeout:
       return fmt::format("wait_word at guest-physical {:#x} for {:#018x} timed out after {} ms: it read {:#018x} last",
                          addr, expected, extra, actual);
@@ -64,7 +71,7 @@ const char* hypercall_name(uint32_t nr) {
   return nr < abi::kHypercallCount ? names[nr] : "unknown";
 }
 
-HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs) {
+HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs, unsigned vcpu) {
   const uint64_t nr = regs.rax & 0xffffffff;  // `out` sends eax; the upper half is noise
   if (nr >= abi::kHypercallCount) {
     stats.unknown++;
@@ -80,6 +87,9 @@ HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats,
       // As a process's exit status is: only the low 8 bits count.
       return {HypercallOutcome::Action::kExit, 0, regs.rdi & 0xff, {}, FailureKind::kNone};
     case abi::kHcFail:
+      if (devices.barriers && (regs.rdi == abi::kFailBarrierTimeout || regs.rdi == abi::kFailBarrierStranded))
+        return guest_failed(FailureKind::kGuest,
+                            devices.barriers->failure(vcpu, regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8));
       return guest_failed(fail_kind(regs.rdi), fail_message(regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8));
     case abi::kHcException:
       return guest_failed(FailureKind::kGuest,
@@ -88,14 +98,14 @@ HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats,
     case abi::kHcReportFree:
       return answer(stats, devices.free_reports.report(regs.rdi, regs.rsi));
     case abi::kHcFreeRingWait:
-      return answer(stats, devices.free_ring ? devices.free_ring->wait(regs.rdi) : -EINVAL);
+      return answer(stats, devices.free_ring ? devices.free_ring->wait(vcpu, regs.rdi) : -EINVAL);
     case abi::kHcSnapshot:
       if (regs.rdi != abi::kSnapshotContinue && regs.rdi != abi::kSnapshotExit) return answer(stats, -EINVAL);
       if (!devices.snapshot || !devices.snapshot->armed()) return resume(abi::kSnapshotNotTaken);
       return {HypercallOutcome::Action::kSnapshot, 0, regs.rdi, {}, FailureKind::kNone};
     case abi::kHcFreeRingSetup: {
       if (!devices.free_ring) return answer(stats, -ENODEV);
-      auto r = devices.free_ring->setup(regs.rdi, regs.rsi);
+      auto r = devices.free_ring->setup(vcpu, regs.rdi, regs.rsi);
       if (!r) return guest_failed(FailureKind::kHost, r.error().message);
       return answer(stats, *r);
     }

@@ -40,6 +40,7 @@ struct HypercallOutcome {
   FailureKind kind = FailureKind::kNone;  // kFail: whose fault, and what kind
 };
 
+class Barriers;
 class Console;
 class FreeReports;
 class FreeRingDevice;
@@ -60,12 +61,17 @@ struct Devices {
   // Where kHcSnapshot's vCPUs meet. Null: no snapshots (the call answers
   // kSnapshotNotTaken).
   SnapshotPoint* snapshot = nullptr;
+  // Names the barrier of a barrier's kHcFail. Null: the message gives
+  // the guest's numbers only.
+  const Barriers* barriers = nullptr;
 };
 
 // "console_write" for kHcConsoleWrite; nr < abi::kHypercallCount.
 const char* hypercall_name(uint32_t nr);
 
-// Called on a vCPU's thread; `stats` is that vCPU's.
-HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs);
+// Called on vCPU `vcpu`'s thread; `stats` is that vCPU's. The free ring
+// calls reach that vCPU's ring.
+HypercallOutcome handle_hypercall(const Devices& devices, HypercallStats& stats, const kvm_regs& regs,
+                                  unsigned vcpu = 0);
 
 }  // namespace kvmem

@@ -309,7 +309,7 @@ bool Vcpu::handle_io(const Devices& devices, const kvm_regs& regs, VcpuRun& out)
     return end(out, RunOutcome::kFailed, FailureKind::kGuest,
                fmt::format("guest {} I/O port {:#x}, which has no device (rip {:#x})",
                            run->io.direction == KVM_EXIT_IO_OUT ? "wrote to" : "read from", run->io.port, regs.rip));
-  HypercallOutcome o = handle_hypercall(devices, out.hypercalls, regs);
+  HypercallOutcome o = handle_hypercall(devices, out.hypercalls, regs, id_);
   switch (o.action) {
     case HypercallOutcome::Action::kResume:
       if (auto s = set_status(regs, o.status); !s)

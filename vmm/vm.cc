@@ -129,7 +129,10 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   if (config.prefault == Prefault::kEager)
     v->prefault_ = KVMEM_TRY(prefault_eager(*v->memory_, config.prefault_options()));
   v->free_reports_.emplace(*v->memory_, v->frees_);
-  v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()));
+  v->free_ring_.emplace(*v->vm_, *v->memory_, v->frees_, static_cast<VcpuPauser*>(v.get()), vcpus);
+  std::vector<std::vector<std::string>> barrier_steps;
+  for (const guest::VcpuCode& c : code) barrier_steps.push_back(c.barrier_steps);
+  v->barriers_.emplace(*v->memory_, std::move(barrier_steps));
   v->snapshot_.emplace(v->vcpus_.size());
   v->restored_ended_.assign(v->vcpus_.size(), false);
   return v;
@@ -184,7 +187,12 @@ void Vm::stop(FailureKind kind, std::string message) {
 
 void Vm::vcpu_ended(size_t i, const VcpuRun& run) {
   snapshot_->ended(i);
-  if (run.outcome == RunOutcome::kExited && run.exit_code == 0) return;  // the others go on
+  if (run.outcome == RunOutcome::kExited && run.exit_code == 0) {
+    // The others go on; one waiting at a barrier this vCPU never reached
+    // sees its bit and fails, naming it.
+    barriers_->departed(static_cast<unsigned>(i));
+    return;
+  }
   std::lock_guard lock(end_mu_);
   if (decider_) return;
   decider_ = i;
@@ -206,7 +214,7 @@ void Vm::run_vcpu(size_t i, const Devices& devices, std::vector<VcpuRun>& runs) 
 RunResult Vm::run(const std::function<void(std::string_view)>& echo) {
   console_.set_echo(echo);
   const Devices devices{*memory_, console_, *free_reports_, &*free_ring_, windows_.all().empty() ? nullptr : &windows_,
-                        &*snapshot_};
+                        &*snapshot_, &*barriers_};
   std::vector<VcpuRun> runs(vcpus_.size());
   // Ahead's threads start just before the vCPUs and go (joined) with this
   // scope, whatever way the run ends. One that cannot start is reported in

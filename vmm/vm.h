@@ -9,7 +9,9 @@
 // called, and returns what happened. A Vm runs once.
 //
 // vCPU 0 runs on the thread that calls run(), each other one on a thread
-// of its own. A vCPU that exits 0 leaves the others running; the first
+// of its own. A vCPU that exits 0 leaves the others running (and is marked
+// departed in the barrier page, so one waiting at a barrier it never
+// reached fails: vmm/devices/barriers.h); the first
 // vCPU to end any other way decides the outcome (its message starts
 // "vCPU i: " on a VM of several) and stops the rest. pause() holds every
 // vCPU out of the guest; stop() stops every vCPU.
@@ -30,6 +32,7 @@
 
 #include "base/error.h"
 #include "guest/program.h"
+#include "vmm/devices/barriers.h"
 #include "vmm/devices/console.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/devices/free_ring.h"
@@ -158,6 +161,7 @@ class Vm : public VcpuPauser {
   std::optional<FreeRingDevice> free_ring_;
   std::optional<SnapshotPoint> snapshot_;
   std::vector<bool> restored_ended_;  // by vCPU: ended before the snapshot it was restored from
+  std::optional<Barriers> barriers_;
   PrefaultStats prefault_;  // eager's, from create()
 
   std::mutex stop_mu_;

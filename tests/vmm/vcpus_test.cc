@@ -69,9 +69,11 @@ TEST_CASE("every vCPU must pass the same number of barriers, loops counted", "[v
         std::string::npos);
 }
 
-TEST_CASE("async free is refused on a VM of several vCPUs, and sync batches fit its slice", "[vcpus]") {
+TEST_CASE("async free parses on a VM of several vCPUs, and sync and async batches fit its slices", "[vcpus]") {
   json async = {{"op", "free"}, {"at", "4M"}, {"length", "1M"}, {"mode", "async"}};
-  CHECK(parse_error(vm_of(2, json::array({json::array({async}), json::array()}))).find("/programs/0/0/mode") !=
+  CHECK(parse_error(vm_of(2, json::array({json::array({async}), json::array({async})}))) == "");
+  json async_big = {{"op", "free"}, {"at", "4M"}, {"length", "1M"}, {"mode", "async"}, {"batch", 1024}};
+  CHECK(parse_error(vm_of(2, json::array({json::array({async_big}), json::array()}))).find("/programs/0/0/batch: must be 1..512") !=
         std::string::npos);
   json big = {{"op", "free"}, {"at", "4M"}, {"length", "1M"}, {"batch", 200}};
   CHECK(parse_error(vm_of(16, json::array({json::array({big}), json::array(), json::array(), json::array(),

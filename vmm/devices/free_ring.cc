@@ -35,11 +35,11 @@ Error fd_error(const char* call, int err) {
 
 }  // namespace
 
-Result<std::unique_ptr<FreeRing>> FreeRing::start(KvmVm& vm, GuestMemory& memory, FreeStats& stats,
-                                                  VcpuPauser* pauser, uint64_t ring_gpa, uint64_t entries,
-                                                  int64_t* status) {
+Result<std::unique_ptr<FreeRing>> FreeRing::create(KvmVm& vm, GuestMemory& memory, FreeStats& stats, unsigned vcpu,
+                                                   uint64_t ring_gpa, uint64_t entries, int64_t* status) {
   *status = -EINVAL;
-  if (entries == 0 || entries > abi::kRingMaxEntries || (entries & (entries - 1)) != 0 || ring_gpa % 64 != 0)
+  if (entries == 0 || entries > abi::kRingMaxEntries || (entries & (entries - 1)) != 0 || ring_gpa % 64 != 0 ||
+      vcpu >= abi::kMaxDoorbells)
     return nullptr;
   *status = -EFAULT;
   auto range = GuestRange::of(ring_gpa, sizeof(abi::FreeRingHeader) + entries * sizeof(abi::FreeReport));
@@ -47,73 +47,38 @@ Result<std::unique_ptr<FreeRing>> FreeRing::start(KvmVm& vm, GuestMemory& memory
   HostSpan ring = memory.host_span(*range);  // pins the ring's memory for the ring's life
   if (ring.empty()) return nullptr;
   uint8_t* head = ring.data();
-  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, pauser, std::move(ring), entries));
+  std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, vcpu, std::move(ring), *range, entries));
   r->completed_ = load(head);  // start where the guest's producer stands
   store(head + 8, r->completed_, std::memory_order_release);
   const int door = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (door < 0) return std::unexpected(fd_error("eventfd", errno));
   r->doorbell_ = Fd(door);
-  const int stop = eventfd(0, EFD_CLOEXEC);
-  if (stop < 0) return std::unexpected(fd_error("eventfd", errno));
-  r->stop_ = Fd(stop);
-  if (auto s = vm.assign_pio_eventfd(abi::kDoorbellPort, 4, door); !s)
-    return std::unexpected(s.error().context("cannot bind the free ring's doorbell"));
+  if (auto s = vm.assign_pio_eventfd(abi::doorbell_port(vcpu), 4, door); !s)
+    return std::unexpected(s.error().context(fmt::format("cannot bind the doorbell of vCPU {}'s free ring", vcpu)));
   r->bound_ = true;
-  // A thread is the one resource here a guest may legitimately be refused
-  // (many VMs under a pids limit): it gets -EAGAIN, and may free
-  // synchronously instead. The destructor unbinds the doorbell.
-  auto thread = start_thread("the free ring's thread", [p = r.get()] { p->run(); });
-  *status = -EAGAIN;
-  if (!thread) return nullptr;
-  r->thread_ = std::move(*thread);
   *status = 0;
   return r;
 }
 
 FreeRing::~FreeRing() {
-  if (thread_.joinable()) {
-    uint64_t one = 1;
-    (void)!write(stop_.get(), &one, sizeof one);
-    thread_.join();
-  }
-  if (bound_) (void)vm_.deassign_pio_eventfd(abi::kDoorbellPort, 4, doorbell_.get());
+  if (bound_) (void)vm_.deassign_pio_eventfd(abi::doorbell_port(vcpu_), 4, doorbell_.get());
 }
 
-void FreeRing::run() {
-  pollfd fds[2] = {{doorbell_.get(), POLLIN, 0}, {stop_.get(), POLLIN, 0}};
-  for (;;) {
-    if (poll(fds, 2, -1) < 0) {
-      if (errno == EINTR) continue;
-      return;
-    }
-    if (fds[0].revents & POLLIN) {
-      uint64_t n;
-      (void)!read(doorbell_.get(), &n, sizeof n);
-      drain(true);
-    }
-    if (fds[1].revents & POLLIN) {
-      drain(true);  // slots rung for before the stop still get their answer
-      return;
-    }
-  }
-}
-
-int64_t FreeRing::wait(uint64_t target) {
+int64_t FreeRing::wait(uint64_t target, VcpuPauser* pauser) {
   // A target beyond what the guest has produced would never complete.
   const uint64_t produced = load(ring_, std::memory_order_acquire);
   if (produced - target > entries_) return -EINVAL;
-  // Drain here, on the vCPU's thread, rather than wait for the ring's
-  // thread: the vCPU is out of the guest, so its CPU is free. If the ring's
+  // Drain here, on the vCPU's thread, rather than wait for the rings'
+  // thread: the vCPU is out of the guest, so its CPU is free. If the rings'
   // thread is draining, this waits for it and then takes what is left; on
   // return every slot up to `produced`, and so `target`, is answered.
-  drain(false);
+  drain(pauser);
   return 0;
 }
 
-void FreeRing::drain(bool on_ring_thread) {
+void FreeRing::drain(VcpuPauser* pauser) {
   std::lock_guard drain_lock(drain_mu_);
-  completed_ = drain_free_ring(ring_, entries_, completed_, memory_, stats_, on_ring_thread ? pauser_ : nullptr,
-                               statuses_);
+  completed_ = drain_free_ring(ring_, entries_, completed_, memory_, stats_, pauser, statuses_);
 }
 
 namespace {
@@ -175,30 +140,138 @@ uint64_t drain_free_ring(uint8_t* ring, uint64_t entries, uint64_t completed, Gu
   return produced;
 }
 
-Result<int64_t> FreeRingDevice::setup(uint64_t ring_gpa, uint64_t entries) {
-  std::lock_guard lock(mu_);
-  if (ring_) return -EBUSY;
-  int64_t status = 0;
-  auto ring = FreeRing::start(vm_, memory_, stats_, pauser_, ring_gpa, entries, &status);
-  if (!ring) return std::unexpected(ring.error());
-  ring_ = std::move(*ring);
-  live_.store(ring_.get(), std::memory_order_release);
-  return status;
+namespace {
+
+// A round of the rings' thread pauses the vCPUs at most once: the first
+// drain that wants them parked pauses them, and they stay parked through
+// the other rings of the round until finish(). pause() and resume() come in
+// pairs from drain_free_ring; only the first pause counts.
+class RoundPauser : public VcpuPauser {
+ public:
+  explicit RoundPauser(VcpuPauser* vm) : vm_(vm) {}
+  ~RoundPauser() override { finish(); }
+  void pause() override {
+    if (!paused_) vm_->pause();
+    paused_ = true;
+  }
+  void resume() override {}
+  void finish() {
+    if (paused_) vm_->resume();
+    paused_ = false;
+  }
+
+ private:
+  VcpuPauser* vm_;
+  bool paused_ = false;
+};
+
+}  // namespace
+
+FreeRingDevice::FreeRingDevice(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser, unsigned vcpus)
+    : vm_(vm), memory_(memory), stats_(stats), pauser_(pauser), vcpus_(vcpus ? vcpus : 1), rings_(vcpus_),
+      live_(new std::atomic<FreeRing*>[vcpus_]) {
+  for (unsigned i = 0; i < vcpus_; i++) live_[i].store(nullptr, std::memory_order_relaxed);
 }
 
-int64_t FreeRingDevice::wait(uint64_t target) {
-  FreeRing* ring = live_.load(std::memory_order_acquire);
-  return ring ? ring->wait(target) : -EINVAL;
+Result<int64_t> FreeRingDevice::setup(unsigned vcpu, uint64_t ring_gpa, uint64_t entries) {
+  std::lock_guard lock(mu_);
+  if (vcpu >= vcpus_ || stopping_) return -EINVAL;
+  if (rings_[vcpu]) return -EBUSY;
+  int64_t status = 0;
+  auto made = FreeRing::create(vm_, memory_, stats_, vcpu, ring_gpa, entries, &status);
+  if (!made) return std::unexpected(made.error());
+  std::unique_ptr<FreeRing> ring = std::move(*made);
+  if (!ring) return status;
+  // Two rings over one page would have two drains answer each other's
+  // slots: a guest's mistake, and refused before anything is bound.
+  for (const auto& other : rings_)
+    if (other && other->range().overlaps(ring->range())) return -EBUSY;
+  if (!wake_.valid()) {
+    const int w = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (w < 0) return std::unexpected(fd_error("eventfd", errno));
+    wake_ = Fd(w);
+  }
+  // A thread is the one resource here a guest may legitimately be refused
+  // (many VMs under a pids limit): it gets -EAGAIN, and may free
+  // synchronously instead, or try again. The ring goes, and its doorbell
+  // with it.
+  if (!thread_.joinable()) {
+    auto thread = start_thread("the free rings' thread", [this] { run(); });
+    if (!thread) return -EAGAIN;
+    thread_ = std::move(*thread);
+  }
+  live_[vcpu].store(ring.get(), std::memory_order_release);
+  rings_[vcpu] = std::move(ring);
+  uint64_t one = 1;
+  (void)!write(wake_.get(), &one, sizeof one);  // the thread polls the new doorbell from now on
+  return 0;
+}
+
+int64_t FreeRingDevice::wait(unsigned vcpu, uint64_t target) {
+  FreeRing* ring = vcpu < vcpus_ ? live_[vcpu].load(std::memory_order_acquire) : nullptr;
+  // On a VM of several vCPUs the others may be in the guest while this one
+  // drains: park them as the rings' thread would. With one vCPU nobody is
+  // in the guest, and no pauser is needed.
+  return ring ? ring->wait(target, vcpus_ > 1 ? pauser_ : nullptr) : -EINVAL;
+}
+
+void FreeRingDevice::run() {
+  std::vector<FreeRing*> rings;
+  std::vector<pollfd> fds;
+  for (;;) {
+    bool stopping;
+    {
+      std::lock_guard lock(mu_);
+      stopping = stopping_;
+      rings.clear();
+      for (const auto& r : rings_)
+        if (r) rings.push_back(r.get());
+    }
+    if (stopping) {
+      // Slots rung for before the stop still get their answer.
+      RoundPauser round(pauser_);
+      for (FreeRing* r : rings) r->drain(pauser_ ? &round : nullptr);
+      return;
+    }
+    fds.assign(1, pollfd{wake_.get(), POLLIN, 0});
+    for (FreeRing* r : rings) fds.push_back({r->doorbell(), POLLIN, 0});
+    if (poll(fds.data(), fds.size(), -1) < 0) {
+      if (errno == EINTR) continue;
+      return;
+    }
+    uint64_t n;
+    if (fds[0].revents & POLLIN) (void)!read(wake_.get(), &n, sizeof n);
+    RoundPauser round(pauser_);
+    for (size_t i = 0; i < rings.size(); i++) {
+      if (!(fds[i + 1].revents & POLLIN)) continue;
+      (void)!read(rings[i]->doorbell(), &n, sizeof n);
+      rings[i]->drain(pauser_ ? &round : nullptr);
+    }
+  }
 }
 
 void FreeRingDevice::quiesce() {
-  if (FreeRing* ring = live_.load(std::memory_order_acquire)) ring->quiesce();
+  // Every vCPU is out of the guest (the caller's precondition): no pauser.
+  for (unsigned i = 0; i < vcpus_; i++)
+    if (FreeRing* ring = live_[i].load(std::memory_order_acquire)) ring->drain(nullptr);
 }
 
 void FreeRingDevice::stop() {
+  std::thread thread;
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+    for (unsigned i = 0; i < vcpus_; i++) live_[i].store(nullptr, std::memory_order_release);
+    thread = std::move(thread_);
+    if (wake_.valid()) {
+      uint64_t one = 1;
+      (void)!write(wake_.get(), &one, sizeof one);
+    }
+  }
+  // Joined outside mu_: the thread takes mu_ to look at the rings.
+  if (thread.joinable()) thread.join();
   std::lock_guard lock(mu_);
-  live_.store(nullptr, std::memory_order_release);
-  ring_.reset();
+  for (auto& r : rings_) r.reset();
 }
 
 }  // namespace kvmem

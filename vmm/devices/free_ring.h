@@ -1,17 +1,30 @@
-// The asynchronous free-page path: a ring in guest memory, an ioeventfd
-// doorbell the kernel signals without an exit, and a host thread that
-// drains the ring and publishes `completed` (guest/abi.h has the protocol).
-// Every range is checked and punched as the synchronous path does
-// (free_reports.h, FreeBatch).
+// The asynchronous free-page path: a ring per vCPU in guest memory, each
+// with an ioeventfd doorbell the kernel signals without an exit, and one
+// host thread per VM that drains every rung ring and publishes `completed`
+// (guest/abi.h has the protocol). Every range is checked and punched as the
+// synchronous path does (free_reports.h, FreeBatch).
+//
+// Why one thread for all the rings of a VM, not one per ring: the punches
+// of every ring go to the same memory file, whose fallocate serialises on
+// the file's inode lock and MemoryFile::mu_, and the pause around them
+// (VcpuPauser) is VM-wide; one thread pauses the vCPUs once for every ring
+// rung in a round, where a thread per ring would kick them once per ring,
+// and on a 2-core host it keeps one more thread from the vCPUs' CPUs.
 //
 // Lock order (docs/design.md has the whole tree):
-//   FreeRingDevice::mu_  (setup and stop only; nothing else is taken under it
-//                         but the ring's creation and destruction)
-//   FreeRing::drain_mu_  -> VcpuPauser::pause() (every vCPU's pause_mu_, one
-//                           at a time) -> GuestMemory -> MemoryFile::mu_
-// drain_mu_ is held across the pause and the punches: the ring's thread and
-// a vCPU in kHcFreeRingWait never drain at once, and a vCPU never waits for
-// drain_mu_ while in the guest, so the pause cannot wait on it.
+//   FreeRingDevice::mu_  (setup, stop, and the thread's look at the rings;
+//                         nothing is taken under it but a ring's creation
+//                         and destruction)
+//   FreeRing::drain_mu_  (the rings' thread takes those of a round in vCPU
+//                         order, a vCPU only its own ring's)
+//     -> VcpuPauser::pause() (every vCPU's mu_, one at a time)
+//     -> GuestMemory -> MemoryFile::mu_
+// drain_mu_ is held across the pause and the punches: the rings' thread and
+// a vCPU in kHcFreeRingWait never drain one ring at once, and a vCPU never
+// waits for drain_mu_ while in the guest, so a pause cannot wait on it. A
+// pause waits only for vCPUs to leave KVM_RUN, never for a lock, so two
+// pausers (the thread and a vCPU draining its own ring) cannot deadlock:
+// pauses nest.
 #pragma once
 
 #include <atomic>
@@ -55,87 +68,98 @@ class VcpuPauser {
 uint64_t drain_free_ring(uint8_t* ring, uint64_t entries, uint64_t completed, GuestMemory& memory,
                          FreeStats& stats, VcpuPauser* pauser, std::vector<int64_t>& statuses);
 
+// One vCPU's ring: its memory, its doorbell and its drain lock. The
+// FreeRingDevice's thread and the vCPU (kHcFreeRingWait) drain it.
 class FreeRing {
  public:
-  // Binds the doorbell and starts the host thread. A refusal the guest
-  // should see comes back as a null ring and a negative errno in *status:
-  // -EINVAL, -EFAULT, or -EAGAIN when the host cannot start the thread.
-  // An Error means the host cannot go on (it is out of file descriptors,
-  // or KVM refused the doorbell): the VM ends. `pauser` (may be null) keeps
-  // the vCPUs out of the guest during drains made on the ring's own thread.
-  static Result<std::unique_ptr<FreeRing>> start(KvmVm& vm, GuestMemory& memory, FreeStats& stats,
-                                                 VcpuPauser* pauser, uint64_t ring_gpa, uint64_t entries,
-                                                 int64_t* status);
+  // Binds the doorbell of vCPU `vcpu` (abi::doorbell_port). A refusal the
+  // guest should see comes back as a null ring and a negative errno in
+  // *status: -EINVAL or -EFAULT. An Error means the host cannot go on (it
+  // is out of file descriptors, or KVM refused the doorbell): the VM ends.
+  static Result<std::unique_ptr<FreeRing>> create(KvmVm& vm, GuestMemory& memory, FreeStats& stats, unsigned vcpu,
+                                                  uint64_t ring_gpa, uint64_t entries, int64_t* status);
   FreeRing(const FreeRing&) = delete;
   FreeRing& operator=(const FreeRing&) = delete;
-  // Stops the thread (after the slots it has seen) and unbinds the doorbell.
+  // Unbinds the doorbell. Precondition: nobody drains the ring any more.
   ~FreeRing();
 
   // kHcFreeRingWait: drains now, on the caller's thread, so `target` is
-  // completed on return.
-  // Returns 0, or -EINVAL when target lies beyond the guest's `produced`.
-  int64_t wait(uint64_t target);
-  // Answers every slot the guest has produced, on the caller's thread
-  // (after a drain the ring's thread has begun). For snapshots: with no
-  // vCPU in the guest, nothing is in flight afterwards.
-  void quiesce() { drain(false); }
+  // completed on return. `pauser` (may be null) parks the vCPUs around
+  // punches of several runs. Returns 0, or -EINVAL when target lies beyond
+  // the guest's `produced`.
+  int64_t wait(uint64_t target, VcpuPauser* pauser);
+  // Answers every slot up to the guest's `produced`.
+  void drain(VcpuPauser* pauser);
+
+  GuestRange range() const { return range_; }
+  int doorbell() const { return doorbell_.get(); }
 
  private:
-  FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser, HostSpan ring,
+  FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, unsigned vcpu, HostSpan ring, GuestRange range,
            uint64_t entries)
-      : vm_(vm), memory_(memory), stats_(stats), pauser_(pauser), ring_span_(std::move(ring)),
-        ring_(ring_span_.data()), entries_(entries) {}
-  void run();
-  // Answers every slot up to the guest's `produced`. on_ring_thread: called
-  // by the ring's own thread, with the vCPUs perhaps in the guest.
-  void drain(bool on_ring_thread);
+      : vm_(vm), memory_(memory), stats_(stats), vcpu_(vcpu), ring_span_(std::move(ring)), ring_(ring_span_.data()),
+        range_(range), entries_(entries) {}
 
   KvmVm& vm_;
   GuestMemory& memory_;
   FreeStats& stats_;
-  VcpuPauser* pauser_;
+  const unsigned vcpu_;
   HostSpan ring_span_;  // keeps the ring's memory mapped while we use it
   uint8_t* ring_;       // host address of the FreeRingHeader; slots follow
-  uint64_t entries_;
-  // One drain at a time: the ring's thread, or a vCPU in kHcFreeRingWait.
-  // Held across pauser_->pause() and the punches (see the lock order above).
+  const GuestRange range_;
+  const uint64_t entries_;
+  // One drain at a time: the rings' thread, or the vCPU in kHcFreeRingWait.
+  // Held across the pause and the punches (see the lock order above).
   std::mutex drain_mu_;
   uint64_t completed_ = 0;  // protected by drain_mu_; ours: the guest's copy is never trusted
   std::vector<int64_t> statuses_;  // protected by drain_mu_: scratch for one drain
-  Fd doorbell_;        // signalled by the guest's `out` to kDoorbellPort
-  Fd stop_;            // signalled by the destructor
-  bool bound_ = false; // doorbell_ is assigned to kDoorbellPort
-  std::thread thread_;
+  Fd doorbell_;         // signalled by the guest's `out` to doorbell_port(vcpu_)
+  bool bound_ = false;  // doorbell_ is assigned to its port
 };
 
 // The device behind kHcFreeRingSetup and kHcFreeRingWait: at most one ring
-// per VM, set up by any vCPU, waited on by any.
+// per vCPU, set up and waited on by that vCPU, and one thread that drains
+// every ring whose doorbell rang. The thread starts with the first ring.
 class FreeRingDevice {
  public:
-  FreeRingDevice(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser)
-      : vm_(vm), memory_(memory), stats_(stats), pauser_(pauser) {}
+  // A VM of `vcpus` vCPUs (1..abi::kMaxDoorbells). `pauser` (may be null)
+  // keeps the vCPUs out of the guest during drains of several runs.
+  FreeRingDevice(KvmVm& vm, GuestMemory& memory, FreeStats& stats, VcpuPauser* pauser, unsigned vcpus);
   FreeRingDevice(const FreeRingDevice&) = delete;
   FreeRingDevice& operator=(const FreeRingDevice&) = delete;
+  ~FreeRingDevice() { stop(); }
 
-  // kHcFreeRingSetup: the guest's status (0, -EBUSY for a second ring, or
-  // FreeRing::start's refusals), or an Error when the host cannot go on.
-  Result<int64_t> setup(uint64_t ring_gpa, uint64_t entries);
-  // kHcFreeRingWait: -EINVAL before a setup.
-  int64_t wait(uint64_t target);
-  // FreeRing::quiesce; nothing before a setup.
+  // kHcFreeRingSetup from vCPU `vcpu`: the guest's status (0, -EBUSY for a
+  // second ring of this vCPU or one that overlaps another vCPU's, -EAGAIN
+  // when the rings' thread cannot start, or FreeRing::create's refusals),
+  // or an Error when the host cannot go on.
+  Result<int64_t> setup(unsigned vcpu, uint64_t ring_gpa, uint64_t entries);
+  // kHcFreeRingWait from vCPU `vcpu`: -EINVAL before its setup.
+  int64_t wait(unsigned vcpu, uint64_t target);
+  // Answers every slot the guest has produced in every ring, on the
+  // caller's thread (after any drain the rings' thread has begun). For
+  // snapshots; precondition: no vCPU is in the guest, so nothing is in
+  // flight afterwards.
   void quiesce();
-  // Answers what the guest rang for and stops the ring's thread.
-  // Precondition: no vCPU runs any more (wait() reads the ring unlocked).
+  // Answers what the guest rang for and stops the rings' thread.
+  // Precondition: no vCPU runs any more (wait() reads the rings unlocked).
   void stop();
 
  private:
+  void run();
+
   KvmVm& vm_;
   GuestMemory& memory_;
   FreeStats& stats_;
   VcpuPauser* pauser_;
-  std::mutex mu_;                    // guards setup() and stop() against each other
-  std::unique_ptr<FreeRing> ring_;   // protected by mu_
-  std::atomic<FreeRing*> live_{nullptr};  // ring_, published for wait(); set once
+  const unsigned vcpus_;
+  std::mutex mu_;  // see the lock order above
+  std::vector<std::unique_ptr<FreeRing>> rings_;  // protected by mu_: one slot per vCPU
+  // rings_[i], published for wait() on vCPU i's own thread; set once.
+  std::unique_ptr<std::atomic<FreeRing*>[]> live_;
+  bool stopping_ = false;  // protected by mu_
+  Fd wake_;                // protected by mu_ (made once): a ring was added, or stop
+  std::thread thread_;     // protected by mu_ until stop() takes it to join
 };
 
 }  // namespace kvmem
