@@ -10,7 +10,7 @@
 // failure has no fallback worth injecting, go to the kernel directly:
 // fstat, lseek(SEEK_DATA/SEEK_HOLE) and mincore in the usage scans,
 // madvise (MADV_HUGEPAGE advice, MADV_POPULATE_WRITE commits) and the
-// munmap of the reservation at destruction.
+// munmaps of the reservation (its alignment slack, and at destruction).
 #pragma once
 
 #include <fcntl.h>

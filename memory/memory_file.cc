@@ -120,12 +120,23 @@ Result<std::unique_ptr<MemoryFile>> MemoryFile::create(const MemoryFileOptions& 
   // One reservation for every chunk mapping ever made, so that contiguous
   // file offsets are contiguous host addresses. MAP_NORESERVE|PROT_NONE: no
   // memory, no commit charge; chunk mappings replace pieces of it.
+  // 2 MiB-aligned: a hugetlb chunk cannot be mapped (MAP_FIXED) at any other
+  // address (EINVAL), and THP maps a 2 MiB page only where the address and
+  // the file offset agree modulo 2 MiB. Kernels since 6.7 align large
+  // anonymous mappings so; older ones need the 2 MiB of slack trimmed here.
   void* base = nullptr;
-  if (int err = f->host_->mmap(nullptr, f->reservation_, PROT_NONE,
+  if (int err = f->host_->mmap(nullptr, f->reservation_ + kHugePageSize, PROT_NONE,
                                MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0, &base))
     return sys_fail(fmt::format("cannot reserve {:#x} bytes of address space for the memory file",
                                 f->reservation_),
                     "mmap", err);
+  {
+    const uintptr_t at = reinterpret_cast<uintptr_t>(base);
+    const uintptr_t head = ((at + kHugePageSize - 1) & ~uintptr_t{kHugePageSize - 1}) - at;
+    if (head) munmap(base, head);
+    munmap(reinterpret_cast<void*>(at + head + f->reservation_), kHugePageSize - head);
+    base = reinterpret_cast<void*>(at + head);
+  }
   f->base_ = static_cast<uint8_t*>(base);
   f->chunks_ = f->reservation_ >> kChunkShift;
   f->chunk_mapped_ = std::make_unique<std::atomic<bool>[]>(f->chunks_);

@@ -11,7 +11,7 @@
 // kick that lands between the check and KVM_RUN is not lost: that KVM_RUN
 // returns EINTR at once.
 //
-// The pause protocol. A pauser (the free ring's thread) must know that the
+// The pause protocol. A pauser (the free rings' thread) must know that the
 // vCPU is out of the guest and stays out while it punches, without a lock on
 // the vCPU's hot path. Two seq_cst atomics make a Dekker pair:
 //   pauser:  pause_requests_ += 1, then read in_guest_ (kick if set), then

@@ -130,7 +130,7 @@ class Vm : public VcpuPauser {
   // Snapshot rounds finished (taken or failed).
   uint64_t snapshots_taken() const { return snapshot_->taken(); }
 
-  // VcpuPauser (the free ring's thread): holds every vCPU out of the guest
+  // VcpuPauser (the free rings' thread): holds every vCPU out of the guest
   // until resume(). Safe from any thread, before, during and after run().
   void pause() override;
   void resume() override;

@@ -100,6 +100,39 @@ TEST_CASE("map_internal gives one contiguous span across chunks at base() + offs
   CHECK_FALSE(mf->map_internal(FileRange(0, mf->total_size() + kPageSize)).has_value());
 }
 
+namespace {
+
+// A host whose address-space reservations start 4 KiB past a 2 MiB
+// boundary, as kernels before 6.7 may place them.
+struct MisalignedReservations : HostOps {
+  int mmap(void* addr, size_t length, int prot, int flags, int fd, uint64_t offset, void** out) override {
+    if (flags & MAP_FIXED) return HostOps::mmap(addr, length, prot, flags, fd, offset, out);
+    void* p = nullptr;
+    if (int e = HostOps::mmap(nullptr, length + (4u << 20), prot, flags, fd, offset, &p)) return e;
+    const uintptr_t at = reinterpret_cast<uintptr_t>(p), want = ((at + (2u << 20) - 1) & ~uintptr_t{(2u << 20) - 1}) + 4096;
+    munmap(p, want - at);
+    munmap(reinterpret_cast<void*>(want + length), at + length + (4u << 20) - (want + length));
+    *out = reinterpret_cast<void*>(want);
+    return 0;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("the reservation starts on a 2 MiB boundary even where the host places it off one", "[memory]") {
+  MisalignedReservations host;
+  auto f = MemoryFile::create({.reservation = uint64_t{1} << 30, .host = &host});
+  REQUIRE(f);
+  CHECK(reinterpret_cast<uintptr_t>((*f)->base()) % kHugePageSize == 0);
+  auto r = (*f)->allocate(4 << 20, UsageKind::Anonymous);
+  REQUIRE(r);
+  auto span = (*f)->map_internal(*r);
+  REQUIRE(span);
+  CHECK(span->data() == (*f)->base() + r->start);
+  std::memset(span->data(), 0x3c, span->size());
+  CHECK(span->data()[span->size() - 1] == 0x3c);
+}
+
 TEST_CASE("references keep pages allocated; the last dec_ref frees them", "[memory]") {
   test::FaultyHost host;
   auto mf = make_file({.host = &host});

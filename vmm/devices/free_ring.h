@@ -45,7 +45,7 @@ namespace kvmem {
 class GuestMemory;
 class KvmVm;
 
-// Keeps every vCPU out of the guest while the ring's thread punches. Under
+// Keeps every vCPU out of the guest while the rings' thread punches. Under
 // PVM, a punch of pages that a running vCPU maps must kick it out of the
 // guest: one kick per punch, ~80 us each for scattered 4 KiB ranges. Pausing
 // the vCPUs once per drain costs one kick each, and the punches after it
