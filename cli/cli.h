@@ -68,6 +68,7 @@ class Command {
 };
 
 std::unique_ptr<Command> add_run_command(CLI::App& app);
+std::unique_ptr<Command> add_restore_command(CLI::App& app);
 std::unique_ptr<Command> add_validate_command(CLI::App& app);
 std::unique_ptr<Command> add_stress_command(CLI::App& app);
 std::unique_ptr<Command> add_bench_command(CLI::App& app);

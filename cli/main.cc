@@ -37,6 +37,7 @@ int main_impl(int argc, char** argv) {
   app.require_subcommand(1);
   std::vector<std::unique_ptr<Command>> commands;
   commands.push_back(add_run_command(app));
+  commands.push_back(add_restore_command(app));
   commands.push_back(add_validate_command(app));
   commands.push_back(add_stress_command(app));
   commands.push_back(add_bench_command(app));

@@ -59,6 +59,10 @@ class RunCommand : public Command {
     cmd_ = app.add_subcommand("run", "Boot the VM (or VMs) a JSON config describes and run them to their end");
     cmd_->add_option("FILE", file_, "the config: one VM, or {\"vms\": [...]} (see docs/config.md)")->required();
     cmd_->add_flag("--json", json_, "print one JSON report on stdout instead of the console text");
+    cmd_->add_option("--snapshot-to", snapshot_dir_,
+                     "a folder where each VM's snapshot steps write it, as DIR/<vm name>.kvmsnap (kvmem restore "
+                     "resumes it); without it snapshot steps do nothing")
+        ->check(CLI::ExistingDirectory);
   }
 
   int run(Clock::time_point start) override {
@@ -79,7 +83,7 @@ class RunCommand : public Command {
     ConsoleEcho console(p->config.vms.size() > 1);
     std::function<void(std::string_view, std::string_view)> echo;
     if (!json_) echo = [&console](std::string_view vm, std::string_view text) { console(vm, text); };
-    RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo, RunOptions{*limit, 5, files->get()});
+    RunTotals totals = run_vms(*kvm, **file, p->config.vms, p->images, echo, RunOptions{*limit, 5, files->get(), snapshot_dir_});
     totals.wall_ms = ms_since(start);
     if (json_) {
       print_json(run_report(totals));
@@ -107,6 +111,7 @@ class RunCommand : public Command {
   }
 
   std::string file_;
+  std::string snapshot_dir_;
   bool json_ = false;
 };
 

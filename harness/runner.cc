@@ -1,5 +1,6 @@
 #include "harness/runner.h"
 #include "harness/interrupt.h"
+#include "harness/snapshot.h"
 
 #include <algorithm>
 #include <bit>
@@ -138,6 +139,7 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
         out.setup_error = vm.error().message;
         return;
       }
+      if (!options.snapshot_dir.empty()) (*vm)->arm_snapshots(snapshot_to_dir(options.snapshot_dir));
       watch.add(i, **vm);
       std::function<void(std::string_view)> vm_echo;
       if (echo) vm_echo = [&echo, name = vms[i].name](std::string_view text) { echo(name, text); };

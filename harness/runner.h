@@ -135,6 +135,9 @@ struct RunOptions {
   // The run's shared files (harness/files.h), on the same MemoryFile; null
   // when the VMs have no windows.
   tmpfs::FileSystem* files = nullptr;
+  // Where VMs write their snapshots (harness/snapshot.h): a VM's snapshot
+  // steps save it to snapshot_dir/<name>.kvmsnap. Empty: they do nothing.
+  std::string snapshot_dir;
 };
 
 // Runs every VM of `vms` (with its assembled `images`) concurrently, their

@@ -1,0 +1,130 @@
+#include "harness/snapshot.h"
+
+#include <sys/stat.h>
+
+#include <chrono>
+
+#include <nlohmann/json.hpp>
+
+#include "config/vm_config.h"
+#include "guest/program.h"
+#include "harness/runner.h"
+#include "vmm/kvm/vcpu_state.h"
+
+namespace kvmem {
+namespace {
+
+constexpr uint32_t kRamSpace = 0;
+
+// RAM's pieces: where each file range of RAM sits in guest-physical order.
+std::vector<SpaceRange> ram_ranges(const GuestMemory& memory) {
+  std::vector<SpaceRange> out;
+  for (const MemslotInfo& s : memory.memslots())
+    if (s.guest.end <= memory.ram_size()) out.push_back({s.guest.start, s.file});
+  std::sort(out.begin(), out.end(), [](const SpaceRange& a, const SpaceRange& b) { return a.space_offset < b.space_offset; });
+  return out;
+}
+
+Status write_snapshot(Vm& vm, const SnapshotCapture& capture, const std::string& path) {
+  const VmConfig& c = vm.config();
+  if (c.source.empty()) return fail("VM {} has no config text to keep", c.name);
+  if (vm.memory().anonymous()) return fail("anon RAM is not saved in snapshots yet (use backing memfd)");
+  if (!c.windows.empty()) return fail("windows and their files are not saved in snapshots yet");
+  auto w = KVMEM_TRY(SnapshotWriter::create(path));
+  KVMEM_TRY(w->add_section(SectionType::kConfig, 0,
+                           std::span(reinterpret_cast<const uint8_t*>(c.source.data()), c.source.size())));
+  for (size_t i = 0; i < capture.vcpus.size(); i++) {
+    std::vector<uint8_t> bytes;
+    if (capture.vcpus[i]) bytes = encode_vcpu_state(*capture.vcpus[i]);
+    KVMEM_TRY(w->add_section(SectionType::kVcpu, static_cast<uint32_t>(i), bytes));
+  }
+  KVMEM_TRY(w->add_space(kRamSpace, SpaceKind::kRam, "ram", vm.memory().ram_size()));
+  const std::vector<SpaceRange> ranges = ram_ranges(vm.memory());
+  KVMEM_TRY(save_ranges(vm.memory().file(), kRamSpace, ranges, *w));
+  KVMEM_TRY(w->finish());
+  return {};
+}
+
+RestoredVm refused(int code, std::string why) {
+  RestoredVm r;
+  r.exit_code = code;
+  r.error = std::move(why);
+  return r;
+}
+
+}  // namespace
+
+Vm::SnapshotSink snapshot_to_dir(std::string dir) {
+  return [dir = std::move(dir)](Vm& vm, const SnapshotCapture& capture) -> Status {
+    const std::string path = fmt::format("{}/{}.kvmsnap", dir, vm.config().name);
+    if (auto s = write_snapshot(vm, capture, path); !s)
+      return std::unexpected(s.error().context(fmt::format("cannot write snapshot {}", path)));
+    return {};
+  };
+}
+
+RestoredVm restore_eager(const Kvm& kvm, const std::string& path) {
+  const auto start = std::chrono::steady_clock::now();
+  auto reader = SnapshotReader::open(path);
+  if (!reader) return refused(2, reader.error().message);
+  const SnapshotReader& rd = **reader;
+  const std::string what = fmt::format("snapshot {}", path);
+  const long config_at = rd.find_section(SectionType::kConfig, 0);
+  if (config_at < 0) return refused(2, fmt::format("{}: no config section", what));
+  const auto cbytes = rd.section_bytes(static_cast<size_t>(config_at));
+  const nlohmann::json j = nlohmann::json::parse(cbytes.begin(), cbytes.end(), nullptr, false);
+  if (j.is_discarded()) return refused(2, fmt::format("{}: its config section is not JSON", what));
+  auto rc = parse_run_config(j, "vm");
+  if (!rc) return refused(2, fmt::format("{}: its config no longer validates: {}", what, rc.error().message));
+  if (rc->vms.size() != 1 || !rc->files.empty() || !rc->vms[0].windows.empty() ||
+      rc->vms[0].backing == RamBacking::kAnon)
+    return refused(2, fmt::format("{}: its config is not one VM without windows on file-backed RAM", what));
+  RestoredVm out;
+  out.config = rc->vms[0];
+  out.config.source = std::string(cbytes.begin(), cbytes.end());
+  const VmConfig& c = out.config;
+  // Its vCPUs, each checked before anything is made.
+  std::vector<std::optional<VcpuState>> states;
+  for (uint32_t i = 0; i < std::max(c.vcpus, 1u); i++) {
+    const long at = rd.find_section(SectionType::kVcpu, i);
+    if (at < 0) return refused(2, fmt::format("{}: no state for vCPU {}", what, i));
+    const auto b = rd.section_bytes(static_cast<size_t>(at));
+    if (b.empty()) {
+      states.emplace_back();
+      continue;
+    }
+    auto s = decode_vcpu_state(b);
+    if (!s) return refused(2, fmt::format("{}: vCPU {}: {}", what, i, s.error().message));
+    states.emplace_back(std::move(*s));
+  }
+  if (rd.find_section(SectionType::kVcpu, std::max(c.vcpus, 1u)) >= 0)
+    return refused(2, fmt::format("{}: state for more vCPUs than its config's {}", what, c.vcpus));
+  const long ram = rd.find_space(kRamSpace);
+  if (ram < 0 || rd.spaces()[static_cast<size_t>(ram)].size != c.memory)
+    return refused(2, fmt::format("{}: its RAM space does not match the config's {:#x} bytes of memory", what, c.memory));
+  if (rd.spaces().size() != 1) return refused(2, fmt::format("{}: spaces other than RAM are not restored yet", what));
+
+  auto image = guest::build_vcpus(c.vcpu_programs(), c.machine());
+  if (!image) return refused(2, fmt::format("{}: its program does not assemble: {}", what, image.error().message));
+  auto file = c.backing == RamBacking::kMemfd ? MemoryFile::create(memory_file_options_for(c.memory))
+                                              : make_ram_file(c.backing, c.memory);
+  if (!file) return refused(3, file.error().message);
+  out.file = std::move(*file);
+  auto vm = Vm::create(kvm, *out.file, c, *image);
+  if (!vm) return refused(3, vm.error().message);
+  out.vm = std::move(*vm);
+  // RAM as it was: nothing of what create() wrote, then every extent.
+  if (auto d = out.vm->memory().decommit(GuestRange(0, c.memory)); !d) return refused(3, d.error().message);
+  const std::vector<SpaceRange> ranges = ram_ranges(out.vm->memory());
+  auto loaded = load_extents(rd, kRamSpace, *out.file, ranges);
+  if (!loaded) return refused(2, fmt::format("{}: {}", what, loaded.error().message));
+  out.load = *loaded;
+  if (auto s = out.vm->restore_vcpus(states); !s)
+    return refused(2, fmt::format("{}: KVM refused its vCPU state: {}", what, s.error().message));
+  struct stat st {};
+  if (::stat(path.c_str(), &st) == 0) out.snapshot_bytes = static_cast<uint64_t>(st.st_size);
+  out.restore_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  return out;
+}
+
+}  // namespace kvmem

@@ -1,0 +1,142 @@
+// `kvmem run --snapshot-to DIR` and `kvmem restore --eager`: a guest fills,
+// frees, snapshots and exits; the restored VM verifies all of it. Damaged
+// snapshots exit 2 naming what is wrong.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+#include "tests/cli/cli_support.h"
+
+using namespace kvmem::test;
+using json = nlohmann::json;
+
+namespace {
+
+// A folder that is removed (with what is in it) when the test ends.
+class TempDir {
+ public:
+  TempDir() {
+    char tmpl[] = "/tmp/kvmem-snap-XXXXXX";
+    REQUIRE(mkdtemp(tmpl));
+    path_ = tmpl;
+  }
+  ~TempDir() { (void)!std::system(("rm -rf " + path_).c_str()); }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+};
+
+json pattern(uint64_t seed) { return {{"seed", seed}}; }
+
+json program_of(unsigned vcpu) {
+  const uint64_t base = (4 + 16 * vcpu) << 20;
+  auto at = [&](uint64_t mib) { return base + (mib << 20); };
+  return json::array({
+      {{"op", "fill"}, {"at", at(0)}, {"length", 8 << 20}, {"pattern", pattern(9 + vcpu)}},
+      {{"op", "free"}, {"at", at(0)}, {"length", 2 << 20}, {"granule", "64K"}, {"mode", "sync"}},
+      {{"op", "print"}, {"text", "before\n"}},
+      {{"op", "snapshot"}, {"then", "exit"}},
+      {{"op", "verify"}, {"at", at(2)}, {"length", 6 << 20}, {"pattern", pattern(9 + vcpu)}},
+      {{"op", "verify"}, {"at", at(0)}, {"length", 2 << 20}, {"pattern", "zero"}},
+      {{"op", "print"}, {"text", "after\n"}},
+  });
+}
+
+std::string read_file(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+void write_file(const std::string& path, const std::string& bytes) { std::ofstream(path, std::ios::binary) << bytes; }
+
+}  // namespace
+
+TEST_CASE("run --snapshot-to writes the VM at its snapshot step, and restore --eager resumes it", "[cli][kvm][snapshot]") {
+  if (!kvm_available("snapshot and restore")) return;
+  for (unsigned vcpus : {1u, 2u}) {
+    INFO(vcpus << " vCPUs");
+    json c = {{"name", "snap"}, {"memory", "48M"}, {"vcpus", vcpus}};
+    if (vcpus == 1) c["program"] = program_of(0);
+    else c["programs"] = {program_of(0), program_of(1)};
+    TempConfig config(c.dump());
+    TempDir dir;
+    CommandResult r = run_kvmem({"run", "--snapshot-to", dir.path(), config.path()});
+    INFO(r.out << r.err);
+    REQUIRE(r.exit_code == 0);
+    CHECK(r.out.find("after") == std::string::npos);  // then exit: it ended at the step
+    const std::string snap = dir.path() + "/snap.kvmsnap";
+    struct stat st {};
+    REQUIRE(::stat(snap.c_str(), &st) == 0);
+    // Only committed non-zero pages: 6 MiB a vCPU, the boot area and page
+    // tables besides; no more than that plus 1% and 64 KiB.
+    const uint64_t data = vcpus * (6ull << 20);
+    CHECK(static_cast<uint64_t>(st.st_size) >= data);
+    CHECK(static_cast<uint64_t>(st.st_size) <= (data + (1ull << 20)) * 101 / 100 + (64u << 10));
+
+    CommandResult back = run_kvmem({"restore", "--eager", snap});
+    INFO(back.out << back.err);
+    CHECK(back.exit_code == 0);
+    CHECK(back.out.find("before") == std::string::npos);
+    CHECK(back.out.find("after") != std::string::npos);
+
+    CommandResult js = run_kvmem({"restore", "--json", snap});
+    INFO(js.out << js.err);
+    REQUIRE(js.exit_code == 0);
+    const json report = json::parse(js.out);
+    CHECK(report.at("vms").at(0).at("outcome") == "exited");
+    CHECK(report.at("restore").at("extents").get<uint64_t>() > 0);
+    CHECK(report.at("restore").at("bytes").get<uint64_t>() >= data);
+  }
+}
+
+TEST_CASE("without --snapshot-to the snapshot step does nothing", "[cli][kvm][snapshot]") {
+  if (!kvm_available("snapshot step without a folder")) return;
+  TempConfig config(json({{"memory", "32M"}, {"program", program_of(0)}}).dump());
+  CommandResult r = run_kvmem({"run", config.path()});
+  INFO(r.out << r.err);
+  CHECK(r.exit_code == 0);
+  CHECK(r.out == "before\nafter\n");
+}
+
+TEST_CASE("a damaged snapshot is refused with exit 2 naming what is wrong", "[cli][kvm][snapshot]") {
+  if (!kvm_available("damaged snapshots")) return;
+  TempConfig config(json({{"name", "snap"}, {"memory", "32M"}, {"program", program_of(0)}}).dump());
+  TempDir dir;
+  REQUIRE(run_kvmem({"run", "--snapshot-to", dir.path(), config.path()}).exit_code == 0);
+  const std::string good = read_file(dir.path() + "/snap.kvmsnap");
+  REQUIRE(good.size() > 8192);
+  const std::string bad = dir.path() + "/bad.kvmsnap";
+  struct Case {
+    std::string bytes;
+    const char* want;
+  };
+  std::string flipped = good;
+  flipped[8192] ^= 0x01;  // a byte of the first extent's data
+  std::string magic = good;
+  magic[0] ^= 0x01;
+  const Case cases[] = {
+      {good.substr(0, good.size() / 2), "snapshot"},
+      {magic, "magic"},
+      {flipped, "checksum"},
+      {"not a snapshot", "snapshot"},
+  };
+  for (const Case& c : cases) {
+    write_file(bad, c.bytes);
+    CommandResult r = run_kvmem({"restore", bad});
+    INFO(c.want << ": " << r.err);
+    CHECK(r.exit_code == 2);
+    CHECK_THAT(r.err, Catch::Contains(c.want));
+  }
+  CommandResult missing = run_kvmem({"restore", dir.path() + "/none.kvmsnap"});
+  CHECK(missing.exit_code == 2);
+  CHECK(run_kvmem({"restore", "--lazy", dir.path() + "/snap.kvmsnap"}).exit_code == 2);
+}
