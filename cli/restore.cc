@@ -39,9 +39,7 @@ class RestoreCommand : public Command {
     std::function<void(std::string_view)> echo;
     if (!json_) echo = [&console](std::string_view text) { write_stdout(console.feed(text)); };
     out.result = r.vm->run(echo);
-    out.memslots = r.vm->memory().memslots().size();
-    if (auto resident = r.vm->memory().resident_bytes()) out.host_committed_bytes = *resident;
-    if (auto committed = r.vm->memory().committed_bytes()) out.committed_bytes = *committed;
+    record_memory(*r.vm, out);
     totals.wall_ms = ms_since(start);
     if (json_) {
       nlohmann::json report = run_report(totals);

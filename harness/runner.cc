@@ -3,7 +3,6 @@
 #include "harness/snapshot.h"
 
 #include <algorithm>
-#include <bit>
 #include <chrono>
 #include <thread>
 
@@ -13,9 +12,14 @@ namespace kvmem {
 
 MemoryFileOptions memory_file_options_for(uint64_t guest_bytes) {
   MemoryFileOptions o;
-  const uint64_t want = guest_bytes > (1ull << 40) ? (1ull << 42) : std::max<uint64_t>(guest_bytes * 4, 1ull << 30);
-  o.reservation = std::bit_ceil(want);
+  o.reservation = ram_file_options(RamBacking::kMemfd, guest_bytes).reservation;  // one rule for both
   return o;
+}
+
+void record_memory(Vm& vm, VmOutcome& out) {
+  out.memslots = vm.memory().memslots().size();
+  if (auto resident = vm.memory().resident_bytes()) out.host_committed_bytes = *resident;
+  if (auto committed = vm.memory().committed_bytes()) out.committed_bytes = *committed;
 }
 
 int RunTotals::exit_code() const {
@@ -147,9 +151,7 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
         StopRegistration stoppable(**vm);  // a signal stops it (harness/interrupt.h)
         out.result = (*vm)->run(vm_echo);
       }
-      out.memslots = (*vm)->memory().memslots().size();
-      if (auto resident = (*vm)->memory().resident_bytes()) out.host_committed_bytes = *resident;
-      if (auto committed = (*vm)->memory().committed_bytes()) out.committed_bytes = *committed;
+      record_memory(**vm, out);
       sampler.sample();
       // The Vm goes here, on its own thread: its RAM goes back to the file.
       const bool stopped_for_limit = watch.remove(i);

@@ -49,6 +49,10 @@ struct VmOutcome {
   int exit_code() const { return setup_error.empty() ? result.process_exit_code() : 3; }
 };
 
+// Fills out's memslots, committed_bytes and host_committed_bytes from a VM
+// whose run has ended (a reading that fails leaves its field 0).
+void record_memory(Vm& vm, VmOutcome& out);
+
 // A shared file as the run left it.
 struct FileOutcome {
   std::string name;

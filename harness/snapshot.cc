@@ -16,12 +16,12 @@ namespace {
 
 constexpr uint32_t kRamSpace = 0;
 
-// RAM's pieces: where each file range of RAM sits in guest-physical order.
+// RAM's pieces: where each file range of RAM sits, in guest-physical order
+// (memslots() is in guest order; one slot per piece).
 std::vector<SpaceRange> ram_ranges(const GuestMemory& memory) {
   std::vector<SpaceRange> out;
   for (const MemslotInfo& s : memory.memslots())
     if (s.guest.end <= memory.ram_size()) out.push_back({s.guest.start, s.file});
-  std::sort(out.begin(), out.end(), [](const SpaceRange& a, const SpaceRange& b) { return a.space_offset < b.space_offset; });
   return out;
 }
 
@@ -106,8 +106,7 @@ RestoredVm restore_eager(const Kvm& kvm, const std::string& path) {
 
   auto image = guest::build_vcpus(c.vcpu_programs(), c.machine());
   if (!image) return refused(2, fmt::format("{}: its program does not assemble: {}", what, image.error().message));
-  auto file = c.backing == RamBacking::kMemfd ? MemoryFile::create(memory_file_options_for(c.memory))
-                                              : make_ram_file(c.backing, c.memory);
+  auto file = make_ram_file(c.backing, c.memory);
   if (!file) return refused(3, file.error().message);
   out.file = std::move(*file);
   auto vm = Vm::create(kvm, *out.file, c, *image);

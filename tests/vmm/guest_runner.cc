@@ -27,8 +27,7 @@ GuestRun create_guest(const nlohmann::json& config, const std::function<void(VmC
     return out;
   }
   // The config's backing (anon: a plain file for windows), as kvmem run gives it.
-  auto file = c->backing == RamBacking::kMemfd ? MemoryFile::create(memory_file_options_for(c->memory))
-                                               : make_ram_file(c->backing, c->memory);
+  auto file = make_ram_file(c->backing, c->memory);
   if (!file) {
     out.setup_error = file.error().message;
     return out;

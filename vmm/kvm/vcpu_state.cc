@@ -11,6 +11,7 @@ namespace {
 constexpr uint32_t kMagic = 0x55504356;  // "VCPU"
 constexpr uint32_t kStateVersion = 1;
 constexpr uint32_t kMaxMsrs = 64;
+constexpr uint32_t kParts = 8;  // every tag below, once each
 
 enum Tag : uint32_t {
   kTagRegs = 1,
@@ -132,7 +133,7 @@ std::vector<uint8_t> encode_vcpu_state(const VcpuState& s) {
   std::vector<uint8_t> out;
   put_u32(out, kMagic);
   put_u32(out, kStateVersion);
-  put_u32(out, 8);
+  put_u32(out, kParts);
   put_u32(out, 0);
   put_part(out, kTagRegs, &s.regs, sizeof s.regs);
   put_part(out, kTagSregs, &s.sregs, sizeof s.sregs);
@@ -152,7 +153,7 @@ Result<VcpuState> decode_vcpu_state(std::span<const uint8_t> b) {
   if (get_u32(b, 4) != kStateVersion)
     return fail("{}: version {} (this kvmem reads version {})", kWhat, get_u32(b, 4), kStateVersion);
   const uint32_t parts = get_u32(b, 8);
-  if (parts != 8) return fail("{}: {} parts, expected 8", kWhat, parts);
+  if (parts != kParts) return fail("{}: {} parts, expected {}", kWhat, parts, kParts);
   VcpuState s;
   uint32_t seen = 0;
   size_t at = 16;

@@ -25,23 +25,13 @@ using json = nlohmann::json;
 namespace {
 
 constexpr uint64_t kKiB = 1 << 10;
-constexpr uint64_t kMiB = 1 << 20;
+using test::file_usage;
+using test::resident;
 
-uint64_t resident(const GuestMemory& m) {
-  auto r = m.resident_bytes();
-  REQUIRE(r);
-  return *r;
-}
+constexpr uint64_t kMiB = 1 << 20;
 
 uint64_t committed(const GuestMemory& m) {
   auto r = m.committed_bytes();
-  REQUIRE(r);
-  return *r;
-}
-
-// Bytes the host holds for the whole file (st_blocks).
-uint64_t file_usage(const MemoryFile& f) {
-  auto r = f.total_usage();
   REQUIRE(r);
   return *r;
 }

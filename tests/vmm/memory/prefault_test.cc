@@ -16,21 +16,12 @@ using json = nlohmann::json;
 
 namespace {
 
+using test::file_usage;
+using test::resident;
+
 constexpr uint64_t kMiB = 1 << 20;
 
 test::Ram make_ram(uint64_t size, uint64_t unit) { return test::make_ram(size, unit, 1ull << 34); }
-
-uint64_t resident(const GuestMemory& m) {
-  auto r = m.resident_bytes();
-  REQUIRE(r);
-  return *r;
-}
-
-uint64_t file_usage(const MemoryFile& f) {
-  auto r = f.total_usage();
-  REQUIRE(r);
-  return *r;
-}
 
 }  // namespace
 

@@ -40,4 +40,18 @@ inline Ram make_backed_ram(RamBacking b, uint64_t size) {
   return {std::move(*file), std::move(*memory)};
 }
 
+// Bytes of RAM the host holds (GuestMemory::resident_bytes), required to succeed.
+inline uint64_t resident(const GuestMemory& m) {
+  auto r = m.resident_bytes();
+  REQUIRE(r);
+  return *r;
+}
+
+// Bytes the host holds for the whole file (st_blocks), required to succeed.
+inline uint64_t file_usage(const MemoryFile& f) {
+  auto r = f.total_usage();
+  REQUIRE(r);
+  return *r;
+}
+
 }  // namespace kvmem::test
