@@ -25,10 +25,11 @@ class RestoreCommand : public Command {
   }
 
   int run(Clock::time_point start) override {
-    if (lazy_) return report_error(json_, kExitUsage, "restore --lazy is not built yet; use --eager");
     auto kvm = Kvm::open();
     if (!kvm) return report_error(json_, kExitHost, kvm.error().message);
-    RestoredVm r = restore_eager(*kvm, path_);
+    RestoreOptions options;
+    options.mode = lazy_ ? RestoreMode::kLazy : RestoreMode::kEager;
+    RestoredVm r = restore_snapshot(*kvm, path_, options);
     if (r.exit_code) return report_error(json_, r.exit_code, r.error);
     RunTotals totals;
     VmOutcome& out = totals.vms.emplace_back();
@@ -43,7 +44,7 @@ class RestoreCommand : public Command {
     totals.wall_ms = ms_since(start);
     if (json_) {
       nlohmann::json report = run_report(totals);
-      report["restore"] = {{"mode", "eager"},
+      report["restore"] = {{"mode", restore_mode_name(options.mode)},
                            {"restore_ms", r.restore_ms},
                            {"snapshot_bytes", r.snapshot_bytes},
                            {"extents", r.load.extents},

@@ -63,7 +63,10 @@ Vm::SnapshotSink snapshot_to_dir(std::string dir) {
   };
 }
 
-RestoredVm restore_eager(const Kvm& kvm, const std::string& path) {
+const char* restore_mode_name(RestoreMode mode) { return mode == RestoreMode::kLazy ? "lazy" : "eager"; }
+
+RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const RestoreOptions& options) {
+  if (options.mode == RestoreMode::kLazy) return refused(2, "restore --lazy is not built yet; use --eager");
   const auto start = std::chrono::steady_clock::now();
   auto reader = SnapshotReader::open(path);
   if (!reader) return refused(2, reader.error().message);

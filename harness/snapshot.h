@@ -35,6 +35,17 @@ namespace kvmem {
 // Writes each snapshot of the VM it is armed on to dir/<name>.kvmsnap.
 Vm::SnapshotSink snapshot_to_dir(std::string dir);
 
+// How guest RAM comes back (docs/snapshot.md, "Restoring").
+enum class RestoreMode {
+  kEager,  // every extent read into RAM before the first instruction
+  kLazy,   // the guest starts at once; RAM is served as it is touched (userfaultfd) and filled behind it
+};
+const char* restore_mode_name(RestoreMode mode);
+
+struct RestoreOptions {
+  RestoreMode mode = RestoreMode::kEager;
+};
+
 struct RestoredVm {
   // 0 ready; 2 the snapshot (or its config) is damaged or refused; 3 the
   // host could not make the VM.
@@ -48,6 +59,8 @@ struct RestoredVm {
   double restore_ms = 0;  // open to ready to run
 };
 
-RestoredVm restore_eager(const Kvm& kvm, const std::string& path);
+// Opens and checks the snapshot, makes the VM on a fresh memory file and
+// brings its RAM back as `options` says; the VM is then ready to run().
+RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const RestoreOptions& options = {});
 
 }  // namespace kvmem
