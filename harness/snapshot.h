@@ -28,6 +28,7 @@
 #include "memory/memory_file.h"
 #include "snapshot/memory.h"
 #include "vmm/kvm/kvm.h"
+#include "vmm/memory/lazy_ram.h"
 #include "vmm/vm.h"
 
 namespace kvmem {
@@ -44,6 +45,7 @@ const char* restore_mode_name(RestoreMode mode);
 
 struct RestoreOptions {
   RestoreMode mode = RestoreMode::kEager;
+  LazyOptions lazy;  // kLazy only
 };
 
 struct RestoredVm {
@@ -54,9 +56,21 @@ struct RestoredVm {
   VmConfig config;
   std::unique_ptr<MemoryFile> file;  // declared before vm: the VM goes first
   std::unique_ptr<Vm> vm;
-  LoadStats load;
+  LoadStats load;        // eager: what was read before the run; lazy: the windows' files
   uint64_t snapshot_bytes = 0;
-  double restore_ms = 0;  // open to ready to run
+  double restore_ms = 0;  // open to ready to run (lazy: RAM not yet in)
+  RestoreMode mode = RestoreMode::kEager;
+  std::unique_ptr<SnapshotReader> reader;  // lazy: read while the guest runs
+  std::unique_ptr<LazyRam> lazy;           // kLazy: serves RAM; stopped before the VM goes
+
+  // kLazy: the faults served and the fill's pace so far (all zero for kEager).
+  LazyStats lazy_stats() const { return lazy ? lazy->stats() : LazyStats{}; }
+  RestoredVm() = default;
+  RestoredVm(RestoredVm&&) = default;
+  RestoredVm& operator=(RestoredVm&&) = default;
+  ~RestoredVm() {
+    if (lazy) lazy->stop();  // unregister before the VM gives its RAM back
+  }
 };
 
 // Opens and checks the snapshot, makes the VM on a fresh memory file and
