@@ -19,7 +19,9 @@ class RestoreCommand : public Command {
                               "step, and run it to its end (docs/snapshot.md)");
     cmd_->add_option("SNAPSHOT", path_, "the snapshot file, DIR/<vm name>.kvmsnap")->required();
     auto* eager = cmd_->add_flag("--eager", eager_, "read all of RAM back before the guest starts (the default)");
-    auto* lazy = cmd_->add_flag("--lazy", lazy_, "serve RAM as the guest touches it (not built yet: refused)");
+    auto* lazy = cmd_->add_flag("--lazy", lazy_,
+                                "start the guest at once and serve RAM as it touches it (userfaultfd), while a "
+                                "background thread fills the rest; memfd and memfd-thp RAM only");
     eager->excludes(lazy);
     cmd_->add_flag("--json", json_, "print one JSON report on stdout instead of the console text");
   }
@@ -40,6 +42,8 @@ class RestoreCommand : public Command {
     std::function<void(std::string_view)> echo;
     if (!json_) echo = [&console](std::string_view text) { write_stdout(console.feed(text)); };
     out.result = r.vm->run(echo);
+    if (r.lazy) r.lazy->stop();
+    const LazyStats lazy = r.lazy_stats();
     record_memory(*r.vm, out);
     totals.wall_ms = ms_since(start);
     if (json_) {
@@ -49,15 +53,39 @@ class RestoreCommand : public Command {
                            {"snapshot_bytes", r.snapshot_bytes},
                            {"extents", r.load.extents},
                            {"bytes", r.load.bytes}};
+      if (r.lazy)
+        report["restore"]["lazy"] = {{"faults", lazy.faults},
+                                     {"zero_faults", lazy.zero_faults},
+                                     {"extents_on_demand", lazy.extents_on_demand},
+                                     {"bytes_on_demand", lazy.bytes_on_demand},
+                                     {"extents_filled", lazy.extents_filled},
+                                     {"bytes_filled", lazy.bytes_filled},
+                                     {"bytes_forgotten", lazy.bytes_forgotten},
+                                     {"fill_ms", lazy.fill_ms},
+                                     {"fill_busy_ms", lazy.fill_busy_ms},
+                                     {"wait_ms", lazy.wait_ms},
+                                     {"complete", lazy.complete},
+                                     {"error", lazy.error.empty() ? nlohmann::json() : nlohmann::json(lazy.error)}};
       print_json(report);
       return totals.exit_code();
     }
     write_stdout(console.finish());
     if (!out.result.message.empty())
       std::fprintf(stderr, "kvmem: %s: %s\n", out.name.c_str(), terminal_safe(out.result.message).c_str());
-    std::fprintf(stderr, "kvmem: restored %s eagerly in %.1f ms (%llu extents, %.1f MiB)\n", out.name.c_str(),
-                 r.restore_ms, static_cast<unsigned long long>(r.load.extents),
-                 static_cast<double>(r.load.bytes) / (1 << 20));
+    if (!r.lazy) {
+      std::fprintf(stderr, "kvmem: restored %s eagerly in %.1f ms (%llu extents, %.1f MiB)\n", out.name.c_str(),
+                   r.restore_ms, static_cast<unsigned long long>(r.load.extents),
+                   static_cast<double>(r.load.bytes) / (1 << 20));
+    } else {
+      std::fprintf(stderr,
+                   "kvmem: restored %s lazily: running after %.1f ms; %llu faults (%llu zero), %.1f MiB waited for, "
+                   "%.1f MiB filled behind it%s\n",
+                   out.name.c_str(), r.restore_ms, static_cast<unsigned long long>(lazy.faults),
+                   static_cast<unsigned long long>(lazy.zero_faults),
+                   static_cast<double>(lazy.bytes_on_demand) / (1 << 20),
+                   static_cast<double>(lazy.bytes_filled) / (1 << 20),
+                   lazy.complete ? fmt::format(" in {:.1f} ms", lazy.fill_ms).c_str() : " (not finished)");
+    }
     return totals.exit_code();
   }
 

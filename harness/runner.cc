@@ -26,7 +26,8 @@ int RunTotals::exit_code() const {
   int code = 0;
   for (const VmOutcome& v : vms) {
     if (v.exit_code() == 3) return 3;
-    if (v.exit_code() != 0) code = 1;
+    if (v.exit_code() == 2) code = 2;
+    if (v.exit_code() != 0 && code == 0) code = 1;
   }
   return code;
 }

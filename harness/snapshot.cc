@@ -66,7 +66,6 @@ Vm::SnapshotSink snapshot_to_dir(std::string dir) {
 const char* restore_mode_name(RestoreMode mode) { return mode == RestoreMode::kLazy ? "lazy" : "eager"; }
 
 RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const RestoreOptions& options) {
-  if (options.mode == RestoreMode::kLazy) return refused(2, "restore --lazy is not built yet; use --eager");
   const auto start = std::chrono::steady_clock::now();
   auto reader = SnapshotReader::open(path);
   if (!reader) return refused(2, reader.error().message);
@@ -82,7 +81,10 @@ RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const Resto
   if (rc->vms.size() != 1 || !rc->files.empty() || !rc->vms[0].windows.empty() ||
       rc->vms[0].backing == RamBacking::kAnon)
     return refused(2, fmt::format("{}: its config is not one VM without windows on file-backed RAM", what));
+  if (options.mode == RestoreMode::kLazy && rc->vms[0].backing == RamBacking::kHugetlb)
+    return refused(2, fmt::format("{}: RAM on hugetlb is restored eagerly only (restore --eager)", what));
   RestoredVm out;
+  out.mode = options.mode;
   out.config = rc->vms[0];
   out.config.source = std::string(cbytes.begin(), cbytes.end());
   const VmConfig& c = out.config;
@@ -118,11 +120,26 @@ RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const Resto
   // RAM as it was: nothing of what create() wrote, then every extent.
   if (auto d = out.vm->memory().decommit(GuestRange(0, c.memory)); !d) return refused(3, d.error().message);
   const std::vector<SpaceRange> ranges = ram_ranges(out.vm->memory());
-  auto loaded = load_extents(rd, kRamSpace, *out.file, ranges);
-  if (!loaded) return refused(2, fmt::format("{}: {}", what, loaded.error().message));
-  out.load = *loaded;
   if (auto s = out.vm->restore_vcpus(states); !s)
     return refused(2, fmt::format("{}: KVM refused its vCPU state: {}", what, s.error().message));
+  if (options.mode == RestoreMode::kEager) {
+    auto loaded = load_extents(rd, kRamSpace, *out.file, ranges);
+    if (!loaded) return refused(2, fmt::format("{}: {}", what, loaded.error().message));
+    out.load = *loaded;
+  } else {
+    // The guest may run now: the handler serves what it touches, the
+    // filler brings in the rest, and a free report drops what is owed
+    // before it punches. Damaged data found on the way stops the VM.
+    Vm* target = out.vm.get();
+    auto lazy = LazyRam::start(rd, kRamSpace, *out.file, ranges, options.lazy, [target](const std::string& message) {
+      target->stop(FailureKind::kSnapshot, message);
+    });
+    if (!lazy) return refused(3, lazy.error().message);
+    out.lazy = std::move(*lazy);
+    LazyRam* l = out.lazy.get();
+    out.vm->memory().set_decommit_observer([l](GuestRange r) { l->forget(r.start, r.end); });
+  }
+  out.reader = std::move(*reader);
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) out.snapshot_bytes = static_cast<uint64_t>(st.st_size);
   out.restore_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();

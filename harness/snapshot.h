@@ -69,7 +69,9 @@ struct RestoredVm {
   RestoredVm(RestoredVm&&) = default;
   RestoredVm& operator=(RestoredVm&&) = default;
   ~RestoredVm() {
-    if (lazy) lazy->stop();  // unregister before the VM gives its RAM back
+    if (!lazy) return;
+    lazy->stop();  // unregister before the VM gives its RAM back
+    if (vm) vm->memory().set_decommit_observer(nullptr);
   }
 };
 

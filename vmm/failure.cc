@@ -11,6 +11,7 @@ const char* failure_kind_name(FailureKind k) {
     case FailureKind::kHost: return "host";
     case FailureKind::kMemoryLimit: return "memory_limit";
     case FailureKind::kStopped: return "stopped";
+    case FailureKind::kSnapshot: return "snapshot";
   }
   return "?";
 }

@@ -14,8 +14,9 @@ enum class FailureKind {
   kHost,        // the host could not go on: KVM, a syscall, a resource limit
   kMemoryLimit, // the VMM stopped the VM: the host's memory limit would be passed
   kStopped,     // the VMM stopped the VM on request (a signal)
+  kSnapshot,    // a lazily restored VM's snapshot data was damaged or could not be loaded (exit 2)
 };
-// "none", "integrity", "guest", "timeout", "host", "memory_limit", "stopped".
+// "none", "integrity", "guest", "timeout", "host", "memory_limit", "stopped", "snapshot".
 const char* failure_kind_name(FailureKind k);
 
 }  // namespace kvmem

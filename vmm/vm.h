@@ -75,10 +75,12 @@ struct RunResult {
   // joined when the run ended).
   PrefaultStats prefault;
 
-  // 0 when the guest exited with 0; 3 when the host could not go on; 1 for
-  // any other end (DESIGN.md exit codes).
+  // 0 when the guest exited with 0; 3 when the host could not go on; 2
+  // when the snapshot it was restored from turned out damaged; 1 for any
+  // other end (DESIGN.md exit codes).
   int process_exit_code() const {
     if (outcome == Outcome::kExited && guest_exit_code == 0) return 0;
+    if (failure == FailureKind::kSnapshot) return 2;
     return failure == FailureKind::kHost ? 3 : 1;
   }
   const char* outcome_name() const;

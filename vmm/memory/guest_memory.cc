@@ -293,6 +293,7 @@ Result<uint64_t> GuestMemory::decommit(GuestRange r) {
   View v = view();
   if (int err = v->reportable(r); err != 0)
     return std::unexpected(Error{-err, fmt::format("cannot decommit guest-physical {}: it is not all RAM", r)});
+  if (decommit_observer_) decommit_observer_(r);
   uint64_t released = 0;
   for (uint64_t at = r.start; at < r.end;) {
     const Region& region = **v->find(GuestAddr(at));

@@ -59,6 +59,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -169,6 +170,10 @@ class GuestMemory {
   // MADV_DONTNEED. Preconditions: 4 KiB-aligned (the hypercall layer
   // checks). Errors: r not wholly RAM (EPERM, EFAULT), the punch's.
   Result<uint64_t> decommit(GuestRange r);
+  // Called with each RAM range just before decommit() punches it (a lazy
+  // restore drops what it still owes there: vmm/memory/lazy_ram.h). Set
+  // before the guest runs, cleared after; it runs on the reporting thread.
+  void set_decommit_observer(std::function<void(GuestRange)> observer) { decommit_observer_ = std::move(observer); }
   // RAM over an anonymous mapping (create_anon), not the file.
   bool anonymous() const { return ram_->anonymous(); }
   // The MemoryFile behind RAM (anonymous RAM: behind the windows only).
@@ -204,6 +209,7 @@ class GuestMemory {
 
   MemoryFile& file_;
   std::shared_ptr<const Region> ram_;  // never removed
+  std::function<void(GuestRange)> decommit_observer_;  // set while no guest runs
   // Replaces the published map; the old one is dropped after publish_mu_.
   void publish_locked(RegionMap next);
 
