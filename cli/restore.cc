@@ -1,8 +1,14 @@
-// `kvmem restore SNAPSHOT`: resume a VM from its snapshot and run it to its
-// end, with run's report and exit codes (a damaged snapshot: 2).
+// `kvmem restore SNAPSHOT...`: resume VMs from their snapshots and run
+// them to their end, with run's report and exit codes (a damaged snapshot:
+// 2). Every snapshot is opened, checked and made into a VM before any of
+// them runs; then they run at once, each on a thread of its own.
 #include <cstdio>
+#include <functional>
+#include <thread>
 
+#include "base/thread.h"
 #include "cli/cli.h"
+#include "harness/interrupt.h"
 #include "harness/report.h"
 #include "harness/runner.h"
 #include "harness/snapshot.h"
@@ -11,13 +17,50 @@
 namespace kvmem::cli {
 namespace {
 
+nlohmann::json restore_json(const RestoredVm& r, const std::string& path) {
+  nlohmann::json j = {{"snapshot", path},
+                      {"mode", restore_mode_name(r.mode)},
+                      {"restore_ms", r.restore_ms},
+                      {"snapshot_bytes", r.snapshot_bytes},
+                      {"extents", r.load.extents},
+                      {"bytes", r.load.bytes}};
+  if (!r.lazy) return j;
+  const LazyStats l = r.lazy_stats();
+  j["lazy"] = {{"faults", l.faults},
+               {"zero_faults", l.zero_faults},
+               {"extents_on_demand", l.extents_on_demand},
+               {"bytes_on_demand", l.bytes_on_demand},
+               {"extents_filled", l.extents_filled},
+               {"bytes_filled", l.bytes_filled},
+               {"bytes_forgotten", l.bytes_forgotten},
+               {"fill_ms", l.fill_ms},
+               {"fill_busy_ms", l.fill_busy_ms},
+               {"wait_ms", l.wait_ms},
+               {"complete", l.complete},
+               {"error", l.error.empty() ? nlohmann::json() : nlohmann::json(l.error)}};
+  return j;
+}
+
+std::string restore_line(const RestoredVm& r) {
+  if (!r.lazy)
+    return fmt::format("restored {} eagerly in {:.1f} ms ({} extents, {:.1f} MiB)", r.config.name, r.restore_ms,
+                       r.load.extents, static_cast<double>(r.load.bytes) / (1 << 20));
+  const LazyStats l = r.lazy_stats();
+  return fmt::format(
+      "restored {} lazily: running after {:.1f} ms; {} faults ({} zero), {:.1f} MiB waited for, {:.1f} MiB filled "
+      "behind it{}",
+      r.config.name, r.restore_ms, l.faults, l.zero_faults, static_cast<double>(l.bytes_on_demand) / (1 << 20),
+      static_cast<double>(l.bytes_filled) / (1 << 20),
+      l.complete ? fmt::format(" in {:.1f} ms", l.fill_ms) : std::string(" (not finished)"));
+}
+
 class RestoreCommand : public Command {
  public:
   explicit RestoreCommand(CLI::App& app) {
     cmd_ = app.add_subcommand("restore",
-                              "Resume a VM from a snapshot (written by run --snapshot-to) right after its snapshot "
-                              "step, and run it to its end (docs/snapshot.md)");
-    cmd_->add_option("SNAPSHOT", path_, "the snapshot file, DIR/<vm name>.kvmsnap")->required();
+                              "Resume VMs from their snapshots (written by run --snapshot-to) right after their "
+                              "snapshot step, and run them to their end, all at once (docs/snapshot.md)");
+    cmd_->add_option("SNAPSHOT", paths_, "snapshot files, DIR/<vm name>.kvmsnap; one VM each")->required();
     auto* eager = cmd_->add_flag("--eager", eager_, "read all of RAM back before the guest starts (the default)");
     auto* lazy = cmd_->add_flag("--lazy", lazy_,
                                 "start the guest at once and serve RAM as it touches it (userfaultfd), while a "
@@ -31,66 +74,86 @@ class RestoreCommand : public Command {
     if (!kvm) return report_error(json_, kExitHost, kvm.error().message);
     RestoreOptions options;
     options.mode = lazy_ ? RestoreMode::kLazy : RestoreMode::kEager;
-    RestoredVm r = restore_snapshot(*kvm, path_, options);
-    if (r.exit_code) return report_error(json_, r.exit_code, r.error);
+    // Every snapshot is checked and made into a VM before any runs.
+    std::vector<RestoredVm> vms;
+    for (const std::string& path : paths_) {
+      RestoredVm r = restore_snapshot(*kvm, path, options);
+      if (r.exit_code) return report_error(json_, r.exit_code, r.error);
+      for (const RestoredVm& other : vms)
+        if (other.config.name == r.config.name)
+          return report_error(json_, kExitUsage,
+                              fmt::format("snapshots {} and another both hold a VM named \"{}\"; names must differ",
+                                          path, r.config.name));
+      vms.push_back(std::move(r));
+    }
     RunTotals totals;
-    VmOutcome& out = totals.vms.emplace_back();
-    out.name = r.config.name;
-    out.memory_bytes = r.config.memory;
-    out.backing = r.config.backing;
+    totals.vms.resize(vms.size());
+    std::mutex echo_mu;
     TerminalText console;
-    std::function<void(std::string_view)> echo;
-    if (!json_) echo = [&console](std::string_view text) { write_stdout(console.feed(text)); };
-    out.result = r.vm->run(echo);
-    if (r.lazy) r.lazy->stop();
-    const LazyStats lazy = r.lazy_stats();
-    record_memory(*r.vm, out);
+    const bool prefix = vms.size() > 1;
+    auto echo_for = [&](const std::string& name) -> std::function<void(std::string_view)> {
+      if (json_) return {};
+      return [&, name](std::string_view text) {
+        std::lock_guard lock(echo_mu);
+        if (!prefix) {
+          write_stdout(console.feed(text));
+          return;
+        }
+        // Several VMs: whole lines, each behind its VM's name.
+        std::string& pending = pending_[name];
+        pending.append(text);
+        for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
+          write_stdout(fmt::format("[{}] {}\n", name, terminal_safe(std::string_view(pending).substr(0, nl))));
+      };
+    };
+    auto run_one = [&](size_t i) {
+      RestoredVm& r = vms[i];
+      VmOutcome& out = totals.vms[i];
+      out.name = r.config.name;
+      out.memory_bytes = r.config.memory;
+      out.backing = r.config.backing;
+      {
+        StopRegistration stoppable(*r.vm);  // a signal stops it (harness/interrupt.h)
+        out.result = r.vm->run(echo_for(out.name));
+      }
+      if (r.lazy) r.lazy->stop();
+      record_memory(*r.vm, out);
+    };
+    std::vector<std::thread> threads;
+    for (size_t i = 1; i < vms.size(); i++) {
+      auto t = start_thread(fmt::format("the thread of VM {}", vms[i].config.name), [&run_one, i] { run_one(i); });
+      if (t) {
+        threads.push_back(std::move(*t));
+        continue;
+      }
+      VmOutcome& out = totals.vms[i];
+      out.name = vms[i].config.name;
+      out.setup_error = t.error().message;
+    }
+    run_one(0);
+    for (auto& t : threads) t.join();
     totals.wall_ms = ms_since(start);
     if (json_) {
       nlohmann::json report = run_report(totals);
-      report["restore"] = {{"mode", restore_mode_name(options.mode)},
-                           {"restore_ms", r.restore_ms},
-                           {"snapshot_bytes", r.snapshot_bytes},
-                           {"extents", r.load.extents},
-                           {"bytes", r.load.bytes}};
-      if (r.lazy)
-        report["restore"]["lazy"] = {{"faults", lazy.faults},
-                                     {"zero_faults", lazy.zero_faults},
-                                     {"extents_on_demand", lazy.extents_on_demand},
-                                     {"bytes_on_demand", lazy.bytes_on_demand},
-                                     {"extents_filled", lazy.extents_filled},
-                                     {"bytes_filled", lazy.bytes_filled},
-                                     {"bytes_forgotten", lazy.bytes_forgotten},
-                                     {"fill_ms", lazy.fill_ms},
-                                     {"fill_busy_ms", lazy.fill_busy_ms},
-                                     {"wait_ms", lazy.wait_ms},
-                                     {"complete", lazy.complete},
-                                     {"error", lazy.error.empty() ? nlohmann::json() : nlohmann::json(lazy.error)}};
+      for (size_t i = 0; i < vms.size(); i++) report["vms"][i]["restore"] = restore_json(vms[i], paths_[i]);
       print_json(report);
       return totals.exit_code();
     }
     write_stdout(console.finish());
-    if (!out.result.message.empty())
-      std::fprintf(stderr, "kvmem: %s: %s\n", out.name.c_str(), terminal_safe(out.result.message).c_str());
-    if (!r.lazy) {
-      std::fprintf(stderr, "kvmem: restored %s eagerly in %.1f ms (%llu extents, %.1f MiB)\n", out.name.c_str(),
-                   r.restore_ms, static_cast<unsigned long long>(r.load.extents),
-                   static_cast<double>(r.load.bytes) / (1 << 20));
-    } else {
-      std::fprintf(stderr,
-                   "kvmem: restored %s lazily: running after %.1f ms; %llu faults (%llu zero), %.1f MiB waited for, "
-                   "%.1f MiB filled behind it%s\n",
-                   out.name.c_str(), r.restore_ms, static_cast<unsigned long long>(lazy.faults),
-                   static_cast<unsigned long long>(lazy.zero_faults),
-                   static_cast<double>(lazy.bytes_on_demand) / (1 << 20),
-                   static_cast<double>(lazy.bytes_filled) / (1 << 20),
-                   lazy.complete ? fmt::format(" in {:.1f} ms", lazy.fill_ms).c_str() : " (not finished)");
+    for (auto& [name, pending] : pending_)
+      if (!pending.empty()) write_stdout(fmt::format("[{}] {}\n", name, terminal_safe(pending)));
+    for (size_t i = 0; i < vms.size(); i++) {
+      const VmOutcome& out = totals.vms[i];
+      const std::string& why = out.setup_error.empty() ? out.result.message : out.setup_error;
+      if (!why.empty()) std::fprintf(stderr, "kvmem: %s: %s\n", out.name.c_str(), terminal_safe(why).c_str());
+      std::fprintf(stderr, "kvmem: %s\n", restore_line(vms[i]).c_str());
     }
     return totals.exit_code();
   }
 
  private:
-  std::string path_;
+  std::vector<std::string> paths_;
+  std::map<std::string, std::string> pending_;  // several VMs: each one's unfinished console line
   bool eager_ = false, lazy_ = false, json_ = false;
 };
 

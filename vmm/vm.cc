@@ -97,7 +97,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
   std::vector<guest::VcpuCode> code = program.vcpus;
-  if (code.empty()) code.push_back({program.entry, program.results});
+  if (code.empty()) code.push_back({program.entry, program.results, {}});
   const unsigned vcpus = std::max(config.vcpus, 1u);
   if (code.size() != vcpus)
     return fail("the guest program has code for {} vCPUs, but VM {} has {}", code.size(), config.name, vcpus);
@@ -269,6 +269,17 @@ RunResult Vm::gather(std::vector<VcpuRun>& runs) {
     result.message = stop_message_;
   } else if (vcpus_.size() > 1 && !result.message.empty()) {
     result.message = fmt::format("vCPU {}: {}", who, result.message);
+  }
+  {
+    // A lazily restored VM whose snapshot data turned out damaged ran on
+    // memory that was not whole: whatever its vCPUs did after that (a
+    // fault, a failed verify, even exit 0) is a consequence, not the cause.
+    std::lock_guard lock(stop_mu_);
+    if (stopped_ && stop_kind_ == FailureKind::kSnapshot) {
+      result.outcome = RunOutcome::kFailed;
+      result.failure = FailureKind::kSnapshot;
+      result.message = stop_message_;
+    }
   }
   for (const VcpuRun& r : runs) {
     for (const auto& [name, n] : r.exits) result.exits[name] += n;

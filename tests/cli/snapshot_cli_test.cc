@@ -102,14 +102,14 @@ TEST_CASE("run --snapshot-to writes the VM at its snapshot step, and restore --e
     REQUIRE(js.exit_code == 0);
     const json report = json::parse(js.out);
     CHECK(report.at("vms").at(0).at("outcome") == "exited");
-    CHECK(report.at("restore").at("extents").get<uint64_t>() > 0);
-    CHECK(report.at("restore").at("bytes").get<uint64_t>() >= data);
-    CHECK(!report.at("restore").contains("lazy"));
+    CHECK(report.at("vms").at(0).at("restore").at("extents").get<uint64_t>() > 0);
+    CHECK(report.at("vms").at(0).at("restore").at("bytes").get<uint64_t>() >= data);
+    CHECK(!report.at("vms").at(0).at("restore").contains("lazy"));
 
     CommandResult lz = run_kvmem({"restore", "--lazy", "--json", snap});
     INFO(lz.out << lz.err);
     REQUIRE(lz.exit_code == 0);
-    const json lr = json::parse(lz.out).at("restore");
+    const json lr = json::parse(lz.out).at("vms").at(0).at("restore");
     CHECK(lr.at("mode") == "lazy");
     CHECK(lr.at("bytes") == 0);  // nothing read before the guest ran
     const json& l = lr.at("lazy");
@@ -123,6 +123,50 @@ TEST_CASE("run --snapshot-to writes the VM at its snapshot step, and restore --e
     CHECK(in >= data);
     CHECK(in <= data + (1ull << 20));
   }
+}
+
+TEST_CASE("many VMs snapshot at once and are restored together, lazily and eagerly", "[cli][kvm][snapshot]") {
+  if (!kvm_available("many VMs snapshot and restore")) return;
+  json vms = json::array();
+  for (unsigned i = 0; i < 3; i++) {
+    json vm = {{"name", "vm" + std::to_string(i)}, {"memory", "48M"}, {"vcpus", i == 2 ? 2 : 1}};
+    if (i == 2) vm["programs"] = {program_of(0), program_of(1)};
+    else vm["program"] = program_of(0);
+    vms.push_back(vm);
+  }
+  TempConfig config(json({{"vms", vms}}).dump());
+  TempDir dir;
+  CommandResult r = run_kvmem({"run", "--snapshot-to", dir.path(), config.path()});
+  INFO(r.out << r.err);
+  REQUIRE(r.exit_code == 0);
+  std::vector<std::string> args = {"restore", "", "--json"};
+  for (unsigned i = 0; i < 3; i++) args.push_back(dir.path() + "/vm" + std::to_string(i) + ".kvmsnap");
+  for (const char* mode : {"--eager", "--lazy"}) {
+    INFO(mode);
+    args[1] = mode;
+    CommandResult back = run_kvmem(args);
+    INFO(back.out << back.err);
+    REQUIRE(back.exit_code == 0);
+    const json report = json::parse(back.out);
+    REQUIRE(report.at("vms").size() == 3);
+    for (unsigned i = 0; i < 3; i++) {
+      const json& v = report.at("vms").at(i);
+      CHECK(v.at("name") == "vm" + std::to_string(i));
+      CHECK(v.at("outcome") == "exited");
+      CHECK(v.at("console") == (i == 2 ? "after\nafter\n" : "after\n"));
+      CHECK(v.at("restore").at("mode") == std::string(mode + 2));
+      CHECK(v.at("restore").at("snapshot") == args[3 + i]);
+    }
+  }
+  // Text: each VM's lines behind its name.
+  CommandResult text = run_kvmem({"restore", "--lazy", args[3], args[4]});
+  INFO(text.out << text.err);
+  CHECK(text.exit_code == 0);
+  CHECK((text.out == "[vm0] after\n[vm1] after\n" || text.out == "[vm1] after\n[vm0] after\n"));
+  // The same VM twice: refused before anything runs.
+  CommandResult twice = run_kvmem({"restore", args[3], args[3]});
+  CHECK(twice.exit_code == 2);
+  CHECK_THAT(twice.err, Catch::Contains("names must differ"));
 }
 
 TEST_CASE("without --snapshot-to the snapshot step does nothing", "[cli][kvm][snapshot]") {

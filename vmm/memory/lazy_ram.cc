@@ -176,8 +176,10 @@ struct LazyRam::State {
     if (failed) return;
     failed = true;
     stats.error = message;
-    for (Registration& r : regs) unregister_locked(r);
+    // The owner hears first (it stops the VM), then every waiter is let go
+    // to find holes: whatever a vCPU does with them comes after the stop.
     if (on_error) on_error(message);
+    for (Registration& r : regs) unregister_locked(r);
   }
 
   // --- loading -----------------------------------------------------------
