@@ -51,7 +51,7 @@ struct SnapshotLimits {
   uint64_t max_spaces = 1024;
   uint64_t max_space_bytes = uint64_t{1} << 46;  // 64 TiB
   uint64_t max_extents = uint64_t{1} << 24;
-  uint64_t max_extent_bytes = kSnapshotDefaultExtentCap;
+  uint64_t max_extent_bytes = kSnapshotMaxReadExtentCap;
   uint64_t max_metadata_bytes = uint64_t{1} << 30;
 };
 

@@ -277,3 +277,49 @@ TEST_CASE("lazy RAM refuses ranges that hold data or that the snapshot's extents
   REQUIRE(!nospace);
   CHECK_THAT(nospace.error().message, Catch::Contains("has no space 3"));
 }
+
+// Hidden: what one fault costs by extent size, a host thread reading 64 MiB
+// of data in order with no filler (every extent loaded on demand). The
+// figures in docs/snapshot.md ("Restoring") come from here.
+TEST_CASE("lazy RAM: the cost of an on-demand load by extent size", "[.lazy-chunks]") {
+  constexpr uint64_t kSize = 64 * kMiB;
+  SnapshotDir dir;
+  auto src = make_file();
+  auto r = src->allocate(kSize, UsageKind::Anonymous);
+  REQUIRE(r);
+  auto span = src->map_internal(*r);
+  REQUIRE(span);
+  for (uint64_t i = 0; i < kSize / 8; i++) reinterpret_cast<uint64_t*>(span->data())[i] = i | 1;
+  for (uint64_t cap : {uint64_t{4} << 10, uint64_t{64} << 10, uint64_t{256} << 10, uint64_t{512} << 10,
+                       uint64_t{1} << 20, uint64_t{2} << 20}) {
+    const std::string path = dir.path(std::to_string(cap) + ".kvmsnap");
+    {
+      auto w = SnapshotWriter::create(path, {.extent_cap = cap});
+      REQUIRE(w);
+      REQUIRE((*w)->add_space(0, SpaceKind::kRam, "ram", kSize));
+      const std::vector<SpaceRange> ranges = {{0, *r}};
+      REQUIRE(save_ranges(*src, 0, ranges, **w));
+      REQUIRE((*w)->finish());
+    }
+    auto reader = SnapshotReader::open(path);
+    REQUIRE(reader);
+    auto dst = make_file();
+    auto d = dst->allocate(kSize, UsageKind::Anonymous);
+    REQUIRE(d);
+    REQUIRE(dst->map_internal(*d));
+    auto lazy = LazyRam::start(**reader, 0, *dst, {{0, *d}}, {.fill = false}, [](const std::string& m) { FAIL(m); });
+    REQUIRE(lazy);
+    const auto t0 = std::chrono::steady_clock::now();
+    uint64_t sum = 0;
+    const uint8_t* base = dst->base() + d->start;
+    for (uint64_t at = 0; at < kSize; at += kPage) sum += *reinterpret_cast<const volatile uint64_t*>(base + at);
+    const double us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+    const LazyStats s = (*lazy)->stats();
+    WARN("extent " << (cap >> 10) << " KiB: " << us / double(kSize / kPage) << " us a page, " << s.faults
+                   << " faults, " << us / double(s.faults) << " us a fault, " << double(kSize) / us << " MB/s");
+    CHECK(sum != 0);
+    (*lazy)->stop();
+    dst->dec_ref(*d);
+  }
+  src->dec_ref(*r);
+}
