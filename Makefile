@@ -106,7 +106,7 @@ tsan:
 	@$(MAKE) --no-print-directory BUILD=build-tsan OPT="-O1" \
 	    CXXFLAGS_EXTRA="-fsanitize=thread" build-tsan/kvmem build-tsan/kvmem-tests
 	KVMEM_BIN=build-tsan/kvmem TSAN_OPTIONS=halt_on_error=1 \
-	    build-tsan/kvmem-tests "[threads]~[fork],[free]~[fork],[stress],[limits]~[fork],[console],[regions],[tmpfs]~[fork],[windows],[vcpus],[backing]"
+	    build-tsan/kvmem-tests "[threads]~[fork],[free]~[fork],[stress],[limits]~[fork],[console],[regions],[tmpfs]~[fork],[windows],[vcpus],[backing],[lazy]"
 
 # libFuzzer needs clang; nothing else in the build does.
 FUZZ_SECONDS ?= 60
