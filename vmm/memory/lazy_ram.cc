@@ -130,6 +130,15 @@ struct LazyRam::State {
     return *--it;
   }
 
+  // The registration whose range holds space offset `at`, or null.
+  const Registration* reg_at(uint64_t at) const {
+    auto it = std::upper_bound(regs.begin(), regs.end(), at,
+                               [](uint64_t a, const Registration& r) { return a < r.start; });
+    if (it == regs.begin()) return nullptr;
+    --it;
+    return at < it->end ? &*it : nullptr;
+  }
+
   // --- userfaultfd -------------------------------------------------------
   Status ioctl_range(unsigned long request, const char* name, uint64_t host, uint64_t len) const {
     uffdio_range r{.start = host, .len = len};
@@ -312,11 +321,20 @@ struct LazyRam::State {
       return;
     }
     // A hole: no data in the snapshot (or forgotten). Zero pages for the
-    // holes of its block that are not owed.
+    // holes of its block that are not owed, inside its registration (a
+    // zero page is refused outside a registered range) and its RAM range
+    // (one host mapping).
+    const Registration* reg = reg_at(at);
+    if (!reg || !reg->registered) {
+      // Unregistered since the event was queued: the retry is the kernel's.
+      lock.unlock();
+      (void)ioctl_range(UFFDIO_WAKE, "ioctl(UFFDIO_WAKE)", host_page, kPageSize);
+      return;
+    }
     stats.zero_faults++;
     const SpaceRange* r = range_at(at);
-    uint64_t lo = std::max(at & ~(kZeroBlock - 1), r->space_offset);
-    uint64_t hi = std::min((at & ~(kZeroBlock - 1)) + kZeroBlock, r->space_offset + r->file.length());
+    uint64_t lo = std::max({at & ~(kZeroBlock - 1), r->space_offset, reg->start});
+    uint64_t hi = std::min({(at & ~(kZeroBlock - 1)) + kZeroBlock, r->space_offset + r->file.length(), reg->end});
     std::vector<bool> zero;
     for (uint64_t p = lo; p < hi; p += kPageSize) zero.push_back(!page_owed(p / kPageSize));
     lock.unlock();
@@ -334,11 +352,15 @@ struct LazyRam::State {
       z.range = {.start = reinterpret_cast<uint64_t>(host) + i * kPageSize, .len = (k - i) * kPageSize};
       z.mode = UFFDIO_ZEROPAGE_MODE_DONTWAKE;
       // EEXIST: a page appeared meanwhile; EAGAIN: part done, a page in
-      // the run appeared; ENOENT: the range was unregistered. Each is fine:
-      // the wake below lets the fault retry.
+      // the run appeared; ENOENT: the range was unregistered meanwhile.
+      // Each is fine: the wake below lets the fault retry.
       if (::ioctl(uffd.get(), UFFDIO_ZEROPAGE, &z) != 0 && errno != EEXIST && errno != EAGAIN && errno != ENOENT) {
         const int err = errno;
         lock.lock();
+        if (!reg->registered) {  // unregistered under us: the retry is the kernel's
+          lock.unlock();
+          break;
+        }
         fail_locked(sys_fail(fmt::format("lazy restore of {}: a zero page at space offset {:#x}", reader.name(),
                                          lo + i * kPageSize),
                              "ioctl(UFFDIO_ZEROPAGE)", err)
