@@ -345,7 +345,7 @@ Result<SnapshotGuestPlan> snapshot_guest_plan(uint64_t ram, unsigned percent) {
   // last page), both with room to spare: 2 MiB at each end.
   p.first = 2 * kMiB;
   const uint64_t usable = ram > 4 * kMiB ? ram - 4 * kMiB : 0;
-  const uint64_t target = ram / 100 * percent;
+  const uint64_t target = ram * percent / 100;
   p.piece = kMiB;
   while (target / p.piece > kMaxPieces) p.piece *= 2;
   p.pieces = std::max<uint64_t>(1, target / p.piece);
@@ -394,8 +394,8 @@ Status check_snapshot_options(const SnapshotBenchOptions& o) {
   for (const auto& m : o.restores)
     if (!known_restore(m)) return fail("--restore: unknown mode \"{}\" (expected eager or lazy)", m);
   if (o.repeat < 1 || o.repeat > 100) return fail("--repeat: {} is not in 1..100", o.repeat);
-  const uint64_t largest = *std::max_element(o.sizes.begin(), o.sizes.end()) / 100 *
-                           *std::max_element(o.committed.begin(), o.committed.end());
+  const uint64_t largest = *std::max_element(o.sizes.begin(), o.sizes.end()) *
+                           *std::max_element(o.committed.begin(), o.committed.end()) / 100;
   const long pages = ::sysconf(_SC_PHYS_PAGES);
   if (pages > 0 && largest > static_cast<uint64_t>(pages) * 4096 / 2)
     return fail("--size, --committed: {} MiB committed is more than half of this machine's {} MiB",

@@ -54,7 +54,7 @@ struct SnapshotBenchOptions {
   std::vector<uint64_t> sizes{uint64_t{256} << 20, uint64_t{1} << 30};  // guest RAM
   std::vector<unsigned> committed{10, 50};                                // percent of RAM the guest fills
   std::vector<std::string> restores{"eager", "lazy"};
-  std::string dir;      // where the temporary folder goes; empty: the system's (TMPDIR, else /tmp)
+  std::string dir = {};  // where the temporary folder goes; empty: the system's (TMPDIR, else /tmp)
   unsigned repeat = 1;  // each measurement this many times; medians reported
   bool cold = false;    // restores and the load floor read the snapshot from disk, not the page cache
 };

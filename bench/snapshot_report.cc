@@ -171,18 +171,23 @@ std::string format_snapshot_bench(const std::vector<json>& rows) {
   std::string out = save.render();
   if (restore.rows() > 0) out += "\n" + restore.render();
   out += notes;
-  if (!rows.empty() && rows.back().contains("dir")) {
-    const json& d = rows.back()["dir"];
-    const json& first = rows.back();
+  // Every row of a run has the same folder and host; any row that has them says.
+  auto with = [&](const char* key) -> const json* {
+    for (const json& r : rows)
+      if (r.contains(key)) return &r;
+    return nullptr;
+  };
+  if (const json* r = with("dir")) {
+    const json& d = (*r)["dir"];
     auto text = [](const json& v) { return v.is_string() ? v.get<std::string>() : std::string("?"); };
+    const unsigned repeat = r->value("repeat", 1u);
     out += fmt::format("snapshots under {} ({} on {}, mounted at {}); restores read them {}{}\n", text(d["path"]),
                        text(d["fstype"]), text(d["source"]), text(d["mount"]),
-                       first.value("cold", false) ? "from the disk (--cold)" : "from the page cache",
-                       first.value("repeat", 1u) > 1 ? fmt::format("; medians of {} runs", first["repeat"].get<unsigned>())
-                                                    : "");
+                       r->value("cold", false) ? "from the disk (--cold)" : "from the page cache",
+                       repeat > 1 ? fmt::format("; medians of {} runs", repeat) : "");
   }
-  if (!rows.empty() && rows.back().contains("host")) {
-    const json& h = rows.back()["host"];
+  if (const json* r = with("host")) {
+    const json& h = (*r)["host"];
     out += fmt::format("host: {}, KVM {}, {}, {} CPUs, TSC {} kHz ({})\n", h.value("kernel", "?"), h.value("kvm", "?"),
                        h.value("cpu", "?"), h.value("cpus", 0u), h.value("tsc_khz", 0ull), h.value("tsc_source", "?"));
   }
