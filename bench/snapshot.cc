@@ -262,8 +262,11 @@ struct Tsc {
 };
 
 // One repeat of everything for one size and committed fraction.
+// `file_bytes` is the snapshot's size in the repeat before (0 in the
+// first), and this one's afterwards.
 json one_round(const Kvm& kvm, const SnapshotBenchOptions& o, uint64_t size, unsigned percent,
-               const std::string& folder, const std::function<void(const std::string&)>& say, unsigned k, Tsc* tsc) {
+               const std::string& folder, const std::function<void(const std::string&)>& say, unsigned k, Tsc* tsc,
+               uint64_t* file_bytes) {
   const SnapshotGuestPlan p = *snapshot_guest_plan(size, percent);
   const std::string what = fmt::format("snapshot: {}, {}% committed", size_name(size), percent);
   const std::string of = o.repeat > 1 ? fmt::format(" ({}/{})", k + 1, o.repeat) : "";
@@ -274,6 +277,19 @@ json one_round(const Kvm& kvm, const SnapshotBenchOptions& o, uint64_t size, uns
               {"cold", o.cold},
               {"guest", {{"pieces", p.pieces}, {"piece", p.piece}, {"filled_bytes", p.filled()},
                          {"zero_filled_bytes", p.zero_filled()}}}};
+  // The save's floor runs after the save, but before it in every second
+  // repeat (with the size the repeat before wrote: the same guest, the same
+  // snapshot), so that neither always meets a disk still busy with the
+  // other's writes.
+  const bool floor_first = k % 2 == 1 && *file_bytes > 0;
+  uint64_t floor_bytes = *file_bytes;
+  auto write_floor = [&] {
+    say(fmt::format("{}: raw write + fsync of {:.1f} MB (the save's floor){}", what,
+                    static_cast<double>(floor_bytes) / 1e6, of));
+    return raw_write_ms(folder, floor_bytes);
+  };
+  Result<double> floor = 0.0;
+  if (floor_first) floor = write_floor();
   say(fmt::format("{}: the guest fills {} in {} pieces and is saved{}", what, size_name(p.filled()), p.pieces, of));
   const std::string name = fmt::format("bench-{}m-{}", size >> 20, percent);
   auto saved = save(kvm, p, folder, name);
@@ -296,13 +312,18 @@ json one_round(const Kvm& kvm, const SnapshotBenchOptions& o, uint64_t size, uns
                       c->nonzero ? 100.0 * (static_cast<double>(c->file_bytes) - static_cast<double>(c->nonzero)) /
                                        static_cast<double>(c->nonzero)
                                  : 0.0}};
-  say(fmt::format("{}: raw write + fsync of {:.1f} MB (the save's floor){}", what, static_cast<double>(c->file_bytes) / 1e6, of));
+  *file_bytes = c->file_bytes;
+  if (!floor_first) {
+    floor_bytes = c->file_bytes;
+    floor = write_floor();
+  }
   json save_j = {{"ms", saved->ms}, {"mb_s", mb_per_s(c->file_bytes, saved->ms)}};
-  if (auto floor = raw_write_ms(folder, c->file_bytes)) {
-    save_j["floor_ms"] = *floor;
-    save_j["floor_mb_s"] = mb_per_s(c->file_bytes, *floor);
+  if (floor) {
     // The save's speed over the floor's: 1 is the disk's own pace.
-    save_j["ratio"] = saved->ms > 0 ? json(*floor / saved->ms) : json(nullptr);
+    const double floor_mb_s = mb_per_s(floor_bytes, *floor);
+    save_j["floor_ms"] = *floor;
+    save_j["floor_mb_s"] = floor_mb_s;
+    save_j["ratio"] = floor_mb_s > 0 ? json(mb_per_s(c->file_bytes, saved->ms) / floor_mb_s) : json(nullptr);
   } else {
     save_j["error"] = floor.error().message;
   }
@@ -311,11 +332,11 @@ json one_round(const Kvm& kvm, const SnapshotBenchOptions& o, uint64_t size, uns
   double load_floor_mb_s = 0;
   if (auto d = o.cold ? drop_cached(saved->path) : Status{}; !d) {
     row["load_floor"] = {{"error", d.error().message}};
-  } else if (auto floor = raw_load_ms(saved->path, c->data_offset, c->data_bytes)) {
-    load_floor_mb_s = mb_per_s(c->data_bytes, *floor);
-    row["load_floor"] = {{"ms", *floor}, {"bytes", c->data_bytes}, {"mb_s", load_floor_mb_s}};
+  } else if (auto raw = raw_load_ms(saved->path, c->data_offset, c->data_bytes)) {
+    load_floor_mb_s = mb_per_s(c->data_bytes, *raw);
+    row["load_floor"] = {{"ms", *raw}, {"bytes", c->data_bytes}, {"mb_s", load_floor_mb_s}};
   } else {
-    row["load_floor"] = {{"error", floor.error().message}};
+    row["load_floor"] = {{"error", raw.error().message}};
   }
   for (const std::string& mode : o.restores) {
     say(fmt::format("{}: {} restore and the guest's verify{}", what, mode, of));
@@ -424,8 +445,9 @@ std::vector<json> run_snapshot_bench(const Kvm& kvm, const SnapshotBenchOptions&
   for (uint64_t size : o.sizes)
     for (unsigned percent : o.committed) {
       std::vector<json> repeats;
+      uint64_t file_bytes = 0;
       for (unsigned k = 0; k < o.repeat; k++)
-        repeats.push_back(one_round(kvm, o, size, percent, folder->path(), say, k, &tsc));
+        repeats.push_back(one_round(kvm, o, size, percent, folder->path(), say, k, &tsc, &file_bytes));
       json row = median_snapshot_rows(repeats);
       row["dir"] = where;
       rows.push_back(std::move(row));

@@ -184,7 +184,8 @@ std::string format_snapshot_bench(const std::vector<json>& rows) {
     out += fmt::format("snapshots under {} ({} on {}, mounted at {}); restores read them {}{}\n", text(d["path"]),
                        text(d["fstype"]), text(d["source"]), text(d["mount"]),
                        r->value("cold", false) ? "from the disk (--cold)" : "from the page cache",
-                       repeat > 1 ? fmt::format("; medians of {} runs", repeat) : "");
+                       repeat > 1 ? fmt::format("; medians of {} runs, each ratio the median of the runs' own", repeat)
+                                  : "");
   }
   if (const json* r = with("host")) {
     const json& h = (*r)["host"];
