@@ -4,8 +4,9 @@
 // For each RAM size and committed fraction, `repeat` times:
 //   save        a VM (a config generated as JSON and parsed as `kvmem run`
 //               parses it) fills the committed fraction of its RAM in
-//               pieces spread evenly over it, the last 1/16 of each piece
-//               with zeros (committed pages that the snapshot drops), then
+//               pieces spread evenly over it (1 MiB, larger where more
+//               than 64 would be needed), the last 1/16 of each piece with
+//               zeros (committed pages that the snapshot drops), then
 //               reaches `{"op": "snapshot", "then": "exit"}`; the VMM
 //               writes the snapshot into a temporary folder under `dir`
 //               (harness/snapshot.h, snapshot_to_dir), timed around the
