@@ -407,9 +407,10 @@ json snapshot_guest_config(const SnapshotGuestPlan& p, const std::string& name) 
 
 Status check_snapshot_options(const SnapshotBenchOptions& o) {
   if (o.sizes.empty()) return fail("--size: name at least one RAM size");
-  for (uint64_t s : o.sizes)
-    if (s < 16 * kMiB || s > 32 * kGiB || s % (2 * kMiB) != 0)
-      return fail("--size: {:#x} is not a multiple of 2 MiB from 16 MiB to 32 GiB", s);
+  for (uint64_t s : o.sizes) {
+    if (s % (2 * kMiB) != 0) return fail("--size: {:#x} is not a multiple of 2 MiB", s);
+    if (s < 16 * kMiB || s > 32 * kGiB) return fail("--size: {} is not from 16 MiB to 32 GiB", size_name(s));
+  }
   if (o.committed.empty()) return fail("--committed: name at least one percentage of RAM");
   for (unsigned c : o.committed)
     if (c < 1 || c > 90) return fail("--committed: {} is not a percentage of RAM from 1 to 90", c);

@@ -314,7 +314,7 @@ class BenchCommand : public Command {
         ->check(whole_number(1, 100));
     snapshot_->add_flag("--cold", snapshot_opts_.cold,
                         "drop the snapshot from the page cache before each restore and the load floor");
-    snapshot_->add_flag("--quick", snapshot_quick_, "one 32 MiB guest, 10% and 50% (a smoke check; not figures to quote)");
+    snapshot_->add_flag("--quick", snapshot_quick_, "one 32 MiB guest (a smoke check; not figures to quote)");
     snapshot_->add_flag("--json", snapshot_json_, "print one JSON object per size and committed share, one per line");
   }
 
