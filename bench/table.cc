@@ -54,4 +54,12 @@ std::string Table::render() const {
 
 std::string fixed(double value, int digits) { return fmt::format("{:.{}f}", value, digits); }
 
+std::string size_name(uint64_t bytes) {
+  constexpr uint64_t kKiB = 1024, kMiB = 1024 * kKiB, kGiB = 1024 * kMiB;
+  if (bytes >= kGiB && bytes % kGiB == 0) return fmt::format("{} GiB", bytes / kGiB);
+  if (bytes >= kMiB && bytes % kMiB == 0) return fmt::format("{} MiB", bytes / kMiB);
+  if (bytes >= kKiB && bytes % kKiB == 0) return fmt::format("{} KiB", bytes / kKiB);
+  return fmt::format("{} B", bytes);
+}
+
 }  // namespace kvmem

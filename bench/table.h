@@ -48,4 +48,8 @@ class Table {
 // A number with `digits` digits after the point: fixed(2.734, 2) == "2.73".
 std::string fixed(double value, int digits);
 
+// A byte count in the largest unit that divides it: "64 GiB", "96 MiB",
+// "12 KiB", "100 B".
+std::string size_name(uint64_t bytes);
+
 }  // namespace kvmem

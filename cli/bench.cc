@@ -1,6 +1,7 @@
-// `kvmem bench boot|alloc|reclaim|fs|fault|usage`: measurements, as a table or JSON lines.
+// `kvmem bench boot|alloc|reclaim|fs|fault|usage|snapshot`: measurements, as a table or JSON lines.
 #include <algorithm>
 #include <cstdio>
+#include <filesystem>
 
 #include <nlohmann/json.hpp>
 
@@ -11,6 +12,7 @@
 #include "bench/plot.h"
 #include "bench/fs.h"
 #include "bench/reclaim.h"
+#include "bench/snapshot.h"
 #include "bench/usage.h"
 #include "cli/cli.h"
 #include "config/fields.h"
@@ -47,6 +49,7 @@ class BenchCommand : public Command {
     fs_->add_flag("--json", fs_json_, "print one JSON object per line instead of the tables");
     add_fault(*cmd_);
     add_usage(*cmd_);
+    add_snapshot(*cmd_);
   }
 
   int run(Clock::time_point) override {
@@ -56,6 +59,7 @@ class BenchCommand : public Command {
     if (fs_->parsed()) return fs();
     if (fault_->parsed()) return fault();
     if (usage_->parsed()) return usage();
+    if (snapshot_->parsed()) return snapshot();
     return kExitUsage;
   }
 
@@ -283,6 +287,72 @@ class BenchCommand : public Command {
       std::printf("%s", format_usage_bench(rows).c_str());
     return failed ? kExitFailed : kExitOk;
   }
+
+  // `bench snapshot`: save and restore against raw I/O (bench/snapshot.h);
+  // check_snapshot_options refuses, naming the option.
+  void add_snapshot(CLI::App& bench) {
+    snapshot_ = bench.add_subcommand(
+        "snapshot",
+        "Snapshots: save time against a raw write + fsync, size against committed and non-zero bytes, eager and "
+        "lazy restore to the first instruction and to every page read, eager's load against a raw read into a memfd");
+    snapshot_->add_option("--size", snapshot_sizes_, "guest RAM sizes, comma-separated (multiples of 2M, 16M..32G)")
+        ->delimiter(',')
+        ->default_str("256M,1G");
+    snapshot_->add_option("--committed", snapshot_opts_.committed,
+                          "percentages of RAM the guest fills before its snapshot, comma-separated")
+        ->delimiter(',')
+        ->default_str("10,50")
+        ->check(whole_number(1, 90));
+    snapshot_->add_option("--restore", snapshot_restores_, "restore modes to measure: eager, lazy; comma-separated")
+        ->delimiter(',')
+        ->default_str("eager,lazy");
+    snapshot_->add_option("--dir", snapshot_opts_.dir,
+                          "an existing folder to write the snapshots in, inside a temporary folder removed at the "
+                          "end (default: $TMPDIR or /tmp); its disk sets the save's pace");
+    snapshot_->add_option("--repeat", snapshot_opts_.repeat, "each measurement this many times; medians reported")
+        ->capture_default_str()
+        ->check(whole_number(1, 100));
+    snapshot_->add_flag("--cold", snapshot_opts_.cold,
+                        "drop the snapshot from the page cache before each restore and the load floor");
+    snapshot_->add_flag("--quick", snapshot_quick_, "one 32 MiB guest (a smoke check; not figures to quote)");
+    snapshot_->add_flag("--json", snapshot_json_, "print one JSON object per size and committed share, one per line");
+  }
+
+  int snapshot() {
+    if (snapshot_quick_) snapshot_opts_ = quick_snapshot_options(snapshot_opts_);
+    if (!snapshot_sizes_.empty()) snapshot_opts_.sizes.clear();
+    for (const auto& text : snapshot_sizes_) {
+      auto v = parse_size_string(text);
+      if (!v) return report_error(snapshot_json_, kExitUsage, "--size: " + v.error().message);
+      snapshot_opts_.sizes.push_back(*v);
+    }
+    if (!snapshot_restores_.empty()) snapshot_opts_.restores = snapshot_restores_;
+    if (!snapshot_opts_.dir.empty()) {
+      std::error_code ec;
+      if (!std::filesystem::is_directory(snapshot_opts_.dir, ec))
+        return report_error(snapshot_json_, kExitUsage,
+                            fmt::format("--dir: {} is not an existing folder", snapshot_opts_.dir));
+    }
+    if (auto ok = check_snapshot_options(snapshot_opts_); !ok)
+      return report_error(snapshot_json_, kExitUsage, ok.error().message);
+    auto kvm = Kvm::open();
+    if (!kvm) return report_error(snapshot_json_, kExitHost, kvm.error().message);
+    std::function<void(const std::string&)> progress;
+    if (!snapshot_json_) progress = [](const std::string& line) { std::fprintf(stderr, "%s\n", line.c_str()); };
+    auto rows = run_snapshot_bench(*kvm, snapshot_opts_, progress);
+    bool failed = false;
+    for (const auto& row : rows) failed = failed || snapshot_row_failed(row);
+    if (snapshot_json_)
+      for (const auto& row : rows) print_json(row);
+    else
+      std::printf("%s", format_snapshot_bench(rows).c_str());
+    return failed ? kExitFailed : kExitOk;
+  }
+
+  CLI::App* snapshot_ = nullptr;
+  SnapshotBenchOptions snapshot_opts_;
+  std::vector<std::string> snapshot_sizes_, snapshot_restores_;
+  bool snapshot_quick_ = false, snapshot_json_ = false;
 
   CLI::App* usage_ = nullptr;
   UsageBenchOptions usage_opts_;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -64,6 +65,7 @@ Result<LoadStats> load_extents(const SnapshotReader& reader, uint32_t space, Mem
   const bool through_mapping = file.page_size() != kPageSize;
   std::vector<uint8_t> buf(reader.header().extent_cap);
   LoadStats stats;
+  const auto start = std::chrono::steady_clock::now();
   const size_t first = reader.first_extent_of(space);
   const auto extents = reader.extents_of(space);
   size_t k = 0;  // the first range that may cover the next extent
@@ -104,6 +106,7 @@ Result<LoadStats> load_extents(const SnapshotReader& reader, uint32_t space, Mem
     stats.extents++;
     stats.bytes += e.length;
   }
+  stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return stats;
 }
 

@@ -52,6 +52,7 @@ Status save_ranges(MemoryFile& file, uint32_t space, std::span<const SpaceRange>
 struct LoadStats {
   uint64_t extents = 0;
   uint64_t bytes = 0;
+  double seconds = 0;  // from the first extent's read to the last one's write (a load's MB/s: bytes / this)
 };
 
 // Writes every extent of space `space` into `file` at the ranges. Errors:

@@ -53,3 +53,12 @@ TEST_CASE("fixed prints a number with the asked digits after the point", "[bench
   CHECK(fixed(1234.4, 0) == "1234");
   CHECK(fixed(0, 3) == "0.000");
 }
+
+TEST_CASE("size_name prints bytes in the largest unit that divides them", "[bench]") {
+  CHECK(size_name(uint64_t{64} << 30) == "64 GiB");
+  CHECK(size_name(uint64_t{96} << 20) == "96 MiB");
+  CHECK(size_name(uint64_t{1536} << 20) == "1536 MiB");
+  CHECK(size_name(12 * 1024) == "12 KiB");
+  CHECK(size_name(100) == "100 B");
+  CHECK(size_name(0) == "0 B");
+}
