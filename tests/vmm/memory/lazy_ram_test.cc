@@ -13,6 +13,7 @@
 #include <cstring>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <random>
 #include <thread>
 #include <vector>
@@ -240,20 +241,26 @@ TEST_CASE("lazy RAM: a damaged extent is reported once and leaves nobody blocked
   auto reader = SnapshotReader::open(path);
   REQUIRE(reader);  // data is not read at open
   Target t;
-  std::atomic<int> errors{0};
+  std::mutex mu;  // on_error runs on the handler's thread
+  int errors = 0;
   std::string message;
   auto lazy = LazyRam::start(**reader, 0, *t.file, t.ranges, {.fill = false}, [&](const std::string& m) {
+    std::lock_guard lock(mu);
     if (errors++ == 0) message = m;
   });
   REQUIRE(lazy);
   const uint64_t first = (*reader)->extents()[0].offset;
   REQUIRE(finishes(**lazy, [&] { (void)*reinterpret_cast<volatile uint8_t*>(t.host(first)); }));
-  CHECK(errors == 1);
-  CHECK_THAT(message, Catch::Contains("checksum") && Catch::Contains("extent 0"));
+  {
+    std::lock_guard lock(mu);
+    CHECK(errors == 1);
+    CHECK_THAT(message, Catch::Contains("checksum") && Catch::Contains("extent 0"));
+  }
   // Everything else is unregistered: touches elsewhere return at once.
   REQUIRE(finishes(**lazy, [&] { (void)*reinterpret_cast<volatile uint8_t*>(t.host(kSpace - kPage)); }));
   CHECK(!(*lazy)->complete());
   CHECK_THAT((*lazy)->stats().error, Catch::Contains("checksum"));
+  std::lock_guard lock(mu);
   CHECK(errors == 1);
 }
 
