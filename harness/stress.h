@@ -145,7 +145,7 @@ struct StressVm {
   // 2 MiB; with eager prefault also the RAM no region covers; with ahead,
   // all of RAM (a prefault thread may commit again what the guest freed).
   uint64_t max_end_commit = 0;
-  std::optional<StressSnapshotPlan> snapshot;  // config.source is set with it
+  std::optional<StressSnapshotPlan> snapshot{};  // config.source is set with it
 };
 StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index);
 // Its image: every vCPU's program (guest::build_vcpus).
