@@ -189,6 +189,7 @@ struct RoundTally {
       problem(i, v.name, *leak);
     }
     if (!plan.snapshot) return;
+    KVMEM_CHECK(folder, "VM {} has a snapshot step in a run without a snapshot folder", plan.config.name);
     const std::string path = folder->file_of(plan.config.name);
     if (::access(path.c_str(), R_OK) != 0) {
       sum.snapshot_failures++;
