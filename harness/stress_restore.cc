@@ -73,7 +73,9 @@ RestoredTotals run_restored(const Kvm& kvm, const std::vector<RestoreJob>& jobs,
   for (size_t i = 0; i < jobs.size(); i++) {
     RestoredRun& run = totals.runs[i];
     run.mode = jobs[i].mode;
-    vms[i] = restore_snapshot(kvm, jobs[i].path, RestoreOptions{.mode = jobs[i].mode});
+    RestoreOptions options;
+    options.mode = jobs[i].mode;
+    vms[i] = restore_snapshot(kvm, jobs[i].path, options);
     run.restore_exit_code = vms[i].exit_code;
     run.restore_error = vms[i].error;
     run.restore_ms = vms[i].restore_ms;
