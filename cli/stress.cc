@@ -33,6 +33,11 @@ class StressCommand : public Command {
         ->check(whole_number(0, kMaxStressDurationS));
     cmd_->add_option("--seed", seed_, "replay a run: the seed it printed (0 picks one)")
         ->check(whole_number(0, UINT64_MAX));
+    cmd_->add_option("--snapshot-dir", snapshot_dir_,
+                     "where the config's snapshots go (made when missing; overrides \"snapshots\": {\"dir\"}); "
+                     "without either, a new folder under $TMPDIR");
+    cmd_->add_flag("--keep-snapshots", keep_snapshots_,
+                   "keep each snapshot after its VM was restored and ran (the summary says where)");
   }
 
   int run(Clock::time_point) override {
@@ -45,6 +50,13 @@ class StressCommand : public Command {
     if (rounds_ && !duration_s_) config->duration_s = 0;  // --rounds alone: exactly that many
     if (duration_s_ && !rounds_) config->rounds = 0;
     if (seed_) config->seed = *seed_;
+    if (!snapshot_dir_.empty()) config->snapshots.dir = snapshot_dir_;
+    if (keep_snapshots_) config->snapshots.keep = true;
+    if ((!snapshot_dir_.empty() || keep_snapshots_) && !config->snapshots.on())
+      return report_error(json_, kExitUsage,
+                          fmt::format("{}: --snapshot-dir and --keep-snapshots need \"snapshots\": "
+                                      "{{\"probability\": P}} with P above 0 in the config",
+                                      file_));
     if (config->seed == 0) config->seed = random_stress_seed();
     if (config->rounds == 0 && config->duration_s == 0) return report_error(json_, kExitUsage, never_ends());
     auto kvm = Kvm::open();
@@ -110,6 +122,8 @@ class StressCommand : public Command {
   std::string file_;
   bool json_ = false;
   std::optional<uint64_t> rounds_, duration_s_, seed_;
+  std::string snapshot_dir_;
+  bool keep_snapshots_ = false;
 };
 
 }  // namespace

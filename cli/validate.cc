@@ -46,6 +46,7 @@ class ValidateCommand : public Command {
       for (Prefault m : c->prefaults) prefaults.push_back(prefault_name(m));
       stress["backings"] = std::move(backings);
       stress["prefault"] = std::move(prefaults);
+      stress["snapshots"] = {{"probability", c->snapshots.probability}, {"lazy", c->snapshots.lazy}};
       print_json({{"exit_code", 0}, {"stress", std::move(stress)}});
     } else {
       std::printf("%s: ok (stress: %llu VMs of %llu MiB per round, %s)\n", file_.c_str(),

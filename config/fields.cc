@@ -171,6 +171,13 @@ Result<bool> bool_value(const json& j, const Ptr& p) {
   return j.get<bool>();
 }
 
+Result<double> fraction_value(const json& j, const Ptr& p) {
+  if (!j.is_number()) return p.fail("expected a number from 0 to 1, found {}", j.type_name());
+  const double v = j.get<double>();
+  if (!(v >= 0 && v <= 1)) return p.fail("must be from 0 to 1, found {}", j.dump());
+  return v;
+}
+
 Result<std::string> string_value(const json& j, const Ptr& p) {
   if (!j.is_string()) return p.fail("expected a string, found {}", j.type_name());
   return j.get<std::string>();

@@ -59,6 +59,8 @@ Result<uint64_t> required_size(const json& obj, const Ptr& p, const char* key);
 Result<int64_t> signed_value(const json& j, const Ptr& p);
 // true or false.
 Result<bool> bool_value(const json& j, const Ptr& p);
+// A number from 0 to 1 (a probability, a share): 0, 1, 0.25.
+Result<double> fraction_value(const json& j, const Ptr& p);
 // A string.
 Result<std::string> string_value(const json& j, const Ptr& p);
 

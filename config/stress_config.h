@@ -15,6 +15,24 @@ namespace kvmem {
 inline constexpr uint64_t kMaxStressRounds = 1'000'000;
 inline constexpr uint64_t kMaxStressDurationS = 86'400;
 
+// `"snapshots"`: some VMs are snapshotted in the middle of a region and
+// restored (harness/stress.h says where and which).
+struct StressSnapshots {
+  // The share of the VMs that can be snapshotted (file-backed RAM) that are,
+  // each chosen from the seed; 0: none, and no folder is made.
+  double probability = 0;
+  // The share of the snapshots restored lazily (the rest eagerly); hugetlb
+  // RAM is always restored eagerly.
+  double lazy = 0.5;
+  // Where the snapshots go: empty for a new folder under $TMPDIR (or /tmp).
+  std::string dir;
+  // Keep each snapshot (and the folder) after its VM ran; else each goes
+  // once its restored VM has ended, and a folder made for the run with it.
+  bool keep = false;
+
+  bool on() const { return probability > 0; }
+};
+
 // `kvmem stress`: rounds of VMs that write, free and verify at random.
 struct StressConfig {
   uint64_t seed = 0;            // 0: pick one at random (and print it)
@@ -39,6 +57,7 @@ struct StressConfig {
   // lists (not empty; a name listed twice is picked twice as often).
   std::vector<RamBacking> backings{RamBacking::kMemfd};
   std::vector<Prefault> prefaults{Prefault::kNone};
+  StressSnapshots snapshots;
 };
 Result<StressConfig> load_stress_config(const std::string& path);
 // The JSON of a config file, for a caller that must look before it parses.

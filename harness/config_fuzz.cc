@@ -7,7 +7,9 @@
 // as the CLI's prepare() does. Every input must end in a value or an Error
 // whose message can be reported (validate --json prints it), never in an
 // exception, an abort or a sanitizer report. An accepted config's files and
-// windows must keep the rules docs/config.md gives them.
+// windows must keep the rules docs/config.md gives them, and every VM
+// written back to JSON (config/vm_json.h, what a snapshot keeps) must
+// parse to the same VM and code.
 //
 // It lives in harness/, not config/, because stress VMs are made by
 // make_stress_vm (harness/stress.h): a file may not include from above.
@@ -21,6 +23,7 @@
 #include "base/fuzz.h"
 #include "config/stress_config.h"
 #include "config/vm_config.h"
+#include "config/vm_json.h"
 #include "guest/abi.h"
 #include "guest/boot.h"
 #include "guest/layout.h"
@@ -153,6 +156,29 @@ void check_assembles(const std::vector<guest::Step>& program, uint64_t memory) {
               image->bytes.size());
 }
 
+// What a snapshot keeps of a VM is its config written back to JSON
+// (config/vm_json.h), and a restore parses it again: it must parse, to the
+// same VM and the same code.
+void check_round_trip(const VmConfig& vm, const std::vector<FileConfig>& files) {
+  json j = vm_config_json(vm);
+  if (!vm.windows.empty()) {
+    json fs = json::array();
+    for (const FileConfig& f : files) fs.push_back({{"name", f.name}, {"size", f.size}});
+    j["files"] = std::move(fs);
+  }
+  auto again = parse_run_config(j, "fuzz");
+  KVMEM_CHECK(again && again->vms.size() == 1, "VM {} written back as {} does not parse: {}", vm.name, j.dump(),
+              again ? std::string("more than one VM") : again.error().message);
+  const VmConfig& b = again->vms[0];
+  KVMEM_CHECK(b.name == vm.name && b.memory == vm.memory && b.vcpus == vm.vcpus && b.backing == vm.backing &&
+                  b.prefault == vm.prefault && b.windows.size() == vm.windows.size(),
+              "VM {} written back as {} parses to another VM", vm.name, j.dump());
+  auto x = guest::build_vcpus(vm.vcpu_programs(), vm.machine());
+  auto y = guest::build_vcpus(b.vcpu_programs(), b.machine());
+  KVMEM_CHECK(x.has_value() == y.has_value() && (!x || x->bytes == y->bytes),
+              "VM {} written back as {} assembles to other code", vm.name, j.dump());
+}
+
 void stress(const json& j) {
   auto c = parse_stress_config(j);
   if (!c) return check_reportable(c.error());
@@ -178,6 +204,11 @@ void stress(const json& j) {
     }
     KVMEM_CHECK(image->bytes.size() <= guest::layout::kProgramEnd - guest::layout::kProgramAddr,
                 "{} bytes of guest code", image->bytes.size());
+    if (s.snapshot) {
+      KVMEM_CHECK(vm.backing != RamBacking::kAnon && !vm.source.empty(), "a {} VM chosen for a snapshot, source {}",
+                  ram_backing_name(vm.backing), vm.source.size());
+      check_round_trip(vm, {});
+    }
   }
 }
 
@@ -191,6 +222,7 @@ void run(const json& j) {
     (void)json{{"name", vm.name}}.dump();  // validate --json names every VM
     check_stays_in_bounds(vm.program, vm);
     check_assembles(vm.program, vm.memory);
+    check_round_trip(vm, c->files);
   }
 }
 

@@ -196,6 +196,13 @@ json stress_report(const StressSummary& s) {
     b["failed"] = t.failed;
   }
   j["backings"] = std::move(backings);
+  j["snapshots"] = {{"vms", s.snapshot_vms},
+                    {"taken", s.snapshots_taken},
+                    {"restored_lazy", s.restored_lazy},
+                    {"restored_eager", s.restored_eager},
+                    {"snapshot_failures", s.snapshot_failures},
+                    {"restore_failures", s.restore_failures},
+                    {"dir", s.snapshot_dir.empty() ? json() : json(s.snapshot_dir)}};
   j["elapsed_s"] = s.elapsed_s;
   j["vms_per_s"] = s.elapsed_s > 0 ? static_cast<double>(s.vms_booted) / s.elapsed_s : 0.0;
   j["gib_reclaimed_per_s"] = s.elapsed_s > 0 ? gib_reclaimed / s.elapsed_s : 0.0;

@@ -152,6 +152,7 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
         StopRegistration stoppable(**vm);  // a signal stops it (harness/interrupt.h)
         out.result = (*vm)->run(vm_echo);
       }
+      out.snapshots = (*vm)->snapshots_taken();
       record_memory(**vm, out);
       sampler.sample();
       // The Vm goes here, on its own thread: its RAM goes back to the file.

@@ -44,6 +44,9 @@ struct VmOutcome {
   // (mincore over its RAM). Anonymous RAM has only the kernel's, in both.
   uint64_t committed_bytes = 0;
   uint64_t host_committed_bytes = 0;
+  // Snapshot rounds its vCPUs finished (Vm::snapshots_taken: taken or
+  // failed): a VM that failed after one reached its snapshot step.
+  uint64_t snapshots = 0;
 
   // 0 exited with 0 · 1 failed · 3 could not be created.
   int exit_code() const { return setup_error.empty() ? result.process_exit_code() : 3; }

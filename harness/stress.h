@@ -30,6 +30,20 @@
 // reported free (hugetlb: at least every whole region), and when its
 // program ended it held no more RAM (mincore) than its prefault explains,
 // plus `slack`.
+//
+// Snapshots (config "snapshots", harness/stress_restore.h): a VM chosen from
+// the seed (a stream of its own) gets a snapshot step with then = exit in
+// one region, on every vCPU: after the region was filled and its sub-range
+// freed, before the sub-range is verified zero. The VM the round starts
+// writes its snapshot there and exits; once the round's VMs are gone, the
+// VM is restored from it (lazily or eagerly, also from the seed) and runs
+// the rest of its program, whose verifies prove that the snapshot lost
+// nothing: the pattern, and the zeros of what was freed before it. Only VMs
+// whose snapshot can hold them are chosen: RAM on a file (not anon; no
+// stress VM has windows), and the chosen ones free synchronously (the free
+// ring's state is not in snapshots yet); hugetlb RAM is restored eagerly.
+// Both halves are checked as a whole VM is, each for its own part of the
+// frees, and the restored VM's memory file must be empty once it has gone.
 #pragma once
 
 #include <cstdint>
@@ -46,6 +60,7 @@
 #include "config/stress_config.h"
 #include "guest/program.h"
 #include "harness/runner.h"
+#include "harness/snapshot.h"
 #include "vmm/kvm/kvm.h"
 
 namespace kvmem {
@@ -85,6 +100,16 @@ struct StressSummary {
   // report not decommitted in full, or RAM still held when the program ended.
   uint64_t vm_leaks = 0;
   std::vector<StressBackingTally> backings;  // each backing of the config, in its order
+  // Snapshots (config "snapshots"). In a run where nothing fails,
+  // snapshot_vms = snapshots_taken = restored_lazy + restored_eager.
+  uint64_t snapshot_vms = 0;     // VMs given a snapshot step
+  uint64_t snapshots_taken = 0;  // snapshot files written
+  uint64_t restored_lazy = 0, restored_eager = 0;  // restores that gave a VM ready to run, by mode
+  // VMs that reached their snapshot step but left no snapshot; snapshots
+  // that could not be restored, or whose data turned out damaged while the
+  // restored VM ran (kind snapshot). Each is also one of vm_failures.
+  uint64_t snapshot_failures = 0, restore_failures = 0;
+  std::string snapshot_dir;  // where the snapshots were kept; empty when removed
   bool budget_exceeded = false;
   double elapsed_s = 0;
   std::vector<std::string> problems;  // one sentence each: seed, round, VM, what
@@ -101,6 +126,16 @@ struct StressSummary {
 // never wrapped, so a terminal can redraw it in place.
 std::string format_progress_line(const StressProgress& p, const StressConfig& config, size_t width, bool bar);
 
+// Where a VM's snapshot step is, and how it comes back.
+struct StressSnapshotPlan {
+  uint64_t region = 0;  // the step comes after this region's first free
+  RestoreMode mode = RestoreMode::kEager;
+  // Of the VM's bytes_freed, what the steps before the snapshot free; and
+  // of its bytes_written, the regions freed whole before it.
+  uint64_t bytes_freed_before = 0;
+  uint64_t regions_freed_before = 0;
+};
+
 // One VM of one round, with what its program will write and free.
 struct StressVm {
   VmConfig config;  // `program` for one vCPU, `programs` for several
@@ -110,18 +145,27 @@ struct StressVm {
   // 2 MiB; with eager prefault also the RAM no region covers; with ahead,
   // all of RAM (a prefault thread may commit again what the guest freed).
   uint64_t max_end_commit = 0;
+  std::optional<StressSnapshotPlan> snapshot{};  // config.source is set with it
 };
 StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, uint64_t index);
 // Its image: every vCPU's program (guest::build_vcpus).
 Result<guest::Image> build_stress_vm(const StressVm& vm);
+
+// Which part of a VM's program a run ran: all of it, or the part before
+// or after its snapshot step (vm.snapshot).
+enum class StressPart { kWhole, kBeforeSnapshot, kAfterSnapshot };
 
 // For a VM that ran `out` (exit 0) from `vm`: why it did not give back
 // what its guest freed, as a sentence, or nothing. Its guest must have
 // reported exactly vm.bytes_freed with no range refused; the VMM must have
 // decommitted all of it (hugetlb: no more, and at least every whole region,
 // vm.bytes_written); and the RAM it held when the program ended (mincore)
-// may pass vm.max_end_commit by `slack` at most.
-std::optional<std::string> stress_vm_leak(const StressVm& vm, const VmOutcome& out, uint64_t slack);
+// may pass vm.max_end_commit by `slack` at most. For a part, the frees and
+// whole regions are that part's (StressSnapshotPlan); the part before the
+// snapshot still holds the region it stopped in, so its RAM is not
+// checked here (it goes with the VM, and the round's check sees it).
+std::optional<std::string> stress_vm_leak(const StressVm& vm, const VmOutcome& out, uint64_t slack,
+                                          StressPart part = StressPart::kWhole);
 
 // Programs at least as large as any make_stress_vm() can generate for this
 // config, for any seed, round or VM; and a check that they assemble, so that

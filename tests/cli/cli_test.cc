@@ -43,7 +43,8 @@ TEST_CASE("bad usage exits 2", "[cli]") {
 
 TEST_CASE("validate accepts the shipped configs", "[cli]") {
   for (const char* c : {"configs/hello.json", "configs/steps.json", "configs/patterns.json", "configs/faults/divide-by-zero.json",
-                    "configs/many-vms.json", "configs/reclaim-stress.json", "configs/stress-quick.json"}) {
+                    "configs/many-vms.json", "configs/reclaim-stress.json", "configs/stress-quick.json",
+                    "configs/stress-snapshots.json"}) {
     INFO(c);
     auto r = run_kvmem({"validate", c});
     INFO(r.err);

@@ -180,6 +180,12 @@ def config_seeds():
     s["stress-vcpus-bad"] = {"stress": {"vcpus": [4, 2, 1], "backings": [], "prefault": "sometimes"}}
     s["stress-vcpus-extremes"] = {"stress": {"vcpus": 16, "regions_per_vm": 1000, "vm_memory": "32G",
                                              "backings": "anon", "prefault": ["ahead", 7]}}
+    s["stress-snapshots"] = {"stress": {"rounds": 1, "vm_memory": "16M", "ram_unit": "2M", "region_max": "8M",
+                                        "vcpus": [1, 16], "backings": ["memfd", "anon", "hugetlb"],
+                                        "prefault": ["none", "ahead"], "inject_corruption": True,
+                                        "snapshots": {"probability": 1, "lazy": 0.5, "dir": "/tmp/x", "keep": False}}}
+    s["stress-snapshots-bad"] = {"stress": {"backings": ["anon"],
+                                            "snapshots": {"probability": 1.5, "lazy": "half", "dir": "", "keep": 1}}}
     s.update(window_seeds(vm))
     out = {k: json.dumps(v).encode() for k, v in s.items()}
     out["not-json"] = b'{"name": "x", "memory": 16M}'

@@ -3,6 +3,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <set>
 
@@ -12,6 +14,8 @@
 #include "harness/report.h"
 #include "harness/runner.h"
 #include "harness/stress.h"
+#include "harness/stress_restore.h"
+#include "config/vm_config.h"
 
 using namespace kvmem;
 using json = nlohmann::json;
@@ -536,4 +540,354 @@ TEST_CASE("a stress config with a backing the host cannot give is refused before
   unlink(path);
   CHECK(r.exit_code == 3);
   CHECK(r.err.find("this host cannot give hugetlb RAM") != std::string::npos);
+}
+
+// Snapshots in stress (harness/stress.h, "Snapshots"; harness/stress_restore.h).
+
+namespace {
+
+StressConfig with_snapshots(double probability, double lazy) {
+  StressConfig c = small();
+  c.snapshots.probability = probability;
+  c.snapshots.lazy = lazy;
+  return c;
+}
+
+// A fresh empty folder under /tmp, removed with what is in it at the end of the scope.
+struct TempFolder {
+  std::string path;
+  TempFolder() {
+    char name[] = "/tmp/kvmem-stress-test-XXXXXX";
+    REQUIRE(mkdtemp(name));
+    path = name;
+  }
+  ~TempFolder() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  std::vector<std::string> entries() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(path)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+};
+
+// Where the snapshot step lies in one vCPU's program, and what the steps
+// before it free.
+struct SnapshotSpot {
+  size_t index = 0;
+  uint64_t freed_before = 0;
+};
+std::optional<SnapshotSpot> snapshot_spot(const std::vector<guest::Step>& program) {
+  std::optional<SnapshotSpot> spot;
+  uint64_t freed = 0;
+  for (size_t i = 0; i < program.size(); i++) {
+    if (program[i].is<guest::Snapshot>()) {
+      CHECK_FALSE(spot);  // one snapshot step
+      CHECK(program[i].as<guest::Snapshot>().exit);
+      spot = SnapshotSpot{i, freed};
+    }
+    if (const auto* f = std::get_if<guest::Free>(&program[i])) freed += f->length;
+  }
+  return spot;
+}
+
+}  // namespace
+
+TEST_CASE("stress snapshots: chosen VMs are file-backed, free sync, and every vCPU meets at one step mid-region",
+          "[stress][snapshot]") {
+  StressConfig c = with_snapshots(0.5, 0.5);
+  c.vcpus_min = 1;
+  c.vcpus_max = 3;
+  c.regions_per_vm = 4;
+  c.backings = {RamBacking::kMemfd, RamBacking::kAnon, RamBacking::kHugetlb};
+  StressConfig off = c;
+  off.snapshots = {};
+  std::set<RestoreMode> modes;
+  uint64_t chosen = 0, file_backed = 0;
+  for (uint64_t index = 0; index < 60; index++) {
+    const StressVm vm = make_stress_vm(c, 17, 2, index);
+    const StressVm plain = make_stress_vm(off, 17, 2, index);
+    INFO("VM " << index << ", " << ram_backing_name(vm.config.backing) << ", " << vm.config.vcpus << " vCPUs");
+    // Reproducible: the same seed makes the same choice.
+    CHECK(make_stress_vm(c, 17, 2, index).snapshot.has_value() == vm.snapshot.has_value());
+    file_backed += vm.config.backing != RamBacking::kAnon;
+    if (!vm.snapshot) {
+      // Turning snapshots on changes only the VMs they choose.
+      CHECK(build_stress_vm(vm)->bytes == build_stress_vm(plain)->bytes);
+      CHECK(vm.config.source.empty());
+      continue;
+    }
+    chosen++;
+    modes.insert(vm.snapshot->mode);
+    CHECK(vm.config.backing != RamBacking::kAnon);
+    if (vm.config.backing == RamBacking::kHugetlb) CHECK(vm.snapshot->mode == RestoreMode::kEager);
+    CHECK(vm.snapshot->region < c.regions_per_vm);
+    // The same regions, patterns and sizes as without snapshots: only the modes and the step differ.
+    CHECK(vm.bytes_written == plain.bytes_written);
+    CHECK(vm.bytes_freed == plain.bytes_freed);
+    uint64_t freed_before = 0;
+    for (const auto& program : vm.config.vcpu_programs()) {
+      const auto spot = snapshot_spot(program);
+      REQUIRE(spot);  // every vCPU, with a slice or not, meets at the snapshot
+      freed_before += spot->freed_before;
+      for (const guest::Step& s : program)
+        if (const auto* f = std::get_if<guest::Free>(&s)) CHECK(f->mode == guest::FreeMode::kSync);
+      // With a slice: after the region's fill and first free, before its zero verify.
+      if (spot->index >= 2 && program[spot->index - 1].is<guest::Free>()) {
+        CHECK(program[spot->index - 2].is<guest::Fill>());
+        REQUIRE(spot->index + 1 < program.size());
+        const auto& verify = program[spot->index + 1];
+        REQUIRE(verify.is<guest::Verify>());
+        CHECK(verify.as<guest::Verify>().pattern.kind == guest::Pattern::Kind::kZero);
+        CHECK(verify.as<guest::Verify>().at == program[spot->index - 1].as<guest::Free>().at);
+      } else {
+        CHECK(program[spot->index - 1].is<guest::Barrier>());  // no slice in that region
+      }
+    }
+    CHECK(freed_before == vm.snapshot->bytes_freed_before);
+    // The config a snapshot keeps parses back to the same VM.
+    auto again = parse_run_config(json::parse(vm.config.source), "vm");
+    REQUIRE(again);
+    REQUIRE(again->vms.size() == 1);
+    CHECK(again->vms[0].name == vm.config.name);
+    CHECK(again->vms[0].backing == vm.config.backing);
+    CHECK(again->vms[0].prefault == vm.config.prefault);
+    CHECK(build_stress_vm(StressVm{.config = again->vms[0]})->bytes == build_stress_vm(vm)->bytes);
+  }
+  CHECK(chosen > file_backed / 4);
+  CHECK(chosen < file_backed);
+  CHECK(modes.size() == 2);
+  // Every program, with its step, fits the worst case validate assembles.
+  REQUIRE(check_stress_programs(c));
+}
+
+TEST_CASE("the stress leak check splits a snapshotted VM's frees at its snapshot", "[stress][snapshot]") {
+  StressConfig c = with_snapshots(1, 0);
+  StressVm vm = make_stress_vm(c, 3, 0, 0);
+  REQUIRE(vm.snapshot);
+  const uint64_t before = vm.snapshot->bytes_freed_before, after = vm.bytes_freed - before;
+  REQUIRE(before > 0);
+  REQUIRE(after > 0);
+  VmOutcome out;
+  out.result.outcome = RunOutcome::kExited;
+  out.result.bytes_reported_free = out.result.bytes_decommitted = before;
+  out.host_committed_bytes = 64ull << 20;  // the part before holds its region: not checked
+  CHECK_FALSE(stress_vm_leak(vm, out, 0, StressPart::kBeforeSnapshot));
+  CHECK(stress_vm_leak(vm, out, 0, StressPart::kAfterSnapshot)->find("after the snapshot frees") != std::string::npos);
+  CHECK(stress_vm_leak(vm, out, 0, StressPart::kWhole));
+  out.result.bytes_reported_free = out.result.bytes_decommitted = after;
+  out.host_committed_bytes = 2ull << 20;
+  CHECK_FALSE(stress_vm_leak(vm, out, 0, StressPart::kAfterSnapshot));
+  out.host_committed_bytes += 4096;  // the restored VM's end is checked as a whole VM's is
+  CHECK(stress_vm_leak(vm, out, 0, StressPart::kAfterSnapshot)->find("when its program ended") != std::string::npos);
+}
+
+TEST_CASE("a short stress run with snapshots restores lazily and eagerly, loses nothing and gives all commit back",
+          "[stress][kvm][snapshot]") {
+  REQUIRE_KVM();
+  StressConfig c = with_snapshots(0.6, 0.5);
+  c.vms_per_round = 3;
+  c.vcpus_min = 1;
+  c.vcpus_max = 2;
+  c.backings = {RamBacking::kMemfd, RamBacking::kAnon};
+  c.prefaults = {Prefault::kNone, Prefault::kEager};
+  // The first seed whose rounds restore both ways (the choice is the seed's alone).
+  for (c.seed = 1;; c.seed++) {
+    REQUIRE(c.seed < 100);
+    std::set<RestoreMode> modes;
+    for (uint64_t round = 0; round < c.rounds; round++)
+      for (uint64_t i = 0; i < c.vms_per_round; i++)
+        if (auto s = make_stress_vm(c, c.seed, round, i).snapshot) modes.insert(s->mode);
+    if (modes.size() == 2) break;
+  }
+  INFO("seed " << c.seed);
+  TempFolder folder;
+  c.snapshots.dir = folder.path;
+  auto sum = stress(c);
+  REQUIRE(sum);
+  INFO(sum->to_text());
+  CHECK(sum->exit_code() == 0);
+  CHECK(sum->integrity_errors == 0);
+  CHECK(sum->vm_failures == 0);
+  CHECK(sum->vm_leaks == 0);
+  CHECK(sum->commit_leaks == 0);
+  CHECK(sum->snapshot_vms > 0);
+  CHECK(sum->snapshots_taken == sum->snapshot_vms);
+  CHECK(sum->restored_lazy > 0);
+  CHECK(sum->restored_eager > 0);
+  CHECK(sum->restored_lazy + sum->restored_eager == sum->snapshots_taken);
+  CHECK(sum->snapshot_failures == 0);
+  CHECK(sum->restore_failures == 0);
+  CHECK(sum->bytes_reclaimed == sum->bytes_freed);  // both halves of every VM freed all they reported
+  CHECK(sum->final_commit_bytes == 0);
+  CHECK(sum->snapshot_dir.empty());
+  CHECK(folder.entries().empty());  // each snapshot went once its VM had run; the folder is the config's and stays
+  const json j = stress_report(*sum);
+  CHECK(j["snapshots"]["taken"] == sum->snapshots_taken);
+  CHECK(j["snapshots"]["restored_lazy"] == sum->restored_lazy);
+  CHECK(j["snapshots"]["dir"].is_null());
+
+  SECTION("kept, the snapshots stay, one per VM snapshotted, and the summary says where") {
+    c.snapshots.keep = true;
+    c.rounds = 1;
+    auto kept = stress(c);
+    REQUIRE(kept);
+    CHECK(kept->exit_code() == 0);
+    CHECK(kept->snapshot_dir == folder.path);
+    std::vector<std::string> want;
+    for (uint64_t i = 0; i < c.vms_per_round; i++)
+      if (make_stress_vm(c, c.seed, 0, i).snapshot) want.push_back(fmt::format("r0-vm{}.kvmsnap", i));
+    REQUIRE(!want.empty());
+    CHECK(folder.entries() == want);
+    CHECK(kept->to_text().find("kept in " + folder.path) != std::string::npos);
+  }
+}
+
+TEST_CASE("a restored stress VM still catches corruption: its verify runs after the restore",
+          "[stress][kvm][snapshot]") {
+  REQUIRE_KVM();
+  for (double lazy : {1.0, 0.0}) {
+    // One region, so the snapshot comes before the injected verify of region 0.
+    StressConfig c = with_snapshots(1, lazy);
+    c.seed = 7;
+    c.rounds = 1;
+    c.regions_per_vm = 1;
+    c.inject_corruption = true;
+    const char* how = lazy ? "lazily" : "eagerly";
+    INFO("restored " << how);
+    auto sum = stress(c);
+    REQUIRE(sum);
+    INFO(sum->to_text());
+    CHECK(sum->exit_code() == 1);
+    CHECK(sum->integrity_errors == 1);
+    CHECK(sum->vm_failures == 0);
+    CHECK(sum->vm_leaks == 0);  // the failed restored VM's file came back empty too
+    CHECK(sum->snapshots_taken == 2);
+    CHECK((lazy ? sum->restored_lazy : sum->restored_eager) == 2);
+    REQUIRE(sum->problems.size() == 1);
+    CHECK(sum->problems[0].rfind(
+              fmt::format("seed 7 round 0 vm r0-vm0, restored {}: verify failed at guest-physical 0x", how), 0) == 0);
+    CHECK(sum->problems[0].find(fmt::format("snapshot in region 0, restored {})", how)) != std::string::npos);
+    CHECK(sum->final_commit_bytes == 0);
+  }
+}
+
+TEST_CASE("a damaged stress snapshot is refused eagerly and fails its VM lazily, and the file still comes back empty",
+          "[stress][kvm][snapshot]") {
+  REQUIRE_KVM();
+  StressConfig c = with_snapshots(1, 1);
+  c.seed = 5;
+  c.rounds = 1;
+  c.vms_per_round = 1;
+  TempFolder folder;
+  c.snapshots.dir = folder.path;
+  c.snapshots.keep = true;
+  auto sum = stress(c);
+  REQUIRE(sum);
+  REQUIRE(sum->snapshots_taken == 1);
+  const std::string path = folder.path + "/r0-vm0.kvmsnap";
+  {
+    // The first extent's data starts at 4096 (docs/snapshot.md): flip a byte of it.
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    REQUIRE(f);
+    f.seekg(4096);
+    char b = 0;
+    f.read(&b, 1);
+    b = static_cast<char>(b ^ 0x5a);
+    f.seekp(4096);
+    f.write(&b, 1);
+  }
+  auto kvm = Kvm::open();
+  REQUIRE(kvm);
+  const RestoredTotals t =
+      run_restored(*kvm, {RestoreJob{path, RestoreMode::kEager}, RestoreJob{path, RestoreMode::kLazy}}, MemoryLimit{});
+  REQUIRE(t.runs.size() == 2);
+  const RestoredRun& eager = t.runs[0];
+  CHECK(eager.restore_exit_code == 2);
+  CHECK(eager.restore_error.find("checksum") != std::string::npos);
+  const RestoredRun& lazy = t.runs[1];
+  REQUIRE(lazy.restored());
+  CHECK(lazy.out.exit_code() == 2);
+  CHECK(lazy.out.result.failure == FailureKind::kSnapshot);
+  CHECK_FALSE(lazy.lazy.error.empty());
+  CHECK(lazy.file_committed_after == 0);
+  CHECK(lazy.file_host_committed_after == 0);
+}
+
+TEST_CASE("the stress key snapshots parses, and its errors name the pointer", "[stress][snapshot]") {
+  auto ok = parse_stress_config(
+      json::parse(R"({"stress": {"snapshots": {"probability": 0.25, "lazy": 1, "dir": "/tmp/x", "keep": true}}})"));
+  REQUIRE(ok);
+  CHECK(ok->snapshots.probability == 0.25);
+  CHECK(ok->snapshots.lazy == 1.0);
+  CHECK(ok->snapshots.dir == "/tmp/x");
+  CHECK(ok->snapshots.keep);
+  auto defaults = parse_stress_config(json::parse(R"({"stress": {"snapshots": {"probability": 1}}})"));
+  REQUIRE(defaults);
+  CHECK(defaults->snapshots.lazy == 0.5);
+  CHECK(defaults->snapshots.dir.empty());
+  CHECK_FALSE(defaults->snapshots.keep);
+  CHECK_FALSE(parse_stress_config(json::parse(R"({"stress": {}})"))->snapshots.on());
+  // Off: anon alone is fine.
+  CHECK(parse_stress_config(json::parse(R"({"stress": {"backings": ["anon"], "snapshots": {"probability": 0}}})")));
+  struct {
+    const char* stress;
+    const char* error;
+  } cases[] = {
+      {R"({"snapshots": {}})", "/stress/snapshots: missing required key \"probability\""},
+      {R"({"snapshots": 0.5})", "/stress/snapshots: expected an object"},
+      {R"({"snapshots": {"probability": 1.5}})", "/stress/snapshots/probability: must be from 0 to 1, found 1.5"},
+      {R"({"snapshots": {"probability": -0.1}})", "/stress/snapshots/probability: must be from 0 to 1, found -0.1"},
+      {R"({"snapshots": {"probability": "half"}})", "/stress/snapshots/probability: expected a number from 0 to 1"},
+      {R"({"snapshots": {"probability": 1, "lazy": 2}})", "/stress/snapshots/lazy: must be from 0 to 1, found 2"},
+      {R"({"snapshots": {"probability": 1, "dir": ""}})", "/stress/snapshots/dir: expected the path of a folder"},
+      {R"({"snapshots": {"probability": 1, "dir": 3}})", "/stress/snapshots/dir: expected a string"},
+      {R"({"snapshots": {"probability": 1, "keep": "yes"}})", "/stress/snapshots/keep: expected true or false"},
+      {R"({"snapshots": {"probability": 1, "eager": 1}})", "/stress/snapshots/eager: unknown key"},
+      {R"({"backings": ["anon"], "snapshots": {"probability": 0.5}})",
+       "/stress/snapshots/probability: no backing of /stress/backings can be snapshotted yet"},
+  };
+  for (const auto& t : cases) {
+    INFO(t.stress);
+    auto bad = parse_stress_config(json{{"stress", json::parse(t.stress)}});
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().message.rfind(t.error, 0) == 0);
+  }
+}
+
+TEST_CASE("kvmem stress with snapshots: --json counts, --keep-snapshots, a temp folder removed, bad usage exits 2",
+          "[stress][cli][kvm][snapshot]") {
+  REQUIRE_KVM();
+  TempFolder tmp;
+  auto r = test::run_command({test::kvmem_binary(), "stress", "configs/stress-snapshots.json", "--json", "--rounds",
+                              "1", "--seed", "3"},
+                             {"TMPDIR=" + tmp.path});
+  INFO(r.err);
+  REQUIRE(r.exit_code == 0);
+  const json j = json::parse(r.out);
+  for (const char* key : {"vms", "taken", "restored_lazy", "restored_eager", "snapshot_failures", "restore_failures",
+                          "dir"})
+    CHECK(j["snapshots"].contains(key));
+  CHECK(j["snapshots"]["taken"].get<uint64_t>() ==
+        j["snapshots"]["restored_lazy"].get<uint64_t>() + j["snapshots"]["restored_eager"].get<uint64_t>());
+  CHECK(j["snapshots"]["taken"] == j["snapshots"]["vms"]);
+  CHECK(j["integrity_errors"] == 0);
+  CHECK(tmp.entries().empty());  // the run's own folder under TMPDIR went with it
+
+  TempFolder kept;
+  auto k = test::run_command({test::kvmem_binary(), "stress", "configs/stress-snapshots.json", "--json", "--rounds",
+                              "1", "--seed", "3", "--snapshot-dir", kept.path, "--keep-snapshots"});
+  REQUIRE(k.exit_code == 0);
+  const json kj = json::parse(k.out);
+  CHECK(kj["snapshots"]["dir"] == kept.path);
+  CHECK(kept.entries().size() == kj["snapshots"]["taken"].get<size_t>());
+
+  auto bad = test::run_command({test::kvmem_binary(), "stress", "configs/stress-quick.json", "--keep-snapshots"});
+  CHECK(bad.exit_code == 2);
+  CHECK(bad.err.find("--snapshot-dir and --keep-snapshots need \"snapshots\"") != std::string::npos);
+  auto v = test::run_command({test::kvmem_binary(), "validate", "configs/stress-snapshots.json", "--json"});
+  REQUIRE(v.exit_code == 0);
+  CHECK(json::parse(v.out)["stress"]["snapshots"]["probability"] == 0.6);
 }

@@ -185,8 +185,12 @@ struct LazyRam::State {
     if (failed) return;
     failed = true;
     stats.error = message;
-    // The owner hears first (it stops the VM), then every waiter is let go
-    // to find holes: whatever a vCPU does with them comes after the stop.
+    // Tell first, then unregister: unregistering wakes the faults waiting
+    // in the ranges, and they go on with the pages that were never loaded
+    // (zeros). A VM that on_error stops is stopped before they wake (a
+    // vCPU with a stop pending leaves KVM_RUN rather than enter the guest
+    // again), so it ends as the snapshot's failure, not as whatever the
+    // guest does with zeros; and a waiter that wakes finds the error set.
     if (on_error) on_error(message);
     for (Registration& r : regs) unregister_locked(r);
   }

@@ -32,9 +32,10 @@
 // what is owed, so nothing is written there after the punch that follows.
 //
 // A failure (a damaged extent, a failed pwrite or ioctl) calls on_error
-// once with the message, and the ranges are unregistered so no thread stays
-// blocked; the pages not loaded then read zero, so the caller must stop the
-// VM (the guest's data is not whole).
+// once with the message, and then the ranges are unregistered so no thread
+// stays blocked; the pages not loaded then read zero, so the caller must
+// stop the VM (the guest's data is not whole), from on_error: then it is
+// stopped before any fault waiting in the ranges returns.
 //
 // Lifetime: reader and file outlive the LazyRam; stop() (or the destructor)
 // must run before the ranges are given back to the file.

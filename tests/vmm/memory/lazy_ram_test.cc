@@ -151,9 +151,13 @@ TEST_CASE("lazy RAM reads back byte for byte through the mapping, and each exten
   const size_t extents = (*reader)->extents_of(0).size();
   CHECK(s.extents_on_demand + s.extents_filled == extents);
   CHECK(s.bytes_on_demand + s.bytes_filled == data_pages * kPage);
-  CHECK(s.faults > 0);
-  CHECK(s.zero_faults > 0);  // the holes were touched too
-  if (!fill) CHECK(s.extents_filled == 0);
+  if (!fill) {
+    // With the filler on, it may have loaded every extent and unregistered
+    // the ranges before the first touch (seen under load): no fault is ours.
+    CHECK(s.faults > 0);
+    CHECK(s.zero_faults > 0);  // the holes were touched too
+    CHECK(s.extents_filled == 0);
+  }
   (*lazy)->stop();
   // The file itself, after the fact.
   for (uint64_t p = 0; p < kPages; p += 7) CHECK(page_is(t.pread_page(p).data(), p, 5));
