@@ -124,7 +124,7 @@ Step fill(uint64_t at, uint64_t length, uint64_t seed) {
     if (!img) _exit(14);
     images.push_back(std::move(*img));
   }
-  RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{*limit, 5});
+  RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{*limit, 5, nullptr, {}});
   const std::string report = run_report(t).dump();
   if (write(out, report.data(), report.size()) != static_cast<ssize_t>(report.size())) _exit(15);
   _exit(0);

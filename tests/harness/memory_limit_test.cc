@@ -192,7 +192,7 @@ TEST_CASE("run_vms reports the limit it kept under and every VM when one is stop
   vms[0].timeout_ms = 20'000;
   std::vector<guest::Image> images;
   for (const VmConfig& v : vms) images.push_back(*guest::build(v.program, {.ram_bytes = v.memory}));
-  RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{cg.limit(), 5});
+  RunTotals t = run_vms(*kvm, **file, vms, images, nullptr, RunOptions{cg.limit(), 5, nullptr, {}});
   REQUIRE(t.vms.size() == 2);
   INFO(run_report(t).dump(2));
   CHECK(t.vms[0].result.failure == FailureKind::kMemoryLimit);
