@@ -41,23 +41,38 @@ class RestoreCommand : public Command {
     if (!json_) echo = [&console](std::string_view text) { write_stdout(console.feed(text)); };
     out.result = r.vm->run(echo);
     record_memory(*r.vm, out);
+    if (r.files) totals.files = file_outcomes(*r.files);
     totals.wall_ms = ms_since(start);
     if (json_) {
       nlohmann::json report = run_report(totals);
+      const SnapshotDevices& b = r.before;
       report["restore"] = {{"mode", restore_mode_name(options.mode)},
                            {"restore_ms", r.restore_ms},
                            {"snapshot_bytes", r.snapshot_bytes},
                            {"extents", r.load.extents},
-                           {"bytes", r.load.bytes}};
+                           {"bytes", r.load.bytes},
+                           {"files", r.files_restored},
+                           // What the VM did before its snapshot: the
+                           // report's console and counters are the
+                           // restored run's alone.
+                           {"before",
+                            {{"console", b.console.text},
+                             {"console_dropped_bytes", b.console.dropped},
+                             {"free_reports", b.frees.reports},
+                             {"free_ranges", b.frees.ranges},
+                             {"free_ranges_invalid", b.frees.invalid_ranges},
+                             {"bytes_reported_free", b.frees.bytes_reported},
+                             {"bytes_decommitted", b.frees.bytes_decommitted}}}};
       print_json(report);
       return totals.exit_code();
     }
     write_stdout(console.finish());
     if (!out.result.message.empty())
       std::fprintf(stderr, "kvmem: %s: %s\n", out.name.c_str(), terminal_safe(out.result.message).c_str());
-    std::fprintf(stderr, "kvmem: restored %s eagerly in %.1f ms (%llu extents, %.1f MiB)\n", out.name.c_str(),
+    std::fprintf(stderr, "kvmem: restored %s eagerly in %.1f ms (%llu extents, %.1f MiB%s)\n", out.name.c_str(),
                  r.restore_ms, static_cast<unsigned long long>(r.load.extents),
-                 static_cast<double>(r.load.bytes) / (1 << 20));
+                 static_cast<double>(r.load.bytes) / (1 << 20),
+                 r.files_restored ? fmt::format(", {} files", r.files_restored).c_str() : "");
     return totals.exit_code();
   }
 
