@@ -1,6 +1,8 @@
 // The devices' state in snapshot sections (vmm/devices/device_state.h):
 // each payload survives its byte form, damaged bytes are refused by what
 // is wrong, and ring states are checked against the VM they come back in.
+#include <filesystem>
+#include <fstream>
 #include <functional>
 #include <string>
 #include <vector>
@@ -126,4 +128,44 @@ TEST_CASE("free report counts survive their byte form, and damaged ones are refu
       {"a byte too many", [](B& b) { b.push_back(0); }, "after its last field"},
   };
   for (const Case& k : cases) refused(bytes, k, decode_free_counts, "free report counts: ");
+}
+
+// The seed corpus of the "device_state" fuzz target (tests/fuzz/device_state/):
+// written from the real encoders. Regenerate from the repository root with
+//   build/kvmem-tests "[.seeds]"
+// Each seed is a mode byte (0 console, 1 rings, 2 counts; for rings bit 7
+// takes the next u64 as RAM's size as it is, and a byte of vCPUs - 1
+// follows) and a payload.
+TEST_CASE("write the device_state fuzz seeds", "[.seeds]") {
+  const std::string dir = "tests/fuzz/device_state";
+  std::filesystem::create_directories(dir);
+  const auto write = [&](const char* name, B head, const B& payload) {
+    head.insert(head.end(), payload.begin(), payload.end());
+    std::ofstream(dir + "/" + name, std::ios::binary)
+        .write(reinterpret_cast<const char*>(head.data()), static_cast<std::streamsize>(head.size()));
+  };
+  // Rings in 16 MiB of RAM (u64 7: (7 % 32768 + 1) * 2 MiB) for 2 vCPUs.
+  const B ram16 = {1, 7, 0, 0, 0, 0, 0, 0, 0, 1};
+  const B raw_ram = {0x81, 0, 0, 0, 0, 0, 0, 0, 0x80, 0};  // RAM 2^63, 1 vCPU
+  const ConsoleState console{.text = "hello\n", .dropped = 0};
+  const std::vector<FreeRingState> two{{.gpa = 0xe0000, .entries = 512, .completed = 9},
+                                       {.gpa = 0xe8000, .entries = 512, .completed = 0}};
+  B console_bytes = encode_console_state(console);
+  write("console-valid", {0}, console_bytes);
+  B damaged = console_bytes;
+  put(damaged, 16, 8, 1000);
+  write("console-length-past-end", {0}, damaged);
+  damaged = console_bytes;
+  put(damaged, 8, 8, 1);
+  write("console-dropped-not-full", {0}, damaged);
+  write("rings-valid", ram16, encode_free_rings(two));
+  write("rings-none", ram16, encode_free_rings({{}, {}}));
+  write("rings-outside-ram", ram16, encode_free_rings({two[0], {.gpa = 16 << 20, .entries = 4, .completed = 0}}));
+  write("rings-overlap", ram16, encode_free_rings({two[0], {.gpa = 0xe0040, .entries = 4, .completed = 0}}));
+  write("rings-raw-ram", raw_ram, encode_free_rings({{.gpa = ~uint64_t{63}, .entries = 4, .completed = 0}}));
+  B rings = encode_free_rings(two);
+  put(rings, 12, 4, 1);
+  write("rings-reserved", ram16, rings);
+  write("counts-valid", {2}, encode_free_counts({1, 2, 3, 4, 5}));
+  write("counts-short", {2}, B(20, 0));
 }
