@@ -72,7 +72,8 @@ class RestoreCommand : public Command {
     std::fprintf(stderr, "kvmem: restored %s eagerly in %.1f ms (%llu extents, %.1f MiB%s)\n", out.name.c_str(),
                  r.restore_ms, static_cast<unsigned long long>(r.load.extents),
                  static_cast<double>(r.load.bytes) / (1 << 20),
-                 r.files_restored ? fmt::format(", {} files", r.files_restored).c_str() : "");
+                 r.files_restored ? fmt::format(", {} file{}", r.files_restored, r.files_restored == 1 ? "" : "s").c_str()
+                                  : "");
     return totals.exit_code();
   }
 

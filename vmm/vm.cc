@@ -97,7 +97,7 @@ Result<std::unique_ptr<Vm>> Vm::create(const Kvm& kvm, MemoryFile& file, const V
   if (program.base + program.bytes.size() > guest::layout::kProgramEnd || program.base < guest::layout::kProgramAddr)
     return fail("the guest program does not fit its area of the boot area");
   std::vector<guest::VcpuCode> code = program.vcpus;
-  if (code.empty()) code.push_back({program.entry, program.results});
+  if (code.empty()) code.push_back({program.entry, program.results, {}});
   const unsigned vcpus = std::max(config.vcpus, 1u);
   if (code.size() != vcpus)
     return fail("the guest program has code for {} vCPUs, but VM {} has {}", code.size(), config.name, vcpus);

@@ -221,9 +221,10 @@ uint64_t size_of(const std::string& path) {
 TEST_CASE("a VM with a window onto a file and a free ring comes back whole from restore --eager",
           "[cli][kvm][snapshot][windows][free]") {
   if (!kvm_available("snapshot with windows and rings")) return;
-  for (unsigned vcpus : {1u, 2u}) {
-    INFO(vcpus << " vCPUs");
+  for (const auto& [vcpus, backing] : {std::pair{1u, "memfd"}, std::pair{2u, "memfd"}, std::pair{2u, "anon"}}) {
+    INFO(vcpus << " vCPUs, backing " << backing);
     json c = vm_of(vcpus, whole_program);
+    c["backing"] = backing;
     c["files"] = {{{"name", "box"}, {"size", "4M"}, {"pattern", {{"seed", 3}}}}};
     c["windows"] = {{{"file", "box"}, {"at", kWindow}, {"length", "4M"}}};
     TempDir dir;
@@ -239,7 +240,7 @@ TEST_CASE("a VM with a window onto a file and a free ring comes back whole from 
     CHECK(back.exit_code == 0);
     CHECK(back.out.find("before") == std::string::npos);
     for (unsigned i = 0; i < vcpus; i++) CHECK(back.out.find(fmt::format("after {}", i)) != std::string::npos);
-    CHECK_THAT(back.err, Catch::Contains("1 files"));
+    CHECK_THAT(back.err, Catch::Contains("MiB, 1 file)"));
 
     CommandResult js = run_kvmem({"restore", "--json", snap});
     INFO(js.out << js.err);
@@ -247,6 +248,7 @@ TEST_CASE("a VM with a window onto a file and a free ring comes back whole from 
     const json report = json::parse(js.out);
     const json& vm = report.at("vms").at(0);
     CHECK(vm.at("outcome") == "exited");
+    CHECK(vm.at("backing") == backing);
     // The report's console and counters are the restored run's; what came
     // before the snapshot is under restore.before.
     CHECK(vm.at("console").get<std::string>().find("before") == std::string::npos);
