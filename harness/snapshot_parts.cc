@@ -111,7 +111,10 @@ Result<SnapshotDevices> read_devices(const SnapshotReader& reader, const VmConfi
   SnapshotDevices d;
   d.console = KVMEM_TRY_CTX(decode_console_state(console), what);
   d.rings = KVMEM_TRY_CTX(decode_free_rings(rings), what);
-  KVMEM_TRY_CTX(check_free_rings(d.rings, config.memory, std::max(config.vcpus, 1u)), what);
+  std::vector<GuestRange> writable;  // a guest may put its ring in one (FreeRing::create takes it)
+  for (const WindowConfig& w : config.windows)
+    if (w.writable) writable.push_back(w.guest());
+  KVMEM_TRY_CTX(check_free_rings(d.rings, config.memory, std::max(config.vcpus, 1u), writable), what);
   d.frees = KVMEM_TRY_CTX(decode_free_counts(counts), what);
   return d;
 }

@@ -88,7 +88,7 @@ struct SnapshotDevices {
 // Precondition: the VM is paused and its rings quiesced (a sink's).
 Status save_devices(Vm& vm, SnapshotWriter& writer);
 // Decodes and checks the three device sections against the config (the
-// rings inside its RAM, one per vCPU). Errors name the snapshot and the
+// rings inside its RAM or its writable windows, one per vCPU). Errors name the snapshot and the
 // section: one missing, an index this kvmem does not know, the decoders'.
 Result<SnapshotDevices> read_devices(const SnapshotReader& reader, const VmConfig& config);
 // Sets up the VM's free rings as `devices` has them; before run(), after

@@ -1,5 +1,7 @@
 #include "vmm/devices/device_state.h"
 
+#include <algorithm>
+
 #include "guest/abi.h"
 #include "memory/range.h"
 #include "snapshot/payload.h"
@@ -78,7 +80,8 @@ Result<std::vector<FreeRingState>> decode_free_rings(std::span<const uint8_t> by
   return rings;
 }
 
-Status check_free_rings(const std::vector<FreeRingState>& rings, uint64_t ram_bytes, unsigned vcpus) {
+Status check_free_rings(const std::vector<FreeRingState>& rings, uint64_t ram_bytes, unsigned vcpus,
+                        std::span<const GuestRange> windows) {
   constexpr const char* kWhat = "free ring state";
   if (rings.size() != vcpus) return fail("{}: rings for {} vCPUs, and the VM has {}", kWhat, rings.size(), vcpus);
   std::vector<GuestRange> placed(rings.size());
@@ -96,9 +99,11 @@ Status check_free_rings(const std::vector<FreeRingState>& rings, uint64_t ram_by
     if (s.gpa % 64 != 0) return fail("{}: vCPU {}'s ring at {:#x} is not 64-byte aligned", kWhat, i, s.gpa);
     // entries <= 4096: the length cannot overflow; the end can.
     auto range = GuestRange::of(s.gpa, sizeof(abi::FreeRingHeader) + s.entries * sizeof(abi::FreeReport));
-    if (!range || range->end > ram_bytes)
-      return fail("{}: vCPU {}'s ring at {:#x} of {} entries lies outside RAM [0x0, {:#x})", kWhat, i, s.gpa,
-                  s.entries, ram_bytes);
+    const bool in_window = range && std::any_of(windows.begin(), windows.end(),
+                                                [&](const GuestRange& w) { return w.is_superset_of(*range); });
+    if (!range || (range->end > ram_bytes && !in_window))
+      return fail("{}: vCPU {}'s ring at {:#x} of {} entries lies outside RAM [0x0, {:#x}){}", kWhat, i, s.gpa,
+                  s.entries, ram_bytes, windows.empty() ? "" : " and outside the VM's writable windows");
     for (size_t j = 0; j < i; j++)
       if (!placed[j].empty() && placed[j].overlaps(*range))
         return fail("{}: vCPU {}'s ring {} overlaps vCPU {}'s {}", kWhat, i, *range, j, placed[j]);

@@ -7,7 +7,7 @@
 //   FreeRingState   one vCPU's free ring, host side (entries 0: none)
 //   FreeCounts      the free-page reports' counters (FreeStats)
 //   encode_* / decode_*   each one's versioned payload
-//   check_free_rings(rings, ram_bytes, vcpus)   the rings against the VM
+//   check_free_rings(rings, ram_bytes, vcpus, windows)   the rings against the VM
 //
 // Section indices (docs/snapshot.md, "Devices"):
 //   0  console      u32 magic "KCON", u32 version 1, u64 dropped,
@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "memory/range.h"
 
 namespace kvmem {
 
@@ -78,12 +79,17 @@ std::vector<uint8_t> encode_free_rings(const std::vector<FreeRingState>& rings);
 // more vCPUs than abi::kMaxDoorbells. The rings are not checked against a
 // VM here (check_free_rings).
 Result<std::vector<FreeRingState>> decode_free_rings(std::span<const uint8_t> bytes);
-// The rings as a VM of `vcpus` vCPUs and `ram_bytes` of RAM could have set
-// them up (FreeRing::create's rules): one state per vCPU; a ring's entries
-// a power of two up to abi::kRingMaxEntries, its address 64-byte aligned,
-// the header and slots wholly inside RAM; no two rings overlapping; a vCPU
-// without a ring all zeros. Errors name the vCPU and the values.
-Status check_free_rings(const std::vector<FreeRingState>& rings, uint64_t ram_bytes, unsigned vcpus);
+// The rings as a VM of `vcpus` vCPUs, `ram_bytes` of RAM and the writable
+// windows `windows` could have set them up (FreeRing::create's rules): one
+// state per vCPU; a ring's entries a power of two up to
+// abi::kRingMaxEntries, its address 64-byte aligned, the header and slots
+// wholly inside RAM or inside one of the windows (where a guest may put
+// its ring too); no two rings overlapping; a vCPU without a ring all
+// zeros. Errors name the vCPU and the values. (Whether the memory is
+// there, in one piece, is FreeRing::create's to say when the ring is set
+// up again.)
+Status check_free_rings(const std::vector<FreeRingState>& rings, uint64_t ram_bytes, unsigned vcpus,
+                        std::span<const GuestRange> windows = {});
 
 std::vector<uint8_t> encode_free_counts(const FreeCounts& c);
 // Errors: short, long, another magic or version.

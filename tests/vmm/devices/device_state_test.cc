@@ -106,6 +106,11 @@ TEST_CASE("free ring states are checked against the VM they come back in", "[sna
       {"wrapping", {{.gpa = ~uint64_t{63}, .entries = 4, .completed = 0}}, 1, "lies outside RAM"},
       {"overlapping", {ok, {.gpa = 0xe1000, .entries = 4, .completed = 0}}, 2, "vCPU 1's ring"},
   };
+  // A guest may put its ring in a writable window, as setup lets it.
+  const FreeRingState in_window{.gpa = 1ull << 30, .entries = 4, .completed = 0};
+  const GuestRange window(1ull << 30, (1ull << 30) + (2 << 20));
+  CHECK(check_free_rings({in_window}, kRam, 1, std::vector<GuestRange>{window}));
+  CHECK_THAT(check_free_rings({in_window}, kRam, 1).error().message, Catch::Contains("lies outside RAM"));
   for (const RingCase& c : cases) {
     INFO(c.what);
     auto s = check_free_rings(c.rings, kRam, c.vcpus);
