@@ -23,7 +23,18 @@ nlohmann::json restore_json(const RestoredVm& r, const std::string& path) {
                       {"restore_ms", r.restore_ms},
                       {"snapshot_bytes", r.snapshot_bytes},
                       {"extents", r.load.extents},
-                      {"bytes", r.load.bytes}};
+                      {"bytes", r.load.bytes},
+                      {"files", r.files_restored}};
+  // What the VM did before its snapshot: the report's console and counters
+  // are the restored run's alone.
+  const SnapshotDevices& b = r.before;
+  j["before"] = {{"console", b.console.text},
+                 {"console_dropped_bytes", b.console.dropped},
+                 {"free_reports", b.frees.reports},
+                 {"free_ranges", b.frees.ranges},
+                 {"free_ranges_invalid", b.frees.invalid_ranges},
+                 {"bytes_reported_free", b.frees.bytes_reported},
+                 {"bytes_decommitted", b.frees.bytes_decommitted}};
   if (!r.lazy) return j;
   const LazyStats l = r.lazy_stats();
   j["lazy"] = {{"faults", l.faults},
@@ -42,14 +53,16 @@ nlohmann::json restore_json(const RestoredVm& r, const std::string& path) {
 }
 
 std::string restore_line(const RestoredVm& r) {
+  const std::string files =
+      r.files_restored ? fmt::format(", {} file{}", r.files_restored, r.files_restored == 1 ? "" : "s") : "";
   if (!r.lazy)
-    return fmt::format("restored {} eagerly in {:.1f} ms ({} extents, {:.1f} MiB)", r.config.name, r.restore_ms,
-                       r.load.extents, static_cast<double>(r.load.bytes) / (1 << 20));
+    return fmt::format("restored {} eagerly in {:.1f} ms ({} extents, {:.1f} MiB{})", r.config.name, r.restore_ms,
+                       r.load.extents, static_cast<double>(r.load.bytes) / (1 << 20), files);
   const LazyStats l = r.lazy_stats();
   return fmt::format(
-      "restored {} lazily: running after {:.1f} ms; {} faults ({} zero), {:.1f} MiB waited for, {:.1f} MiB filled "
-      "behind it{}",
-      r.config.name, r.restore_ms, l.faults, l.zero_faults, static_cast<double>(l.bytes_on_demand) / (1 << 20),
+      "restored {} lazily: running after {:.1f} ms{}; {} faults ({} zero), {:.1f} MiB waited for, {:.1f} MiB "
+      "filled behind it{}",
+      r.config.name, r.restore_ms, files.empty() ? "" : fmt::format(" ({} restored first)", files.substr(2)), l.faults, l.zero_faults, static_cast<double>(l.bytes_on_demand) / (1 << 20),
       static_cast<double>(l.bytes_filled) / (1 << 20),
       l.complete ? fmt::format(" in {:.1f} ms", l.fill_ms) : std::string(" (not finished)"));
 }
@@ -132,6 +145,9 @@ class RestoreCommand : public Command {
     }
     run_one(0);
     for (auto& t : threads) t.join();
+    for (const RestoredVm& r : vms)
+      if (r.files)
+        for (FileOutcome& f : file_outcomes(*r.files)) totals.files.push_back(std::move(f));
     totals.wall_ms = ms_since(start);
     if (json_) {
       nlohmann::json report = run_report(totals);

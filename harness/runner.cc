@@ -10,6 +10,13 @@
 
 namespace kvmem {
 
+std::vector<FileOutcome> file_outcomes(const tmpfs::FileSystem& files) {
+  std::vector<FileOutcome> out;
+  for (const std::string& name : files.list())
+    if (auto st = files.stat(name)) out.push_back(FileOutcome{name, st->size, st->allocated, st->seals});
+  return out;
+}
+
 MemoryFileOptions memory_file_options_for(uint64_t guest_bytes) {
   MemoryFileOptions o;
   o.reservation = ram_file_options(RamBacking::kMemfd, guest_bytes).reservation;  // one rule for both
@@ -178,10 +185,7 @@ RunTotals run_vms(const Kvm& kvm, MemoryFile& file, const std::vector<VmConfig>&
   totals.memory_limit = options.memory_limit;
   totals.memory_limit_stops = watch.stops();
   totals.memory_limit_error = watch.error();
-  if (options.files)
-    for (const std::string& name : options.files->list())
-      if (auto st = options.files->stat(name))
-        totals.files.push_back(FileOutcome{name, st->size, st->allocated, st->seals});
+  if (options.files) totals.files = file_outcomes(*options.files);
   for (MemoryFile* f : files) {
     f->wait_for_reclaim();
     if (f->update_usage()) totals.committed_bytes_after += f->usage().total();

@@ -64,6 +64,9 @@ struct FileOutcome {
   uint32_t seals = 0;
 };
 
+// Every file of `files` as it is now, by name.
+std::vector<FileOutcome> file_outcomes(const tmpfs::FileSystem& files);
+
 struct RunTotals {
   std::vector<VmOutcome> vms;
   std::vector<FileOutcome> files;  // every file of the run, once every VM is gone

@@ -9,27 +9,15 @@
 #include "config/vm_config.h"
 #include "guest/program.h"
 #include "harness/runner.h"
+#include "snapshot/files.h"
 #include "vmm/kvm/vcpu_state.h"
 
 namespace kvmem {
 namespace {
 
-constexpr uint32_t kRamSpace = 0;
-
-// RAM's pieces: where each file range of RAM sits, in guest-physical order
-// (memslots() is in guest order; one slot per piece).
-std::vector<SpaceRange> ram_ranges(const GuestMemory& memory) {
-  std::vector<SpaceRange> out;
-  for (const MemslotInfo& s : memory.memslots())
-    if (s.guest.end <= memory.ram_size()) out.push_back({s.guest.start, s.file});
-  return out;
-}
-
 Status write_snapshot(Vm& vm, const SnapshotCapture& capture, const std::string& path) {
   const VmConfig& c = vm.config();
   if (c.source.empty()) return fail("VM {} has no config text to keep", c.name);
-  if (vm.memory().anonymous()) return fail("anon RAM is not saved in snapshots yet (use backing memfd)");
-  if (!c.windows.empty()) return fail("windows and their files are not saved in snapshots yet");
   auto w = KVMEM_TRY(SnapshotWriter::create(path));
   KVMEM_TRY(w->add_section(SectionType::kConfig, 0,
                            std::span(reinterpret_cast<const uint8_t*>(c.source.data()), c.source.size())));
@@ -38,9 +26,10 @@ Status write_snapshot(Vm& vm, const SnapshotCapture& capture, const std::string&
     if (capture.vcpus[i]) bytes = encode_vcpu_state(*capture.vcpus[i]);
     KVMEM_TRY(w->add_section(SectionType::kVcpu, static_cast<uint32_t>(i), bytes));
   }
-  KVMEM_TRY(w->add_space(kRamSpace, SpaceKind::kRam, "ram", vm.memory().ram_size()));
-  const std::vector<SpaceRange> ranges = ram_ranges(vm.memory());
-  KVMEM_TRY(save_ranges(vm.memory().file(), kRamSpace, ranges, *w));
+  KVMEM_TRY(save_devices(vm, *w));
+  // Memory in space order: RAM, then the files.
+  KVMEM_TRY(save_ram(vm, *w));
+  KVMEM_TRY(save_window_files(vm, *w));
   KVMEM_TRY(w->finish());
   return {};
 }
@@ -78,11 +67,11 @@ RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const Resto
   if (j.is_discarded()) return refused(2, fmt::format("{}: its config section is not JSON", what));
   auto rc = parse_run_config(j, "vm");
   if (!rc) return refused(2, fmt::format("{}: its config no longer validates: {}", what, rc.error().message));
-  if (rc->vms.size() != 1 || !rc->files.empty() || !rc->vms[0].windows.empty() ||
-      rc->vms[0].backing == RamBacking::kAnon)
-    return refused(2, fmt::format("{}: its config is not one VM without windows on file-backed RAM", what));
+  if (rc->vms.size() != 1) return refused(2, fmt::format("{}: its config is not one VM's", what));
   if (options.mode == RestoreMode::kLazy && rc->vms[0].backing == RamBacking::kHugetlb)
     return refused(2, fmt::format("{}: RAM on hugetlb is restored eagerly only (restore --eager)", what));
+  if (options.mode == RestoreMode::kLazy && rc->vms[0].backing == RamBacking::kAnon)
+    return refused(2, fmt::format("{}: anon RAM is restored eagerly only (restore --eager)", what));
   RestoredVm out;
   out.mode = options.mode;
   out.config = rc->vms[0];
@@ -105,40 +94,63 @@ RestoredVm restore_snapshot(const Kvm& kvm, const std::string& path, const Resto
   if (rd.find_section(SectionType::kVcpu, std::max(c.vcpus, 1u)) >= 0)
     return refused(2, fmt::format("{}: state for more vCPUs than its config's {}", what, c.vcpus));
   const long ram = rd.find_space(kRamSpace);
-  if (ram < 0 || rd.spaces()[static_cast<size_t>(ram)].size != c.memory)
+  if (ram < 0 || rd.spaces()[static_cast<size_t>(ram)].kind != static_cast<uint32_t>(SpaceKind::kRam) ||
+      rd.spaces()[static_cast<size_t>(ram)].size != c.memory)
     return refused(2, fmt::format("{}: its RAM space does not match the config's {:#x} bytes of memory", what, c.memory));
-  if (rd.spaces().size() != 1) return refused(2, fmt::format("{}: spaces other than RAM are not restored yet", what));
+  for (const SnapshotSpace& sp : rd.spaces())
+    if (sp.id != kRamSpace && sp.kind == static_cast<uint32_t>(SpaceKind::kRam))
+      return refused(2, fmt::format("{}: space {} is a second RAM space", what, sp.id));
+  // The windows' files and the devices, checked before anything is made.
+  auto file_bytes = check_window_files(rd, c);
+  if (!file_bytes) return refused(2, file_bytes.error().message);
+  auto devices = read_devices(rd, c);
+  if (!devices) return refused(2, devices.error().message);
+  out.before = std::move(*devices);
 
   auto image = guest::build_vcpus(c.vcpu_programs(), c.machine());
   if (!image) return refused(2, fmt::format("{}: its program does not assemble: {}", what, image.error().message));
-  auto file = make_ram_file(c.backing, c.memory);
+  auto file = make_ram_file(c.backing, c.memory + *file_bytes);
   if (!file) return refused(3, file.error().message);
   out.file = std::move(*file);
-  auto vm = Vm::create(kvm, *out.file, c, *image);
+  // The files first: the VM's windows show them from the start.
+  if (!c.windows.empty()) {
+    out.files = std::make_unique<tmpfs::FileSystem>(*out.file);
+    auto restored = restore_files(rd, *out.files);
+    // An errno is the host's (no memory for the files); the rest is the snapshot's.
+    if (!restored) return refused(restored.error().code ? 3 : 2, restored.error().message);
+    out.files_restored = restored->files;
+    out.load = restored->load;
+  }
+  auto vm = Vm::create(kvm, *out.file, c, *image, out.files.get());
   if (!vm) return refused(3, vm.error().message);
   out.vm = std::move(*vm);
   // RAM as it was: nothing of what create() wrote, then every extent.
   if (auto d = out.vm->memory().decommit(GuestRange(0, c.memory)); !d) return refused(3, d.error().message);
-  const std::vector<SpaceRange> ranges = ram_ranges(out.vm->memory());
   if (auto s = out.vm->restore_vcpus(states); !s)
     return refused(2, fmt::format("{}: KVM refused its vCPU state: {}", what, s.error().message));
   if (options.mode == RestoreMode::kEager) {
-    auto loaded = load_extents(rd, kRamSpace, *out.file, ranges);
+    auto loaded = load_ram(rd, *out.vm);
     if (!loaded) return refused(2, fmt::format("{}: {}", what, loaded.error().message));
-    out.load = *loaded;
+    out.load.extents += loaded->extents;
+    out.load.bytes += loaded->bytes;
+    out.load.seconds += loaded->seconds;
   } else {
     // The guest may run now: the handler serves what it touches, the
     // filler brings in the rest, and a free report drops what is owed
     // before it punches. Damaged data found on the way stops the VM.
+    // (The windows' files were restored whole, above.)
     Vm* target = out.vm.get();
-    auto lazy = LazyRam::start(rd, kRamSpace, *out.file, ranges, options.lazy, [target](const std::string& message) {
-      target->stop(FailureKind::kSnapshot, message);
-    });
+    auto lazy = LazyRam::start(rd, kRamSpace, *out.file, ram_ranges(out.vm->memory()), options.lazy,
+                               [target](const std::string& message) { target->stop(FailureKind::kSnapshot, message); });
     if (!lazy) return refused(3, lazy.error().message);
     out.lazy = std::move(*lazy);
     LazyRam* l = out.lazy.get();
     out.vm->memory().set_decommit_observer([l](GuestRange r) { l->forget(r.start, r.end); });
   }
+  // The rings last: their setup may read guest RAM, which a lazy restore
+  // serves from now on.
+  if (auto s = restore_devices(*out.vm, out.before); !s)
+    return refused(s.error().code ? 3 : 2, fmt::format("{}: {}", what, s.error().message));
   out.reader = std::move(*reader);
   struct stat st {};
   if (::stat(path.c_str(), &st) == 0) out.snapshot_bytes = static_cast<uint64_t>(st.st_size);

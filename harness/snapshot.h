@@ -3,29 +3,35 @@
 // resumes.
 //
 // A VM's snapshot, DIR/<vm name>.kvmsnap (snapshot/format.h), holds:
-//   section config 0   the VM's config as one VM's JSON (VmConfig::source)
+//   section config 0   the VM's config as one VM's JSON (VmConfig::source),
+//                      with the files its windows show
 //   section vcpu i     vCPU i's state (vmm/kvm/vcpu_state.h), or no bytes
 //                      for a vCPU that had ended
-//   space 0, RAM       guest RAM's committed, non-zero pages
-//                      (MemoryFile::data_extents over its file ranges)
+//   section device d   the devices' state (harness/snapshot_parts.h): the
+//                      console's record, each vCPU's free ring, the free
+//                      report counters
+//   section file s     file space s's size, seals and data map
+//   space 0, RAM       guest RAM's populated, non-zero pages, of any backing
+//   spaces 1..n, file  each file a window shows, its non-zero pages
 // The write is whole or absent (the writer renames a finished .tmp).
 //
 // Eager restore: the config is parsed again (a config that no longer
-// validates is refused), the VM is created on a fresh memory file, all of
-// its RAM punched, every extent of space 0 pwritten into the memfd behind
-// it (pages no extent covers stay holes and read zero), and the vCPUs set
-// to their states; then it runs as `kvmem run` runs a VM.
-//
-// Not yet: anon RAM, windows and their files, and the free rings' host
-// side are not saved: a VM that has any of them is refused when its
-// snapshot is taken, naming what (the lazy restore and these come next).
+// validates is refused), every section decoded and checked against it, the
+// files made in a fresh tmpfs on a fresh memory file, the VM created on it
+// with its windows onto them, all of its RAM decommitted and every extent
+// of space 0 read into it (pages no extent covers read zero), the vCPUs set
+// to their states and the free rings set up again; then it runs as `kvmem
+// run` runs a VM. A damaged or hostile snapshot is refused (exit 2) before
+// anything runs, naming what is wrong.
 #pragma once
 
 #include <memory>
 #include <string>
 
 #include "base/error.h"
+#include "harness/snapshot_parts.h"
 #include "memory/memory_file.h"
+#include "memory/tmpfs/file_system.h"
 #include "snapshot/memory.h"
 #include "vmm/kvm/kvm.h"
 #include "vmm/memory/lazy_ram.h"
@@ -55,8 +61,17 @@ struct RestoredVm {
   std::string error;
   VmConfig config;
   std::unique_ptr<MemoryFile> file;  // declared before vm: the VM goes first
+  // The files the VM's windows show, restored on `file` (null when it has
+  // no windows); the VM's own copies. Between file and vm: it goes after
+  // the VM's windows and before the memory file.
+  std::unique_ptr<tmpfs::FileSystem> files;
   std::unique_ptr<Vm> vm;
-  LoadStats load;        // eager: what was read before the run; lazy: the windows' files
+  LoadStats load;        // eager: what was read before the run (RAM and files); lazy: the windows' files
+  uint64_t files_restored = 0;
+  // The devices' state the snapshot held. The rings are set up again; the
+  // console record and the free counts are what came before the snapshot,
+  // which the restored run's own report does not include (restore.before).
+  SnapshotDevices before;
   uint64_t snapshot_bytes = 0;
   double restore_ms = 0;  // open to ready to run (lazy: RAM not yet in)
   RestoreMode mode = RestoreMode::kEager;

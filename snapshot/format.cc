@@ -36,11 +36,12 @@ const char* section_type_name(SectionType t) {
     case SectionType::kConfig: return "config";
     case SectionType::kVcpu: return "vcpu";
     case SectionType::kDevice: return "device";
+    case SectionType::kFile: return "file";
   }
   return "unknown";
 }
 
-bool is_known_section_type(uint32_t t) { return t >= 1 && t <= 3; }
+bool is_known_section_type(uint32_t t) { return t >= 1 && t <= 4; }
 
 const char* space_kind_name(SpaceKind k) {
   switch (k) {

@@ -86,6 +86,7 @@ enum class SectionType : uint32_t {
   kConfig = 1,  // the VM's config as JSON; index 0
   kVcpu = 2,    // one vCPU's state; index = the vCPU's number
   kDevice = 3,  // one device's state; index = the device's number
+  kFile = 4,    // a tmpfs file's size, seals and data map; index = its space's id (snapshot/files.h)
 };
 const char* section_type_name(SectionType t);
 bool is_known_section_type(uint32_t t);

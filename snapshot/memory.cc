@@ -110,4 +110,44 @@ Result<LoadStats> load_extents(const SnapshotReader& reader, uint32_t space, Mem
   return stats;
 }
 
+Status save_host_ranges(uint32_t space, std::span<const uint8_t> memory, std::span<const HostRange> ranges,
+                        SnapshotWriter& writer) {
+  const uint64_t base = reinterpret_cast<uint64_t>(memory.data());
+  const HostRange all(base, base + memory.size());
+  uint64_t prev_end = base;
+  for (size_t i = 0; i < ranges.size(); i++) {
+    const HostRange& r = ranges[i];
+    if (!r.well_formed() || r.empty() || !r.is_page_aligned() || !all.is_superset_of(r) || r.start < prev_end)
+      return fail("cannot save space {} to snapshot {}: host range {} ({} of {}) is empty, unaligned, out of "
+                  "order or outside the space's memory {}",
+                  space, writer.path(), r, i, ranges.size(), all);
+    prev_end = r.end;
+    KVMEM_TRY(writer.add_memory(space, r.start - base, memory.subspan(r.start - base, r.length())));
+  }
+  return {};
+}
+
+Result<LoadStats> load_extents_into(const SnapshotReader& reader, uint32_t space, std::span<uint8_t> memory) {
+  const std::string what = fmt::format("load space {} of snapshot {}", space, reader.name());
+  const long at = reader.find_space(space);
+  if (at < 0) return fail("cannot {}: the snapshot has no space {}", what, space);
+  const uint64_t size = reader.spaces()[static_cast<size_t>(at)].size;
+  if (size > memory.size())
+    return fail("cannot {}: the space is {:#x} bytes, the memory given for it {:#x}", what, size, memory.size());
+  LoadStats stats;
+  const size_t first = reader.first_extent_of(space);
+  const auto extents = reader.extents_of(space);
+  for (size_t j = 0; j < extents.size(); j++) {
+    const SnapshotExtent& e = extents[j];
+    // The reader keeps every extent inside its space rounded up to pages.
+    if (e.offset > memory.size() || e.length > memory.size() - e.offset)
+      return fail("cannot {}: extent {} [{:#x}, {:#x}) lies past the memory given, {:#x} bytes", what, first + j,
+                  e.offset, e.offset + e.length, memory.size());
+    KVMEM_TRY(reader.read_extent(first + j, memory.subspan(e.offset, e.length)));
+    stats.extents++;
+    stats.bytes += e.length;
+  }
+  return stats;
+}
+
 }  // namespace kvmem

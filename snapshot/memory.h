@@ -5,6 +5,8 @@
 //   SpaceRange{space_offset, file}                 where a file range sits in a space
 //   save_ranges(file, space, ranges, writer)       the committed, non-zero pages
 //   load_extents(reader, space, file, ranges)      -> Result<LoadStats>
+//   save_host_ranges(space, memory, ranges, writer) host memory: anonymous RAM
+//   load_extents_into(reader, space, memory)       -> Result<LoadStats>
 //
 // A space (guest RAM, a tmpfs file) is made of memory-file ranges that need
 // not touch in the file: RAM of several allocations, a file's data map.
@@ -25,6 +27,12 @@
 // file, where pwrite is not supported, is written through its mapping.)
 // The ranges must be fresh allocations (all holes); load_extents refuses
 // ranges that hold data, so the result is exactly the snapshot.
+//
+// Host memory that is in no memory file (anonymous guest RAM,
+// vmm/memory/backing.h) has its own pair: save_host_ranges adds the pages
+// the caller found populated (memory/page_map.h), and load_extents_into
+// reads each extent straight into the space's memory, which must read as
+// zero beforehand (fresh, or MADV_DONTNEED'd).
 #pragma once
 
 #include <cstdint>
@@ -63,5 +71,21 @@ struct LoadStats {
 // drops the ranges.
 Result<LoadStats> load_extents(const SnapshotReader& reader, uint32_t space, MemoryFile& file,
                                std::span<const SpaceRange> ranges);
+
+// Adds the pages of `ranges` (host addresses inside `memory`, which is the
+// whole space: space offset 0 is memory.data()) to space `space` of the
+// writer, in order; the writer drops the zero pages. Errors: ranges
+// unsorted, overlapping, empty, unaligned or outside `memory`; the
+// writer's errors. Preconditions as save_ranges': nothing writes to them
+// meanwhile.
+Status save_host_ranges(uint32_t space, std::span<const uint8_t> memory, std::span<const HostRange> ranges,
+                        SnapshotWriter& writer);
+
+// Reads every extent of space `space` into `memory` at its space offset,
+// checking each one's checksum. Pages no extent covers are not written: the
+// caller gives memory that reads as zero. Errors: the space not in the
+// snapshot or larger than `memory`; read_extent's (an extent's data may be
+// in memory even so: the caller drops it).
+Result<LoadStats> load_extents_into(const SnapshotReader& reader, uint32_t space, std::span<uint8_t> memory);
 
 }  // namespace kvmem

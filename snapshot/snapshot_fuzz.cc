@@ -1,5 +1,5 @@
 // Fuzz target "snapshot": bytes -> a memfd -> SnapshotReader::open -> read
-// every extent.
+// every extent -> the tmpfs files (snapshot_files, restore_files).
 //
 // The first byte is a mode; the rest is the file. Mode bit 0 reseals the
 // file first (reseal_snapshot: the metadata and header checksums made
@@ -7,7 +7,13 @@
 // checksums instead of stopping at them. Every input must end in a reader
 // or an Error that names the snapshot; an accepted file must keep every
 // rule reader.h promises, checked here again independently of the reader;
-// and each extent's data then reads back or fails with a message.
+// and each extent's data then reads back or fails with a message. The
+// files of an accepted snapshot (its kFile spaces and sections) are listed
+// by snapshot_files, which accepts them or names the snapshot; accepted
+// ones keep the rules of snapshot/files.h (checked again here), and when
+// their data maps are small they are made with restore_files on a memory
+// file of the input's own and must come back with the size, seals and
+// data map their sections say.
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -18,6 +24,9 @@
 #include "base/check.h"
 #include "base/fd.h"
 #include "base/fuzz.h"
+#include "memory/memory_file.h"
+#include "memory/tmpfs/file_system.h"
+#include "snapshot/files.h"
 #include "snapshot/reader.h"
 
 namespace kvmem::fuzz {
@@ -66,6 +75,67 @@ void check_accepted(const SnapshotReader& r, uint64_t size) {
   KVMEM_CHECK(counted == r.extents().size(), "extents_of covers {} of {} extents", counted, r.extents().size());
 }
 
+// Data maps larger than this are listed but not made: the point is the
+// restore's handling of what the list accepted, not the allocator's size.
+constexpr uint64_t kMaxRestoredBytes = uint64_t{16} << 20;
+
+// The rules an accepted file keeps, restated, and its restore.
+void check_files(const SnapshotReader& r) {
+  auto files = snapshot_files(r);
+  if (!files) {
+    KVMEM_CHECK(files.error().message.find(kName) != std::string::npos, "a file error that does not name the snapshot: {}",
+                files.error().message);
+    return;
+  }
+  uint64_t total = 0;
+  for (const SnapshotFile& f : *files) {
+    const long at = r.find_space(f.space);
+    KVMEM_CHECK(at >= 0 && r.spaces()[static_cast<size_t>(at)].kind == static_cast<uint32_t>(SpaceKind::kFile) &&
+                    r.spaces()[static_cast<size_t>(at)].size == f.state.size,
+                "accepted file {} without its space", f.name);
+    const uint64_t eof = (f.state.size + kSnapshotPageSize - 1) / kSnapshotPageSize * kSnapshotPageSize;
+    uint64_t prev = 0;
+    for (const MappableRange& run : f.state.data) {
+      KVMEM_CHECK(!run.empty() && run.is_page_aligned() && run.start >= prev && run.end <= eof,
+                  "accepted file {} with a bad run {}", f.name, run);
+      prev = run.end;
+    }
+    for (const SnapshotExtent& e : r.extents_of(f.space)) {
+      uint64_t reached = e.offset;
+      for (const MappableRange& run : f.state.data)
+        if (run.start <= reached && reached < run.end) reached = run.end;
+      KVMEM_CHECK(reached >= e.offset + e.length, "accepted file {} with data [{:#x}, {:#x}) outside its data map",
+                  f.name, e.offset, e.offset + e.length);
+    }
+    total += f.data_bytes;
+  }
+  if (files->empty() || total > kMaxRestoredBytes) return;
+  auto memory = MemoryFile::create({.reservation = uint64_t{1} << 28});
+  KVMEM_CHECK(memory.has_value(), "cannot make the fuzz memory file: {}", memory.error().message);
+  {
+    tmpfs::FileSystem fs(**memory);
+    auto made = restore_files(r, fs);
+    if (!made) {
+      // What the list accepted can still fail to load: an extent whose data
+      // does not match its checksum.
+      KVMEM_CHECK(made.error().message.find(kName) != std::string::npos, "a restore error that does not name the "
+                  "snapshot: {}", made.error().message);
+      return;
+    }
+    KVMEM_CHECK(made->files == files->size(), "restored {} of {} files", made->files, files->size());
+    for (const SnapshotFile& f : *files) {
+      auto g = fs.open(f.name);
+      KVMEM_CHECK(g.has_value(), "restored file {} is missing", f.name);
+      const tmpfs::FileStat st = (*g)->stat();
+      KVMEM_CHECK(st.size == f.state.size && st.seals == f.state.seals && st.allocated == f.data_bytes,
+                  "restored file {}: size {:#x} seals {:#x} allocated {:#x}, its section: {:#x} {:#x} {:#x}", f.name,
+                  st.size, st.seals, st.allocated, f.state.size, f.state.seals, f.data_bytes);
+      (*g)->check_invariants();
+    }
+  }
+  (*memory)->wait_for_reclaim();
+}
+
 }  // namespace
 
 int snapshot_one(const uint8_t* data, size_t size) {
@@ -99,6 +169,7 @@ int snapshot_one(const uint8_t* data, size_t size) {
       KVMEM_CHECK(st.error().message.find(fmt::format("extent {}", i)) != std::string::npos,
                   "an extent error that does not name extent {}: {}", i, st.error().message);
   }
+  check_files(**r);
   return 0;
 }
 

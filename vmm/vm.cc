@@ -162,6 +162,14 @@ Status Vm::restore_vcpus(const std::vector<std::optional<VcpuState>>& states) {
   return {};
 }
 
+FreeCounts Vm::free_counts() const {
+  return FreeCounts{.reports = frees_.reports.load(),
+                    .ranges = frees_.ranges.load(),
+                    .invalid_ranges = frees_.invalid_ranges.load(),
+                    .bytes_reported = frees_.bytes_reported.load(),
+                    .bytes_decommitted = frees_.bytes_decommitted.load()};
+}
+
 Vm::~Vm() {
   if (free_ring_) free_ring_->stop();  // its thread pauses our vCPUs and touches RAM
 }

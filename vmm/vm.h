@@ -131,6 +131,15 @@ class Vm : public VcpuPauser {
   Status restore_vcpus(const std::vector<std::optional<VcpuState>>& states);
   // Snapshot rounds finished (taken or failed).
   uint64_t snapshots_taken() const { return snapshot_->taken(); }
+  // The devices' state a snapshot keeps (vmm/devices/device_state.h). For a
+  // sink: every vCPU is out of the guest and the rings are quiesced.
+  ConsoleState console_state() const { return {console_.text(), console_.dropped()}; }
+  FreeCounts free_counts() const;
+  std::vector<FreeRingState> free_ring_states() { return free_ring_->state(); }
+  // Before run(), on a VM made from the snapshot's config whose RAM is
+  // back: each vCPU's free ring as the snapshot had it
+  // (FreeRingDevice::restore; its errors).
+  Status restore_free_rings(const std::vector<FreeRingState>& rings) { return free_ring_->restore(rings); }
 
   // VcpuPauser (the free rings' thread): holds every vCPU out of the guest
   // until resume(). Safe from any thread, before, during and after run().

@@ -248,6 +248,27 @@ FileStat RegularFile::stat() const {
                   .writable_mapped_pages = writable_mapped_pages_};
 }
 
+FileImage RegularFile::image() const {
+  std::shared_lock l(data_mu_);
+  FileImage img{.size = size_, .seals = seals_, .runs = {}};
+  for (DataSet::Seg s = data_->first_segment(); s.ok(); s = s.next_segment()) {
+    img.runs.push_back(Translation{s.range(), FileOffset(s.value()), Access::kReadWrite});
+    memory_.inc_ref(img.runs.back().file_range());
+  }
+  return img;
+}
+
+Status RegularFile::fill_holes(MappableRange range) {
+  const auto what = [&] { return fmt::format("fill the holes of {}", range.to_string()); };
+  if (!range.well_formed() || range.empty() || !range.is_aligned(page_))
+    return error(EINVAL, what(), "the range is empty or unaligned");
+  std::lock_guard m(maps_mu_);
+  std::unique_lock l(data_mu_);
+  if (range.end > eof_locked())
+    return error(EINVAL, what(), fmt::format("the range passes the end of the file (size {:#x})", size_));
+  return fill_locked(range, CommitMode::None);
+}
+
 void RegularFile::check_invariants() const {
   std::lock_guard m(maps_mu_);
   std::shared_lock l(data_mu_);

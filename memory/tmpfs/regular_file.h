@@ -16,6 +16,10 @@
 //   size()  stat()
 //   add_mapping / remove_mapping / translate     the Mappable contract
 //                                  (mappable.h)
+//   image()                        size, seals and data map at one moment,
+//                                  with references (what a snapshot saves)
+//   fill_holes(range)              fresh uncommitted pages for the holes of
+//                                  range (what a snapshot restore fills)
 //
 // Errors are what a memfd gives for the same call, errno in Error::code
 // (EPERM for a sealed write, EBUSY for a write seal while writable
@@ -91,6 +95,16 @@ enum class FallocateMode { kDefault, kKeepSize, kPunchHole };
 
 // The largest size a file may have, as tmpfs's s_maxbytes (MAX_LFS_FILESIZE).
 inline constexpr uint64_t kMaxFileSize = (uint64_t{1} << 63) - 1;
+
+// A file as a snapshot saves it (snapshot/files.h): its size, seals and data
+// map, read at one moment. Each run carries one reference on its pages for
+// the holder (MemoryFile::dec_ref of file_range() when done), as a
+// translation does, so they stay while a writer reads them.
+struct FileImage {
+  uint64_t size = 0;
+  uint32_t seals = 0;
+  std::vector<Translation> runs;  // the data map in file order; perms kReadWrite
+};
 
 struct FileStat {
   uint64_t size = 0;
@@ -169,6 +183,19 @@ class RegularFile {
   // (not checked: translate takes no maps_mu_, so a MappingSpace may call
   // it with its own lock held).
   TranslateResult translate(MappableRange required, MappableRange optional, Access at);
+
+  // The size, the seals and the data map, with a reference on every run
+  // (FileImage). Runs are the data map's segments: each one run of the
+  // memory file; neighbours in the file may touch.
+  FileImage image() const;
+  // Gives each hole of `range` a fresh allocation (one per hole, as
+  // translate does), not committed: it reads as zero, and holds no data as
+  // SEEK_DATA sees it, so a snapshot restore can pwrite its pages
+  // (snapshot/files.h). Neither a write nor a growth: seals do not apply,
+  // and the size stays. Errors: range not aligned to the memory file's
+  // page size, empty, or past the end rounded up to a page (EINVAL);
+  // ENOMEM (the holes filled so far stay).
+  Status fill_holes(MappableRange range);
 
   // Aborts with a dump unless the data map and the counters agree.
   void check_invariants() const;

@@ -18,6 +18,7 @@ int hypercalls_one(const uint8_t* data, size_t size);
 int free_ring_one(const uint8_t* data, size_t size);
 int fs_replay_one(const uint8_t* data, size_t size);
 int snapshot_one(const uint8_t* data, size_t size);
+int device_state_one(const uint8_t* data, size_t size);
 }  // namespace kvmem::fuzz
 
 namespace {
@@ -32,7 +33,8 @@ constexpr Target kTargets[] = {{"config", kvmem::fuzz::config_one},
                                {"hypercalls", kvmem::fuzz::hypercalls_one},
                                {"free_ring", kvmem::fuzz::free_ring_one},
                                {"fs_replay", kvmem::fuzz::fs_replay_one},
-                               {"snapshot", kvmem::fuzz::snapshot_one}};
+                               {"snapshot", kvmem::fuzz::snapshot_one},
+                               {"device_state", kvmem::fuzz::device_state_one}};
 
 std::vector<fs::path> corpus_of(const char* target) {
   const fs::path dir = fs::path("tests/fuzz") / target;

@@ -2,6 +2,7 @@
 // the file held, what is loaded reads back byte for byte, and holes stay
 // holes (lseek(SEEK_DATA) and st_blocks are the oracle).
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -12,7 +13,9 @@
 
 #include <catch2/catch.hpp>
 
+#include "base/mapping.h"
 #include "memory/memory_file.h"
+#include "memory/page_map.h"
 #include "snapshot/memory.h"
 #include "tests/snapshot/snapshot_helpers.h"
 
@@ -226,4 +229,58 @@ TEST_CASE("load_extents stops at an extent whose data changed, naming it", "[sna
   REQUIRE(!st);
   CHECK_THAT(st.error().message, Catch::Contains("extent 1 (space 0 [0x2000, 0x3000)) has checksum"));
   mf->dec_ref(*r);
+}
+
+TEST_CASE("anonymous memory saves its populated non-zero pages and loads them straight back", "[snapshot][memory]") {
+  SnapshotDir dir;
+  REQUIRE(dir.ok());
+  constexpr uint64_t kBytes = 256 * kPage;
+  auto src = Mapping::create("source", kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+  auto dst = Mapping::create("target", kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE);
+  REQUIRE(src);
+  REQUIRE(dst);
+  (void)madvise(src->data(), kBytes, MADV_NOHUGEPAGE);
+  (void)madvise(dst->data(), kBytes, MADV_NOHUGEPAGE);
+  for (uint64_t p : {0, 1, 2, 40, 41, 200, 255}) fill_page(src->data() + p * kPage, p, 7);
+  std::memset(src->data() + 100 * kPage, 0, kPage);  // populated, zero: dropped
+  std::span<const uint8_t> all(src->data(), kBytes);
+  auto populated = populated_ranges(all);
+  REQUIRE(populated);
+  CHECK(populated->size() == 5);
+  const std::string path = dir.path("anon");
+  {
+    auto w = SnapshotWriter::create(path);
+    REQUIRE(w);
+    REQUIRE((*w)->add_space(0, SpaceKind::kRam, "ram", kBytes));
+    REQUIRE(save_host_ranges(0, all, *populated, **w));
+    auto stats = (*w)->finish();
+    REQUIRE(stats);
+    CHECK(stats->data_bytes == 7 * kPage);
+    CHECK(stats->zero_pages == 1);
+  }
+  auto reader = SnapshotReader::open(path);
+  REQUIRE(reader);
+  auto loaded = load_extents_into(**reader, 0, std::span<uint8_t>(dst->data(), kBytes));
+  REQUIRE(loaded);
+  CHECK(loaded->bytes == 7 * kPage);
+  // Only the extents' pages were touched in the target.
+  auto touched = populated_ranges(std::span<const uint8_t>(dst->data(), kBytes));
+  REQUIRE(touched);
+  uint64_t bytes = 0;
+  for (const HostRange& r : *touched) bytes += r.length();
+  CHECK(bytes == 7 * kPage);
+  CHECK(std::memcmp(src->data(), dst->data(), kBytes) == 0);
+
+  // Ranges out of order or outside the memory, and memory smaller than the space.
+  auto w = SnapshotWriter::create(dir.path("bad"));
+  REQUIRE(w);
+  REQUIRE((*w)->add_space(0, SpaceKind::kRam, "ram", kBytes));
+  const uint64_t base = reinterpret_cast<uint64_t>(src->data());
+  const std::vector<HostRange> outside{HostRange(base + kBytes, base + kBytes + kPage)};
+  auto st = save_host_ranges(0, all, outside, **w);
+  REQUIRE_FALSE(st);
+  CHECK_THAT(st.error().message, Catch::Contains("outside the space's memory"));
+  auto small = load_extents_into(**reader, 0, std::span<uint8_t>(dst->data(), kPage));
+  REQUIRE_FALSE(small);
+  CHECK_THAT(small.error().message, Catch::Contains("the memory given for it 0x1000"));
 }

@@ -31,10 +31,14 @@ json verify(const char* at, const char* length, uint64_t seed) {
 json snapshot(const char* then) { return {{"op", "snapshot"}, {"then", then}}; }
 json print(const char* text) { return {{"op", "print"}, {"text", text}}; }
 
-// What an in-memory sink keeps: every vCPU's state and all of RAM.
+// What an in-memory sink keeps: every vCPU's state, all of RAM, and the
+// devices' state.
 struct Saved {
   SnapshotCapture capture;
   std::string ram;
+  std::vector<FreeRingState> rings;
+  ConsoleState console;
+  FreeCounts frees;
   int calls = 0;
 };
 
@@ -42,6 +46,9 @@ void arm(Vm& vm, Saved& saved) {
   vm.arm_snapshots([&saved](Vm& v, const SnapshotCapture& c) -> Status {
     saved.capture = c;
     saved.ram = v.memory().read(GuestRange(0, v.memory().ram_size()));
+    saved.rings = v.free_ring_states();
+    saved.console = v.console_state();
+    saved.frees = v.free_counts();
     saved.calls++;
     return {};
   });
@@ -209,4 +216,57 @@ TEST_CASE("a snapshot step refused by the config: bad then, and counts that diff
              Catch::StartsWith("/program/0/when: unknown key"));
   CHECK_THAT(error({{"memory", "4M"}, {"vcpus", 2}, {"programs", {{snapshot("exit")}, json::array()}}}),
              Catch::StartsWith("/programs/1: vCPU 1 passes 0 snapshot steps and vCPU 0 passes 1"));
+}
+
+TEST_CASE("a restored guest frees through the ring it set up before the snapshot, once the ring is restored",
+          "[snapshot][kvm][free]") {
+  if (!kvm_available("free ring restore")) return;
+  const json async_free = {{"op", "free"}, {"at", "4M"}, {"length", "1M"}, {"granule", "64K"}, {"mode", "async"}};
+  json again = async_free;
+  again["at"] = "6M";
+  const json config = {{"memory", "16M"},
+                       {"program",
+                        {fill("4M", "4M", 3), async_free, print("before\n"), snapshot("exit"),
+                         verify("5M", "1M", 3), again,
+                         {{"op", "verify"}, {"at", "6M"}, {"length", "1M"}, {"pattern", "zero"}},
+                         verify("7M", "1M", 3), print("after\n")}}};
+  GuestRun source = create_guest(config);
+  REQUIRE(source.vm);
+  Saved saved;
+  arm(*source.vm, saved);
+  RunResult r = source.vm->run(nullptr);
+  INFO(r.message);
+  REQUIRE(r.outcome == Outcome::kExited);
+  // The ring's host side as the snapshot saw it: set up, nothing in flight.
+  REQUIRE(saved.rings.size() == 1);
+  CHECK(saved.rings[0].present());
+  CHECK(saved.rings[0].completed == 16);  // 1 MiB in 64 KiB ranges
+  CHECK(saved.console.text == "before\n");
+  CHECK(saved.frees.bytes_decommitted == 1 << 20);
+
+  // Without its ring, the guest's doorbell is a port with no device, and
+  // its wait for the ring (free_ring_wait, hypercall 7) is refused.
+  GuestRun bare = restored(config, saved);
+  RunResult b = bare.vm->run(nullptr);
+  CHECK(b.outcome == Outcome::kFailed);
+  CHECK_THAT(b.message, Catch::Contains("port") || Catch::Contains("hypercall 7 returned -22"));
+
+  GuestRun copy = restored(config, saved);
+  REQUIRE(copy.vm->restore_free_rings(saved.rings));
+  RunResult c = copy.vm->run(nullptr);
+  INFO(c.message);
+  CHECK(c.outcome == Outcome::kExited);
+  CHECK(c.guest_exit_code == 0);
+  CHECK(c.console == "after\n");
+  CHECK(c.bytes_decommitted == 1 << 20);  // the restored run's own frees only
+  // A ring state the VM cannot have is refused, naming the vCPU.
+  GuestRun other = restored(config, saved);
+  std::vector<FreeRingState> twice = saved.rings;
+  twice.push_back(saved.rings[0]);
+  CHECK_FALSE(other.vm->restore_free_rings(twice));
+  std::vector<FreeRingState> outside = saved.rings;
+  outside[0].gpa = 64ull << 20;
+  auto s = other.vm->restore_free_rings(outside);
+  REQUIRE_FALSE(s);
+  CHECK_THAT(s.error().message, Catch::Contains("vCPU 0's free ring") && Catch::Contains("not in guest memory"));
 }

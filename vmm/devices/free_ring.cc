@@ -36,7 +36,8 @@ Error fd_error(const char* call, int err) {
 }  // namespace
 
 Result<std::unique_ptr<FreeRing>> FreeRing::create(KvmVm& vm, GuestMemory& memory, FreeStats& stats, unsigned vcpu,
-                                                   uint64_t ring_gpa, uint64_t entries, int64_t* status) {
+                                                   uint64_t ring_gpa, uint64_t entries, int64_t* status,
+                                                   std::optional<uint64_t> completed) {
   *status = -EINVAL;
   if (entries == 0 || entries > abi::kRingMaxEntries || (entries & (entries - 1)) != 0 || ring_gpa % 64 != 0 ||
       vcpu >= abi::kMaxDoorbells)
@@ -48,7 +49,7 @@ Result<std::unique_ptr<FreeRing>> FreeRing::create(KvmVm& vm, GuestMemory& memor
   if (ring.empty()) return nullptr;
   uint8_t* head = ring.data();
   std::unique_ptr<FreeRing> r(new FreeRing(vm, memory, stats, vcpu, std::move(ring), *range, entries));
-  r->completed_ = load(head);  // start where the guest's producer stands
+  r->completed_ = completed.value_or(load(head));  // by default, start where the guest's producer stands
   store(head + 8, r->completed_, std::memory_order_release);
   const int door = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (door < 0) return std::unexpected(fd_error("eventfd", errno));
@@ -74,6 +75,11 @@ int64_t FreeRing::wait(uint64_t target, VcpuPauser* pauser) {
   // return every slot up to `produced`, and so `target`, is answered.
   drain(pauser);
   return 0;
+}
+
+FreeRingState FreeRing::state() {
+  std::lock_guard drain_lock(drain_mu_);
+  return FreeRingState{.gpa = range_.start, .entries = entries_, .completed = completed_};
 }
 
 void FreeRing::drain(VcpuPauser* pauser) {
@@ -180,8 +186,11 @@ Result<int64_t> FreeRingDevice::setup(unsigned vcpu, uint64_t ring_gpa, uint64_t
   int64_t status = 0;
   auto made = FreeRing::create(vm_, memory_, stats_, vcpu, ring_gpa, entries, &status);
   if (!made) return std::unexpected(made.error());
-  std::unique_ptr<FreeRing> ring = std::move(*made);
-  if (!ring) return status;
+  if (!*made) return status;
+  return install_locked(vcpu, std::move(*made));
+}
+
+Result<int64_t> FreeRingDevice::install_locked(unsigned vcpu, std::unique_ptr<FreeRing> ring) {
   // Two rings over one page would have two drains answer each other's
   // slots: a guest's mistake, and refused before anything is bound.
   for (const auto& other : rings_)
@@ -205,6 +214,36 @@ Result<int64_t> FreeRingDevice::setup(unsigned vcpu, uint64_t ring_gpa, uint64_t
   uint64_t one = 1;
   (void)!write(wake_.get(), &one, sizeof one);  // the thread polls the new doorbell from now on
   return 0;
+}
+
+Status FreeRingDevice::restore(const std::vector<FreeRingState>& rings) {
+  std::lock_guard lock(mu_);
+  if (rings.size() != vcpus_) return fail("the snapshot has free rings for {} vCPUs, and the VM has {}", rings.size(), vcpus_);
+  for (unsigned i = 0; i < vcpus_; i++) {
+    const FreeRingState& s = rings[i];
+    if (!s.present()) continue;
+    const std::string what =
+        fmt::format("cannot restore vCPU {}'s free ring at {:#x} of {} entries", i, s.gpa, s.entries);
+    if (stopping_ || rings_[i]) return fail("{}: the device is stopping or the vCPU has a ring", what);
+    int64_t status = 0;
+    auto made = FreeRing::create(vm_, memory_, stats_, i, s.gpa, s.entries, &status, s.completed);
+    if (!made) return std::unexpected(made.error().context(what));
+    if (!*made)
+      return fail("{}: {}", what, status == -EFAULT ? "it is not in guest memory" : "bad entries or alignment");
+    const int64_t installed = KVMEM_TRY_CTX(install_locked(i, std::move(*made)), what);
+    if (installed == -EBUSY) return fail("{}: it overlaps another vCPU's ring", what);
+    if (installed == -EAGAIN) return fail("{}: the host cannot start the thread that drains the rings", what);
+  }
+  return {};
+}
+
+std::vector<FreeRingState> FreeRingDevice::state() {
+  // live_ rather than rings_ under mu_, which stays a leaf: a ring goes
+  // only in stop(), and no vCPU runs then.
+  std::vector<FreeRingState> out(vcpus_);
+  for (unsigned i = 0; i < vcpus_; i++)
+    if (FreeRing* ring = live_[i].load(std::memory_order_acquire)) out[i] = ring->state();
+  return out;
 }
 
 int64_t FreeRingDevice::wait(unsigned vcpu, uint64_t target) {

@@ -31,12 +31,14 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
 #include "base/error.h"
 #include "base/fd.h"
 #include "guest/abi.h"
+#include "vmm/devices/device_state.h"
 #include "vmm/devices/free_reports.h"
 #include "vmm/memory/region.h"
 
@@ -76,8 +78,12 @@ class FreeRing {
   // guest should see comes back as a null ring and a negative errno in
   // *status: -EINVAL or -EFAULT. An Error means the host cannot go on (it
   // is out of file descriptors, or KVM refused the doorbell): the VM ends.
+  // `completed` (a ring restored from a snapshot) is where the host's
+  // answers stand; without it they start where the guest's `produced`
+  // does. Either way it is published in the ring's header.
   static Result<std::unique_ptr<FreeRing>> create(KvmVm& vm, GuestMemory& memory, FreeStats& stats, unsigned vcpu,
-                                                  uint64_t ring_gpa, uint64_t entries, int64_t* status);
+                                                  uint64_t ring_gpa, uint64_t entries, int64_t* status,
+                                                  std::optional<uint64_t> completed = std::nullopt);
   FreeRing(const FreeRing&) = delete;
   FreeRing& operator=(const FreeRing&) = delete;
   // Unbinds the doorbell. Precondition: nobody drains the ring any more.
@@ -93,6 +99,8 @@ class FreeRing {
 
   GuestRange range() const { return range_; }
   int doorbell() const { return doorbell_.get(); }
+  // Where it is, its slots and the host's `completed` (takes drain_mu_).
+  FreeRingState state();
 
  private:
   FreeRing(KvmVm& vm, GuestMemory& memory, FreeStats& stats, unsigned vcpu, HostSpan ring, GuestRange range,
@@ -141,12 +149,28 @@ class FreeRingDevice {
   // snapshots; precondition: no vCPU is in the guest, so nothing is in
   // flight afterwards.
   void quiesce();
+  // Each vCPU's ring as the host keeps it (device_state.h), for a
+  // snapshot: after quiesce(), with no vCPU in the guest.
+  std::vector<FreeRingState> state();
+  // Before the run, on a VM made from a snapshot whose RAM is back: sets
+  // up each vCPU's ring as `rings` says (one state per vCPU; a ring with
+  // the host's `completed` of the snapshot, its doorbell bound, the rings'
+  // thread started), so the guest's doorbells and kHcFreeRingWait work as
+  // before the snapshot. Errors, naming the vCPU: a count that is not the
+  // VM's, a ring FreeRing::create refuses (not in RAM, bad entries or
+  // alignment), rings overlapping, a vCPU with a ring already; the host's
+  // (a doorbell, the thread).
+  Status restore(const std::vector<FreeRingState>& rings);
   // Answers what the guest rang for and stops the rings' thread.
   // Precondition: no vCPU runs any more (wait() reads the rings unlocked).
   void stop();
 
  private:
   void run();
+  // Publishes `ring` as vCPU `vcpu`'s and starts the rings' thread if it
+  // has not: 0, -EBUSY (it overlaps another vCPU's ring), -EAGAIN (no
+  // thread), or an Error when the host cannot make the wake-up eventfd.
+  Result<int64_t> install_locked(unsigned vcpu, std::unique_ptr<FreeRing> ring);  // mu_ held
 
   KvmVm& vm_;
   GuestMemory& memory_;
