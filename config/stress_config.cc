@@ -1,8 +1,6 @@
 // Parsing of `kvmem stress` configs: {"stress": {...}}.
 #include "config/stress_config.h"
 
-#include <algorithm>
-
 #include "config/fields.h"
 #include "guest/layout.h"
 
@@ -48,10 +46,9 @@ Result<std::vector<T>> parse_names(const json& j, const Ptr& p, Parse parse, con
   return out;
 }
 
-// "snapshots": {"probability", "lazy", "dir", "keep"}. Needs c.backings.
-Status parse_snapshots(const json& j, const Ptr& p, StressConfig& c) {
+// "snapshots": {"probability", "lazy", "dir", "keep"}.
+Status parse_snapshots(const json& j, const Ptr& p, StressSnapshots& s) {
   KVMEM_TRY(check_keys(j, p, {"probability", "lazy", "dir", "keep"}));
-  StressSnapshots& s = c.snapshots;
   if (!j.contains("probability")) return p.fail("missing required key \"probability\"");
   s.probability = KVMEM_TRY(fraction_value(j.at("probability"), p / "probability"));
   if (j.contains("lazy")) s.lazy = KVMEM_TRY(fraction_value(j.at("lazy"), p / "lazy"));
@@ -61,11 +58,6 @@ Status parse_snapshots(const json& j, const Ptr& p, StressConfig& c) {
       return (p / "dir").fail("expected the path of a folder (1..4000 bytes, no NUL)");
   }
   if (j.contains("keep")) s.keep = KVMEM_TRY(bool_value(j.at("keep"), p / "keep"));
-  // Anonymous RAM is not in snapshots yet: a run whose VMs are all anon
-  // would take none, which is a config that does not do what it says.
-  if (s.on() && std::all_of(c.backings.begin(), c.backings.end(), [](RamBacking b) { return b == RamBacking::kAnon; }))
-    return (p / "probability").fail("no backing of /stress/backings can be snapshotted yet (anon RAM is not saved in "
-                                    "snapshots): add \"memfd\", \"memfd-thp\" or \"hugetlb\"");
   return {};
 }
 
@@ -109,7 +101,7 @@ Result<StressConfig> parse_stress_at(const json& j) {
   if (s.contains("prefault"))
     c.prefaults = KVMEM_TRY(parse_names<Prefault>(s.at("prefault"), p / "prefault", parse_prefault, "prefault",
                                                   "\"none\", \"eager\" or \"ahead\""));
-  if (s.contains("snapshots")) KVMEM_TRY(parse_snapshots(s.at("snapshots"), p / "snapshots", c));
+  if (s.contains("snapshots")) KVMEM_TRY(parse_snapshots(s.at("snapshots"), p / "snapshots", c.snapshots));
   for (const Field& f : fields) {
     if (!s.contains(f.key)) continue;
     auto v = size_value(s.at(f.key), p / f.key);

@@ -18,11 +18,11 @@ inline constexpr uint64_t kMaxStressDurationS = 86'400;
 // `"snapshots"`: some VMs are snapshotted in the middle of a region and
 // restored (harness/stress.h says where and which).
 struct StressSnapshots {
-  // The share of the VMs that can be snapshotted (file-backed RAM) that are,
-  // each chosen from the seed; 0: none, and no folder is made.
+  // The share of the VMs that are snapshotted, each chosen from the seed;
+  // 0: none, and no folder is made.
   double probability = 0;
   // The share of the snapshots restored lazily (the rest eagerly); hugetlb
-  // RAM is always restored eagerly.
+  // and anon RAM are always restored eagerly.
   double lazy = 0.5;
   // Where the snapshots go: empty for a new folder under $TMPDIR (or /tmp).
   std::string dir;

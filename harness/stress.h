@@ -38,10 +38,10 @@
 // writes its snapshot there and exits; once the round's VMs are gone, the
 // VM is restored from it (lazily or eagerly, also from the seed) and runs
 // the rest of its program, whose verifies prove that the snapshot lost
-// nothing: the pattern, and the zeros of what was freed before it. Only VMs
-// whose snapshot can hold them are chosen: RAM on a file (not anon; no
-// stress VM has windows), and the chosen ones free synchronously (the free
-// ring's state is not in snapshots yet); hugetlb RAM is restored eagerly.
+// nothing: the pattern, and the zeros of what was freed before it. Any VM
+// can be chosen (stress VMs have no windows): its RAM of any backing, and
+// its free ring's state, are in the snapshot, so a chosen VM frees as it
+// would unchosen; hugetlb and anon RAM are restored eagerly.
 // Both halves are checked as a whole VM is, each for its own part of the
 // frees, and the restored VM's memory file must be empty once it has gone.
 #pragma once

@@ -68,8 +68,8 @@ namespace {
 // One vCPU's part of one region, [at, at + length): its pattern, granule,
 // free mode, batch and sub-range, drawn in the order a one-vCPU VM always
 // drew them (so its programs did not change when vCPUs came). With
-// `sync_only` (a VM of several vCPUs, or one to be snapshotted) the modes
-// are drawn and then made sync, so the rest of the draws stay the same.
+// `sync_only` (a VM of several vCPUs) the modes are drawn and then made
+// sync, so the rest of the draws stay the same.
 RegionPlan plan_slice(std::mt19937_64& rng, uint64_t at, uint64_t length, unsigned vcpus, bool corrupt,
                       bool sync_only) {
   const uint64_t granules[] = {4096, 64 << 10, k2M};
@@ -140,14 +140,17 @@ StressVm make_stress_vm(const StressConfig& c, uint64_t seed, uint64_t round, ui
   const double chosen = std::uniform_real_distribution<double>(0, 1)(snap);
   const double lazy = std::uniform_real_distribution<double>(0, 1)(snap);
   const uint64_t snapshot_region = pick(snap, 0, c.regions_per_vm - 1);
-  if (chosen < c.snapshots.probability && vm.config.backing != RamBacking::kAnon) {
+  if (chosen < c.snapshots.probability) {
+    // The lazy restore serves memfd and memfd-thp RAM only (docs/snapshot.md):
+    // hugetlb and anon RAM come back eagerly, or restore_snapshot refuses them.
+    const bool lazy_ok = vm.config.backing != RamBacking::kHugetlb && vm.config.backing != RamBacking::kAnon;
     StressSnapshotPlan plan;
     plan.region = snapshot_region;
-    plan.mode = lazy < c.snapshots.lazy && vm.config.backing != RamBacking::kHugetlb ? RestoreMode::kLazy
-                                                                                      : RestoreMode::kEager;
+    plan.mode = lazy < c.snapshots.lazy && lazy_ok ? RestoreMode::kLazy : RestoreMode::kEager;
     vm.snapshot = plan;
   }
-  const bool sync_only = vcpus > 1 || vm.snapshot;  // the ring is for one vCPU, and not in snapshots yet
+  // A snapshot keeps each vCPU's free ring, so a chosen VM frees as it would unchosen.
+  const bool sync_only = vcpus > 1;  // the free ring is for one-vCPU VMs
   std::vector<std::vector<Step>> programs(vcpus);
   std::vector<GuestRange> regions;
   for (uint64_t r = 0; r < c.regions_per_vm; r++) {
@@ -224,8 +227,8 @@ std::vector<StressVm> worst_case_stress_vms(const StressConfig& c) {
     plan.final_mode = mode;
     return plan;
   };
-  // With snapshots, every program has the step (in region 0): the async
-  // variants with it are larger than any VM a snapshot is taken of.
+  // With snapshots, every program has the step (in region 0), so each
+  // variant is also the worst of the VMs a snapshot is taken of, sync or async.
   const bool snapshot = c.snapshots.on();
   std::vector<StressVm> out;
   for (int variant = 0; variant < 3 && c.vcpus_min == 1; variant++) {

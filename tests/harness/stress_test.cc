@@ -593,9 +593,28 @@ std::optional<SnapshotSpot> snapshot_spot(const std::vector<guest::Step>& progra
   return spot;
 }
 
+// The VM without its snapshot steps: what it would be unchosen.
+StressVm without_snapshot_steps(StressVm vm) {
+  const auto drop = [](std::vector<guest::Step>& p) {
+    std::erase_if(p, [](const guest::Step& s) { return s.is<guest::Snapshot>(); });
+  };
+  drop(vm.config.program);
+  for (auto& p : vm.config.programs) drop(p);
+  return vm;
+}
+
+// Whether a vCPU of the VM frees through its free ring.
+bool frees_async(const StressVm& vm) {
+  for (const auto& program : vm.config.vcpu_programs())
+    for (const guest::Step& s : program)
+      if (const auto* f = std::get_if<guest::Free>(&s); f && f->mode == guest::FreeMode::kAsync) return true;
+  return false;
+}
+
 }  // namespace
 
-TEST_CASE("stress snapshots: chosen VMs are file-backed, free sync, and every vCPU meets at one step mid-region",
+TEST_CASE("stress snapshots: any VM is chosen, anon and hugetlb restore eagerly, frees stay as drawn, and every vCPU "
+          "meets at one step mid-region",
           "[stress][snapshot]") {
   StressConfig c = with_snapshots(0.5, 0.5);
   c.vcpus_min = 1;
@@ -605,14 +624,14 @@ TEST_CASE("stress snapshots: chosen VMs are file-backed, free sync, and every vC
   StressConfig off = c;
   off.snapshots = {};
   std::set<RestoreMode> modes;
-  uint64_t chosen = 0, file_backed = 0;
-  for (uint64_t index = 0; index < 60; index++) {
+  uint64_t chosen = 0, chosen_anon = 0, chosen_async = 0;
+  const uint64_t vms = 60;
+  for (uint64_t index = 0; index < vms; index++) {
     const StressVm vm = make_stress_vm(c, 17, 2, index);
     const StressVm plain = make_stress_vm(off, 17, 2, index);
     INFO("VM " << index << ", " << ram_backing_name(vm.config.backing) << ", " << vm.config.vcpus << " vCPUs");
     // Reproducible: the same seed makes the same choice.
     CHECK(make_stress_vm(c, 17, 2, index).snapshot.has_value() == vm.snapshot.has_value());
-    file_backed += vm.config.backing != RamBacking::kAnon;
     if (!vm.snapshot) {
       // Turning snapshots on changes only the VMs they choose.
       CHECK(build_stress_vm(vm)->bytes == build_stress_vm(plain)->bytes);
@@ -621,10 +640,15 @@ TEST_CASE("stress snapshots: chosen VMs are file-backed, free sync, and every vC
     }
     chosen++;
     modes.insert(vm.snapshot->mode);
-    CHECK(vm.config.backing != RamBacking::kAnon);
-    if (vm.config.backing == RamBacking::kHugetlb) CHECK(vm.snapshot->mode == RestoreMode::kEager);
+    chosen_anon += vm.config.backing == RamBacking::kAnon;
+    chosen_async += frees_async(vm);
+    // Only a restore from the memory file can be lazy.
+    if (vm.config.backing == RamBacking::kHugetlb || vm.config.backing == RamBacking::kAnon)
+      CHECK(vm.snapshot->mode == RestoreMode::kEager);
     CHECK(vm.snapshot->region < c.regions_per_vm);
-    // The same regions, patterns and sizes as without snapshots: only the modes and the step differ.
+    // The same program as without snapshots (free modes too: the free ring
+    // is in the snapshot): only the step differs.
+    CHECK(build_stress_vm(without_snapshot_steps(vm))->bytes == build_stress_vm(plain)->bytes);
     CHECK(vm.bytes_written == plain.bytes_written);
     CHECK(vm.bytes_freed == plain.bytes_freed);
     uint64_t freed_before = 0;
@@ -632,8 +656,6 @@ TEST_CASE("stress snapshots: chosen VMs are file-backed, free sync, and every vC
       const auto spot = snapshot_spot(program);
       REQUIRE(spot);  // every vCPU, with a slice or not, meets at the snapshot
       freed_before += spot->freed_before;
-      for (const guest::Step& s : program)
-        if (const auto* f = std::get_if<guest::Free>(&s)) CHECK(f->mode == guest::FreeMode::kSync);
       // With a slice: after the region's fill and first free, before its zero verify.
       if (spot->index >= 2 && program[spot->index - 1].is<guest::Free>()) {
         CHECK(program[spot->index - 2].is<guest::Fill>());
@@ -656,8 +678,10 @@ TEST_CASE("stress snapshots: chosen VMs are file-backed, free sync, and every vC
     CHECK(again->vms[0].prefault == vm.config.prefault);
     CHECK(build_stress_vm(StressVm{.config = again->vms[0]})->bytes == build_stress_vm(vm)->bytes);
   }
-  CHECK(chosen > file_backed / 4);
-  CHECK(chosen < file_backed);
+  CHECK(chosen > vms / 4);
+  CHECK(chosen < vms);
+  CHECK(chosen_anon > 0);
+  CHECK(chosen_async > 0);
   CHECK(modes.size() == 2);
   // Every program, with its step, fits the worst case validate assembles.
   REQUIRE(check_stress_programs(c));
@@ -684,7 +708,8 @@ TEST_CASE("the stress leak check splits a snapshotted VM's frees at its snapshot
   CHECK(stress_vm_leak(vm, out, 0, StressPart::kAfterSnapshot)->find("when its program ended") != std::string::npos);
 }
 
-TEST_CASE("a short stress run with snapshots restores lazily and eagerly, loses nothing and gives all commit back",
+TEST_CASE("a short stress run with snapshots restores lazily and eagerly, anon RAM and async frees too, loses nothing "
+          "and gives all commit back",
           "[stress][kvm][snapshot]") {
   REQUIRE_KVM();
   StressConfig c = with_snapshots(0.6, 0.5);
@@ -693,16 +718,24 @@ TEST_CASE("a short stress run with snapshots restores lazily and eagerly, loses 
   c.vcpus_max = 2;
   c.backings = {RamBacking::kMemfd, RamBacking::kAnon};
   c.prefaults = {Prefault::kNone, Prefault::kEager};
-  // The first seed whose rounds restore both ways (the choice is the seed's alone).
+  // The first seed whose rounds restore both ways, and snapshot an anon VM
+  // and one that frees through its free ring (the choice is the seed's alone).
+  uint64_t anon = 0, async = 0;
   for (c.seed = 1;; c.seed++) {
     REQUIRE(c.seed < 100);
     std::set<RestoreMode> modes;
+    anon = async = 0;
     for (uint64_t round = 0; round < c.rounds; round++)
-      for (uint64_t i = 0; i < c.vms_per_round; i++)
-        if (auto s = make_stress_vm(c, c.seed, round, i).snapshot) modes.insert(s->mode);
-    if (modes.size() == 2) break;
+      for (uint64_t i = 0; i < c.vms_per_round; i++) {
+        const StressVm vm = make_stress_vm(c, c.seed, round, i);
+        if (!vm.snapshot) continue;
+        modes.insert(vm.snapshot->mode);
+        anon += vm.config.backing == RamBacking::kAnon;
+        async += frees_async(vm);
+      }
+    if (modes.size() == 2 && anon > 0 && async > 0) break;
   }
-  INFO("seed " << c.seed);
+  INFO("seed " << c.seed << ": " << anon << " anon and " << async << " async VMs snapshotted");
   TempFolder folder;
   c.snapshots.dir = folder.path;
   auto sum = stress(c);
@@ -718,6 +751,7 @@ TEST_CASE("a short stress run with snapshots restores lazily and eagerly, loses 
   CHECK(sum->restored_lazy > 0);
   CHECK(sum->restored_eager > 0);
   CHECK(sum->restored_lazy + sum->restored_eager == sum->snapshots_taken);
+  CHECK(sum->restored_eager >= anon);
   CHECK(sum->snapshot_failures == 0);
   CHECK(sum->restore_failures == 0);
   CHECK(sum->bytes_reclaimed == sum->bytes_freed);  // both halves of every VM freed all they reported
@@ -830,8 +864,9 @@ TEST_CASE("the stress key snapshots parses, and its errors name the pointer", "[
   CHECK(defaults->snapshots.dir.empty());
   CHECK_FALSE(defaults->snapshots.keep);
   CHECK_FALSE(parse_stress_config(json::parse(R"({"stress": {}})"))->snapshots.on());
-  // Off: anon alone is fine.
+  // Anon RAM is in snapshots: anon alone is fine, on or off.
   CHECK(parse_stress_config(json::parse(R"({"stress": {"backings": ["anon"], "snapshots": {"probability": 0}}})")));
+  CHECK(parse_stress_config(json::parse(R"({"stress": {"backings": ["anon"], "snapshots": {"probability": 0.5}}})")));
   struct {
     const char* stress;
     const char* error;
@@ -846,8 +881,6 @@ TEST_CASE("the stress key snapshots parses, and its errors name the pointer", "[
       {R"({"snapshots": {"probability": 1, "dir": 3}})", "/stress/snapshots/dir: expected a string"},
       {R"({"snapshots": {"probability": 1, "keep": "yes"}})", "/stress/snapshots/keep: expected true or false"},
       {R"({"snapshots": {"probability": 1, "eager": 1}})", "/stress/snapshots/eager: unknown key"},
-      {R"({"backings": ["anon"], "snapshots": {"probability": 0.5}})",
-       "/stress/snapshots/probability: no backing of /stress/backings can be snapshotted yet"},
   };
   for (const auto& t : cases) {
     INFO(t.stress);
