@@ -7,7 +7,9 @@
 #pragma once
 
 #include <chrono>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -16,6 +18,7 @@
 #include "base/error.h"
 #include "config/vm_config.h"
 #include "guest/program.h"
+#include "harness/report.h"
 
 namespace kvmem::cli {
 
@@ -36,6 +39,24 @@ int report_error(bool as_json, int code, const std::string& message);
 // Writes bytes to stdout and flushes. Once a write fails (EPIPE: the
 // reader left) nothing more is written; the run goes on regardless.
 void write_stdout(std::string_view bytes);
+
+// Console text to stdout; with several VMs each line starts with "[name] ".
+// Guest bytes are untrusted: what reaches the reader is valid UTF-8 with
+// control characters (but \n and \t) escaped, so a guest cannot drive the
+// user's terminal. Safe from several VMs' threads at once.
+class ConsoleEcho {
+ public:
+  explicit ConsoleEcho(bool prefix) : prefix_(prefix) {}
+  void operator()(std::string_view vm, std::string_view text);
+  // Writes what is still pending: an unfinished line of each VM.
+  void flush();
+
+ private:
+  bool prefix_;
+  std::mutex mu_;
+  TerminalText raw_;                            // protected by mu_
+  std::map<std::string, std::string> pending_;  // protected by mu_
+};
 
 // Prints one JSON report as one line on stdout, through dump_report()
 // (harness/report.h): invalid UTF-8 is replaced, never thrown.

@@ -63,3 +63,28 @@ void write_stdout(std::string_view bytes) {
 void print_json(const json& j) { write_stdout(dump_report(j) + "\n"); }
 
 }  // namespace kvmem::cli
+
+namespace kvmem::cli {
+
+void ConsoleEcho::operator()(std::string_view vm, std::string_view text) {
+  std::lock_guard lock(mu_);
+  if (!prefix_) {
+    write_stdout(raw_.feed(text));
+    return;
+  }
+  std::string& pending = pending_[std::string(vm)];
+  pending.append(text);
+  // A '\n' byte is never inside a UTF-8 sequence: a whole line is safe to clean alone.
+  for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
+    write_stdout(fmt::format("[{}] {}\n", vm, terminal_safe(std::string_view(pending).substr(0, nl))));
+}
+
+void ConsoleEcho::flush() {
+  std::lock_guard lock(mu_);
+  write_stdout(raw_.finish());
+  for (auto& [vm, pending] : pending_)
+    if (!pending.empty()) write_stdout(fmt::format("[{}] {}\n", vm, terminal_safe(pending)));
+  pending_.clear();
+}
+
+}  // namespace kvmem::cli

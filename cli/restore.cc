@@ -101,23 +101,10 @@ class RestoreCommand : public Command {
     }
     RunTotals totals;
     totals.vms.resize(vms.size());
-    std::mutex echo_mu;
-    TerminalText console;
-    const bool prefix = vms.size() > 1;
+    ConsoleEcho console(vms.size() > 1);  // several VMs: whole lines, each behind its VM's name
     auto echo_for = [&](const std::string& name) -> std::function<void(std::string_view)> {
       if (json_) return {};
-      return [&, name](std::string_view text) {
-        std::lock_guard lock(echo_mu);
-        if (!prefix) {
-          write_stdout(console.feed(text));
-          return;
-        }
-        // Several VMs: whole lines, each behind its VM's name.
-        std::string& pending = pending_[name];
-        pending.append(text);
-        for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
-          write_stdout(fmt::format("[{}] {}\n", name, terminal_safe(std::string_view(pending).substr(0, nl))));
-      };
+      return [&console, name](std::string_view text) { console(name, text); };
     };
     auto run_one = [&](size_t i) {
       RestoredVm& r = vms[i];
@@ -155,9 +142,7 @@ class RestoreCommand : public Command {
       print_json(report);
       return totals.exit_code();
     }
-    write_stdout(console.finish());
-    for (auto& [name, pending] : pending_)
-      if (!pending.empty()) write_stdout(fmt::format("[{}] {}\n", name, terminal_safe(pending)));
+    console.flush();
     for (size_t i = 0; i < vms.size(); i++) {
       const VmOutcome& out = totals.vms[i];
       const std::string& why = out.setup_error.empty() ? out.result.message : out.setup_error;
@@ -169,7 +154,6 @@ class RestoreCommand : public Command {
 
  private:
   std::vector<std::string> paths_;
-  std::map<std::string, std::string> pending_;  // several VMs: each one's unfinished console line
   bool eager_ = false, lazy_ = false, json_ = false;
 };
 

@@ -16,43 +16,6 @@
 namespace kvmem::cli {
 namespace {
 
-// Console text to stdout; with several VMs each line starts with "[name] ".
-// Guest bytes are untrusted: what reaches the reader is valid UTF-8 with
-// control characters (but \n and \t) escaped, so a guest cannot drive the
-// user's terminal.
-class ConsoleEcho {
- public:
-  explicit ConsoleEcho(bool prefix) : prefix_(prefix) {}
-  void operator()(std::string_view vm, std::string_view text) {
-    std::lock_guard lock(mu_);
-    if (!prefix_) {
-      write_out(raw_.feed(text));
-    } else {
-      std::string& pending = pending_[std::string(vm)];
-      pending.append(text);
-      // A '\n' byte is never inside a UTF-8 sequence: a whole line is safe to clean alone.
-      for (size_t nl; (nl = pending.find('\n')) != std::string::npos; pending.erase(0, nl + 1))
-        write_out(fmt::format("[{}] {}\n", vm, terminal_safe(std::string_view(pending).substr(0, nl))));
-    }
-  }
-  // Lines a guest left unfinished.
-  void flush() {
-    std::lock_guard lock(mu_);
-    write_out(raw_.finish());
-    for (auto& [vm, pending] : pending_)
-      if (!pending.empty()) write_out(fmt::format("[{}] {}\n", vm, terminal_safe(pending)));
-    pending_.clear();
-  }
-
- private:
-  void write_out(const std::string& s) { write_stdout(s); }
-
-  bool prefix_;
-  std::mutex mu_;
-  TerminalText raw_;                            // protected by mu_
-  std::map<std::string, std::string> pending_;  // protected by mu_
-};
-
 class RunCommand : public Command {
  public:
   explicit RunCommand(CLI::App& app) {
