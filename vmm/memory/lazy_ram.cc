@@ -59,12 +59,10 @@ struct Registration {
 
 struct LazyRam::State {
   const SnapshotReader& reader;
-  uint32_t space;
   MemoryFile& file;
   std::vector<SpaceRange> ranges;  // by space offset
   std::span<const SnapshotExtent> extents;
   size_t first_index = 0;  // extents[0]'s index in the reader
-  LazyOptions options;
   ErrorSink on_error;
   Clock::time_point started;
 
@@ -83,7 +81,7 @@ struct LazyRam::State {
   bool failed = false;                            // protected by mu
   LazyStats stats;                                // protected by mu
 
-  State(const SnapshotReader& r, uint32_t sp, MemoryFile& f) : reader(r), space(sp), file(f) {}
+  State(const SnapshotReader& r, MemoryFile& f) : reader(r), file(f) {}
 
   // --- the space -------------------------------------------------------
   bool page_owed(uint64_t page) const { return owed[page / 64] >> (page % 64) & 1; }
@@ -452,11 +450,10 @@ Result<std::unique_ptr<LazyRam>> LazyRam::start(const SnapshotReader& reader, ui
       return fail("cannot start the {}: RAM range {} is not fresh: {} holds data", what, r.file.to_string(),
                   data.front().to_string());
   }
-  auto s = std::make_unique<State>(reader, space, file);
+  auto s = std::make_unique<State>(reader, file);
   s->ranges = std::move(ranges);
   s->extents = reader.extents_of(space);
   s->first_index = reader.first_extent_of(space);
-  s->options = options;
   s->on_error = std::move(on_error);
   const size_t n = s->extents.size();
   s->state.assign(n, ExtentState::kOwed);
